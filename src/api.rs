@@ -1,0 +1,340 @@
+//! The gRPC API: validates requests at the edge, runs them against the
+//! cache, and maps results and errors to `readstates.v1` messages and gRPC
+//! status codes (in one place: `From<ApiError> for Status`).
+
+use std::sync::Arc;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::cache::{Cache, CacheError, StateView, UserTxn};
+use crate::config::LimitsConfig;
+use crate::ids::{ChannelId, IdError, MessageId, UserId};
+use crate::store::Store;
+
+/// The generated protobuf and gRPC code of `readstates.v1`.
+pub mod proto {
+    tonic::include_proto!("readstates.v1");
+
+    /// The encoded descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/readstates_descriptor.bin"));
+}
+
+use proto::read_states_server::ReadStates;
+
+/// How many uncached users of one fan-out are loaded at once.
+const FANOUT_LOAD_CONCURRENCY: usize = 32;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field is missing or out of range.
+    #[error("{field} {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    /// The cache could not serve the request.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+            ApiError::Cache(CacheError::Backlog { .. }) => Status::unavailable(
+                "write backlog full: the store is not keeping up; retry with backoff",
+            ),
+            ApiError::Cache(CacheError::Load(store_error)) => {
+                tracing::warn!(error = %store_error, "store load failed");
+                Status::unavailable("the read-state store is unavailable; retry with backoff")
+            }
+        }
+    }
+}
+
+fn invalid(field: &'static str, error: IdError) -> ApiError {
+    ApiError::InvalidArgument {
+        field,
+        reason: error.to_string(),
+    }
+}
+
+fn user_id(field: &'static str, raw: u64) -> Result<UserId, ApiError> {
+    UserId::new(raw).map_err(|error| invalid(field, error))
+}
+
+fn channel_id(field: &'static str, raw: u64) -> Result<ChannelId, ApiError> {
+    ChannelId::new(raw).map_err(|error| invalid(field, error))
+}
+
+fn message_id(field: &'static str, raw: u64) -> Result<MessageId, ApiError> {
+    MessageId::new(raw).map_err(|error| invalid(field, error))
+}
+
+fn mentioned_message_id(field: &'static str, raw: u64) -> Result<MessageId, ApiError> {
+    MessageId::new_nonzero(raw).map_err(|error| invalid(field, error))
+}
+
+fn list_length(field: &'static str, len: usize, max: usize) -> Result<(), ApiError> {
+    if len == 0 {
+        return Err(ApiError::InvalidArgument {
+            field,
+            reason: "must not be empty".to_owned(),
+        });
+    }
+    if len > max {
+        return Err(ApiError::InvalidArgument {
+            field,
+            reason: format!("has {len} entries, more than the limit of {max}"),
+        });
+    }
+    Ok(())
+}
+
+fn to_proto(user_id: UserId, view: StateView) -> proto::ReadState {
+    proto::ReadState {
+        user_id: user_id.get(),
+        channel_id: view.channel_id.get(),
+        last_message_id: view.last_message_id.get(),
+        mention_count: view.mention_count,
+        last_pin_timestamp_ms: view.last_pin_timestamp_ms,
+        updated_at_ms: view.updated_at_ms,
+        version: view.version,
+    }
+}
+
+/// The `ReadStates` service.
+pub struct ReadStatesService {
+    cache: Arc<Cache>,
+    store: Arc<dyn Store>,
+    limits: LimitsConfig,
+}
+
+impl ReadStatesService {
+    /// Creates the service over a cache and its store.
+    pub fn new(cache: Arc<Cache>, store: Arc<dyn Store>, limits: LimitsConfig) -> Self {
+        Self {
+            cache,
+            store,
+            limits,
+        }
+    }
+
+    /// Applies one change to each user of a fan-out: cached users at once
+    /// under their partition lock, the others loaded concurrently.
+    async fn fan_out(
+        &self,
+        user_ids: &[UserId],
+        change: impl Fn(&mut UserTxn<'_>) -> StateView + Copy,
+    ) -> Result<Vec<proto::ReadState>, ApiError> {
+        let mut states = Vec::with_capacity(user_ids.len());
+        let mut uncached = Vec::new();
+        for &user_id in user_ids {
+            match self.cache.try_write(user_id, change)? {
+                Ok(view) => states.push(to_proto(user_id, view)),
+                Err(_) => uncached.push(user_id),
+            }
+        }
+        let mut pending = uncached.into_iter();
+        let mut loads = FuturesUnordered::new();
+        loop {
+            while loads.len() < FANOUT_LOAD_CONCURRENCY {
+                let Some(user_id) = pending.next() else {
+                    break;
+                };
+                let store = self.store.as_ref();
+                loads.push(async move {
+                    let view = self.cache.write(store, user_id, change).await?;
+                    Ok::<_, ApiError>(to_proto(user_id, view))
+                });
+            }
+            match loads.next().await {
+                Some(state) => states.push(state?),
+                None => break,
+            }
+        }
+        Ok(states)
+    }
+}
+
+fn parse_user_ids(raw: &[u64], max: usize) -> Result<Vec<UserId>, ApiError> {
+    list_length("user_ids", raw.len(), max)?;
+    raw.iter().map(|&raw| user_id("user_ids", raw)).collect()
+}
+
+#[tonic::async_trait]
+impl ReadStates for ReadStatesService {
+    async fn ack(
+        &self,
+        request: Request<proto::AckRequest>,
+    ) -> Result<Response<proto::AckResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_id("user_id", request.user_id)?;
+        let channel = channel_id("channel_id", request.channel_id)?;
+        let message = message_id("message_id", request.message_id)?;
+        let view = if request.manual {
+            let count = request.mention_count.unwrap_or(0);
+            self.cache
+                .write(self.store.as_ref(), user, |txn| {
+                    txn.manual_ack(channel, message, count)
+                })
+                .await
+        } else {
+            self.cache
+                .write(self.store.as_ref(), user, |txn| txn.ack(channel, message))
+                .await
+        }
+        .map_err(ApiError::from)?;
+        Ok(Response::new(proto::AckResponse {
+            read_state: Some(to_proto(user, view)),
+        }))
+    }
+
+    async fn bulk_ack(
+        &self,
+        request: Request<proto::BulkAckRequest>,
+    ) -> Result<Response<proto::BulkAckResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_id("user_id", request.user_id)?;
+        list_length("acks", request.acks.len(), self.limits.max_bulk_acks)?;
+        let acks = request
+            .acks
+            .iter()
+            .map(|ack| {
+                Ok((
+                    channel_id("acks.channel_id", ack.channel_id)?,
+                    message_id("acks.message_id", ack.message_id)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let read_states = self
+            .cache
+            .write(self.store.as_ref(), user, |txn| {
+                acks.iter()
+                    .map(|&(channel, message)| to_proto(user, txn.ack(channel, message)))
+                    .collect()
+            })
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::BulkAckResponse { read_states }))
+    }
+
+    async fn add_mentions(
+        &self,
+        request: Request<proto::AddMentionsRequest>,
+    ) -> Result<Response<proto::AddMentionsResponse>, Status> {
+        let request = request.into_inner();
+        let channel = channel_id("channel_id", request.channel_id)?;
+        let message = mentioned_message_id("message_id", request.message_id)?;
+        let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
+        let read_states = self
+            .fan_out(&users, |txn| txn.add_mention(channel, message))
+            .await?;
+        Ok(Response::new(proto::AddMentionsResponse { read_states }))
+    }
+
+    async fn remove_mentions(
+        &self,
+        request: Request<proto::RemoveMentionsRequest>,
+    ) -> Result<Response<proto::RemoveMentionsResponse>, Status> {
+        let request = request.into_inner();
+        let channel = channel_id("channel_id", request.channel_id)?;
+        let message = mentioned_message_id("message_id", request.message_id)?;
+        let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
+        let read_states = self
+            .fan_out(&users, |txn| txn.remove_mention(channel, message))
+            .await?;
+        Ok(Response::new(proto::RemoveMentionsResponse { read_states }))
+    }
+
+    async fn ack_pins(
+        &self,
+        request: Request<proto::AckPinsRequest>,
+    ) -> Result<Response<proto::AckPinsResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_id("user_id", request.user_id)?;
+        let channel = channel_id("channel_id", request.channel_id)?;
+        let pin_timestamp_ms = request.pin_timestamp_ms;
+        let view = self
+            .cache
+            .write(self.store.as_ref(), user, |txn| {
+                txn.ack_pins(channel, pin_timestamp_ms)
+            })
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::AckPinsResponse {
+            read_state: Some(to_proto(user, view)),
+        }))
+    }
+
+    async fn get_read_state(
+        &self,
+        request: Request<proto::GetReadStateRequest>,
+    ) -> Result<Response<proto::GetReadStateResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_id("user_id", request.user_id)?;
+        let channel = channel_id("channel_id", request.channel_id)?;
+        let view = self
+            .cache
+            .read(self.store.as_ref(), user, |txn| txn.view(channel))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::GetReadStateResponse {
+            read_state: Some(to_proto(user, view)),
+        }))
+    }
+
+    async fn get_user_read_states(
+        &self,
+        request: Request<proto::GetUserReadStatesRequest>,
+    ) -> Result<Response<proto::GetUserReadStatesResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_id("user_id", request.user_id)?;
+        let since_version = request.since_version.unwrap_or(0);
+        let (views, version) = self
+            .cache
+            .read(self.store.as_ref(), user, |txn| {
+                let mut views = Vec::new();
+                txn.views_since(since_version, &mut views);
+                (views, txn.user_version())
+            })
+            .await
+            .map_err(ApiError::from)?;
+        let read_states = views.into_iter().map(|view| to_proto(user, view)).collect();
+        Ok(Response::new(proto::GetUserReadStatesResponse {
+            read_states,
+            version,
+        }))
+    }
+
+    async fn delete_read_states(
+        &self,
+        request: Request<proto::DeleteReadStatesRequest>,
+    ) -> Result<Response<proto::DeleteReadStatesResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_id("user_id", request.user_id)?;
+        list_length(
+            "channel_ids",
+            request.channel_ids.len(),
+            self.limits.max_delete_channels,
+        )?;
+        let channels = request
+            .channel_ids
+            .iter()
+            .map(|&raw| channel_id("channel_ids", raw))
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let read_states = self
+            .cache
+            .write(self.store.as_ref(), user, |txn| {
+                channels
+                    .iter()
+                    .map(|&channel| to_proto(user, txn.delete(channel)))
+                    .collect()
+            })
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::DeleteReadStatesResponse {
+            read_states,
+        }))
+    }
+}

@@ -1,0 +1,448 @@
+//! The partitioned LRU cache of read states.
+//!
+//! Users map to partitions by hash, and all of a user's states live in one
+//! LRU entry, so a connect is one lookup and a miss is one store load. Each
+//! partition is an LRU list behind a `parking_lot` mutex: every method takes
+//! it briefly and never across an `.await` (the lock guards plain memory
+//! work only; store I/O happens outside it), which is why a blocking mutex
+//! beats an async one here. Capacity is counted in read states.
+//!
+//! A miss loads the user once however many requests wait for it (single
+//! flight). A dirty user leaving the LRU moves to the partition's `evicting`
+//! map until the flusher has written it, and a request for that user takes
+//! it back from there, so no read ever sees the older stored state.
+//!
+//! Dirty users are put in coarse timer buckets (one per flush tick) that the
+//! flusher drains; see `flush`.
+
+mod entry;
+
+pub use entry::{StateView, UserTxn};
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::clock::VersionClock;
+use crate::ids::{ChannelId, UserId};
+use crate::store::{RowWrite, Store, StoreError};
+use entry::UserEntry;
+
+/// Why a cache operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The user was not cached and the store could not load it.
+    #[error("loading the user's read states failed: {0}")]
+    Load(#[from] StoreError),
+    /// Too many states wait to be written; the store is slow or down.
+    #[error("write backlog full: {dirty} dirty read states wait for the store")]
+    Backlog { dirty: usize },
+}
+
+/// Cache settings.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub capacity: usize,
+    pub partitions: usize,
+    pub max_tracked_mentions: usize,
+    pub max_dirty_states: usize,
+    pub flush_delay: Duration,
+    pub flush_tick: Duration,
+}
+
+/// The cache.
+pub struct Cache {
+    partitions: Box<[Mutex<Partition>]>,
+    hasher: ahash::RandomState,
+    capacity_per_partition: AtomicUsize,
+    max_tracked_mentions: usize,
+    max_dirty_states: usize,
+    /// Dirty states, cached or evicting.
+    dirty: AtomicUsize,
+    clock: VersionClock,
+    epoch: Instant,
+    flush_delay: Duration,
+    flush_tick: Duration,
+    /// Wakes the flusher when a dirty user was evicted.
+    evicted: Notify,
+}
+
+struct Partition {
+    lru: LruCache<UserId, UserEntry>,
+    /// Slots held by the LRU entries.
+    slots: usize,
+    /// Users being loaded; waiters hold a receiver and wake when the loader
+    /// drops its sender.
+    loading: HashMap<UserId, watch::Receiver<()>>,
+    /// Dirty users evicted from the LRU, waiting for (or in) their write.
+    evicting: HashMap<UserId, UserEntry>,
+    /// Flush timer buckets: (due tick, users), due ticks ascending.
+    schedule: VecDeque<(u64, Vec<UserId>)>,
+}
+
+/// What a flush snapshot of one user holds.
+pub struct FlushJob {
+    pub rows: Vec<RowWrite>,
+}
+
+impl Cache {
+    /// Creates an empty cache whose versions start above `version_floor`.
+    pub fn new(settings: &CacheSettings, version_floor: u64) -> Self {
+        let partitions = settings.partitions.max(1);
+        Self {
+            partitions: (0..partitions)
+                .map(|_| {
+                    Mutex::new(Partition {
+                        lru: LruCache::unbounded(),
+                        slots: 0,
+                        loading: HashMap::new(),
+                        evicting: HashMap::new(),
+                        schedule: VecDeque::new(),
+                    })
+                })
+                .collect(),
+            hasher: ahash::RandomState::with_seeds(0x5eed, 0x1ead, 0x57a7, 0xe5),
+            capacity_per_partition: AtomicUsize::new(settings.capacity.div_ceil(partitions)),
+            max_tracked_mentions: settings.max_tracked_mentions,
+            max_dirty_states: settings.max_dirty_states,
+            dirty: AtomicUsize::new(0),
+            clock: VersionClock::with_floor(version_floor),
+            epoch: Instant::now(),
+            flush_delay: settings.flush_delay,
+            flush_tick: settings.flush_tick.max(Duration::from_millis(1)),
+            evicted: Notify::new(),
+        }
+    }
+
+    /// Returns the number of partitions.
+    pub fn partition_count(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// Returns the number of dirty states (cached or being evicted).
+    pub fn dirty_states(&self) -> usize {
+        self.dirty.load(Ordering::Relaxed)
+    }
+
+    /// Returns the number of cached states and users.
+    pub fn resident(&self) -> (usize, usize) {
+        self.partitions
+            .iter()
+            .fold((0, 0), |(slots, users), partition| {
+                let partition = partition.lock();
+                (slots + partition.slots, users + partition.lru.len())
+            })
+    }
+
+    /// Runs `change` on the user's states, loading them first if needed.
+    /// Refused while the dirty backlog is full.
+    pub async fn write<R>(
+        &self,
+        store: &dyn Store,
+        user_id: UserId,
+        change: impl FnOnce(&mut UserTxn<'_>) -> R,
+    ) -> Result<R, CacheError> {
+        let dirty = self.dirty_states();
+        if dirty >= self.max_dirty_states {
+            return Err(CacheError::Backlog { dirty });
+        }
+        self.access(store, user_id, change).await
+    }
+
+    /// Runs `read` on the user's states, loading them first if needed.
+    pub async fn read<R>(
+        &self,
+        store: &dyn Store,
+        user_id: UserId,
+        read: impl FnOnce(&mut UserTxn<'_>) -> R,
+    ) -> Result<R, CacheError> {
+        self.access(store, user_id, read).await
+    }
+
+    /// Runs `work` on a cached user; gives `work` back when the user is not
+    /// cached. Never waits.
+    pub fn try_write<R, F>(&self, user_id: UserId, work: F) -> Result<Result<R, F>, CacheError>
+    where
+        F: FnOnce(&mut UserTxn<'_>) -> R,
+    {
+        let dirty = self.dirty_states();
+        if dirty >= self.max_dirty_states {
+            return Err(CacheError::Backlog { dirty });
+        }
+        let mut partition = self.partition(user_id).lock();
+        Ok(self.try_apply(&mut partition, user_id, work))
+    }
+
+    async fn access<R>(
+        &self,
+        store: &dyn Store,
+        user_id: UserId,
+        work: impl FnOnce(&mut UserTxn<'_>) -> R,
+    ) -> Result<R, CacheError> {
+        let mut work = work;
+        loop {
+            // The guard lives in this block only: nothing awaits under it.
+            let next = {
+                let mut partition = self.partition(user_id).lock();
+                work = match self.try_apply(&mut partition, user_id, work) {
+                    Ok(result) => return Ok(result),
+                    Err(work) => work,
+                };
+                match partition.loading.get(&user_id) {
+                    Some(receiver) => Miss::Wait(receiver.clone()),
+                    None => {
+                        let (sender, receiver) = watch::channel(());
+                        partition.loading.insert(user_id, receiver);
+                        Miss::Load(sender)
+                    }
+                }
+            };
+            match next {
+                Miss::Load(sender) => self.load(store, user_id, sender).await?,
+                // Err means the loader finished (or gave up): look again.
+                Miss::Wait(mut receiver) => {
+                    let _ = receiver.changed().await;
+                }
+            }
+        }
+    }
+
+    /// Loads a user from the store into the LRU. The guard ends the single
+    /// flight however this future ends, cancellation included.
+    async fn load(
+        &self,
+        store: &dyn Store,
+        user_id: UserId,
+        sender: watch::Sender<()>,
+    ) -> Result<(), CacheError> {
+        let guard = LoadGuard {
+            cache: self,
+            user_id,
+            _sender: sender,
+        };
+        let states = store.load_user(user_id).await?;
+        {
+            let mut partition = self.partition(user_id).lock();
+            if !partition.lru.contains(&user_id) {
+                let entry = UserEntry::loaded(states);
+                partition.slots += entry.slots.len();
+                partition.lru.put(user_id, entry);
+                self.evict_over_capacity(&mut partition);
+            }
+        }
+        drop(guard);
+        Ok(())
+    }
+
+    /// Applies `work` if the user is cached (taking it back from `evicting`
+    /// if needed), then schedules and evicts as the change requires.
+    fn try_apply<R, F>(&self, partition: &mut Partition, user_id: UserId, work: F) -> Result<R, F>
+    where
+        F: FnOnce(&mut UserTxn<'_>) -> R,
+    {
+        if !partition.lru.contains(&user_id) {
+            let Some(mut entry) = partition.evicting.remove(&user_id) else {
+                return Err(work);
+            };
+            // Back in the LRU: the flusher's timer owns it again.
+            entry.writing = false;
+            entry.scheduled = false;
+            partition.slots += entry.slots.len();
+            partition.lru.put(user_id, entry);
+            if partition
+                .lru
+                .peek(&user_id)
+                .is_some_and(|e| e.dirty_count() > 0)
+            {
+                self.schedule(partition, user_id);
+            }
+        }
+        let Some(entry) = partition.lru.get_mut(&user_id) else {
+            return Err(work);
+        };
+        let mut txn = UserTxn::new(entry, &self.clock, self.max_tracked_mentions);
+        let result = work(&mut txn);
+        let (changed, newly_dirty, slots_added) = (txn.changed(), txn.newly_dirty, txn.slots_added);
+        let needs_schedule = changed && !entry.scheduled;
+        if newly_dirty > 0 {
+            self.dirty.fetch_add(newly_dirty, Ordering::Relaxed);
+        }
+        if needs_schedule {
+            self.schedule(partition, user_id);
+        }
+        if slots_added > 0 {
+            partition.slots += slots_added;
+            self.evict_over_capacity(partition);
+        }
+        Ok(result)
+    }
+
+    /// Puts the user in the timer bucket due one flush delay from now.
+    fn schedule(&self, partition: &mut Partition, user_id: UserId) {
+        let Some(entry) = partition.lru.peek_mut(&user_id) else {
+            return;
+        };
+        entry.scheduled = true;
+        let due = self.tick_at(Instant::now() + self.flush_delay);
+        match partition.schedule.back_mut() {
+            Some((tick, users)) if *tick == due => users.push(user_id),
+            _ => partition.schedule.push_back((due, vec![user_id])),
+        }
+    }
+
+    /// Returns the timer tick an instant falls in (rounded down, so a state
+    /// is never flushed later than its delay).
+    fn tick_at(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch);
+        u64::try_from(since.as_millis() / self.flush_tick.as_millis().max(1)).unwrap_or(u64::MAX)
+    }
+
+    /// Evicts least recently used users until the partition is within its
+    /// capacity, keeping at least the most recent one.
+    fn evict_over_capacity(&self, partition: &mut Partition) {
+        let capacity = self.capacity_per_partition.load(Ordering::Relaxed);
+        let mut evicted_dirty = false;
+        while partition.slots > capacity && partition.lru.len() > 1 {
+            let Some((user_id, mut entry)) = partition.lru.pop_lru() else {
+                break;
+            };
+            partition.slots -= entry.slots.len();
+            if entry.dirty_count() > 0 {
+                entry.scheduled = false;
+                entry.writing = false;
+                partition.evicting.insert(user_id, entry);
+                evicted_dirty = true;
+            }
+        }
+        if evicted_dirty {
+            self.evicted.notify_one();
+        }
+    }
+
+    /// Waits until a dirty user was evicted (a wake-up may be spurious).
+    pub async fn evictions(&self) {
+        self.evicted.notified().await;
+    }
+
+    /// Takes the flush jobs that are due: users whose timer bucket has come,
+    /// and evicted users not yet being written. With `all`, every dirty
+    /// user is taken (shutdown).
+    pub fn take_flush_jobs(&self, all: bool, jobs: &mut Vec<FlushJob>) {
+        let now_tick = self.tick_at(Instant::now());
+        for partition in self.partitions.iter() {
+            let mut partition = partition.lock();
+            let partition = &mut *partition;
+            let mut due_users = Vec::new();
+            if all {
+                partition.schedule.clear();
+                due_users.extend(
+                    partition
+                        .lru
+                        .iter()
+                        .filter(|(_, entry)| entry.dirty_count() > 0)
+                        .map(|(user_id, _)| *user_id),
+                );
+            }
+            while partition
+                .schedule
+                .front()
+                .is_some_and(|(tick, _)| *tick <= now_tick)
+            {
+                if let Some((_, users)) = partition.schedule.pop_front() {
+                    due_users.extend(users);
+                }
+            }
+            for user_id in due_users {
+                let Some(entry) = partition.lru.peek_mut(&user_id) else {
+                    continue; // evicted since: its eviction write covers it
+                };
+                entry.scheduled = false;
+                let mut rows = Vec::new();
+                entry.dirty_rows(user_id, &mut rows);
+                if !rows.is_empty() {
+                    jobs.push(FlushJob { rows });
+                }
+            }
+            for (user_id, entry) in partition.evicting.iter_mut() {
+                if entry.writing && !all {
+                    continue;
+                }
+                entry.writing = true;
+                let mut rows = Vec::new();
+                entry.dirty_rows(*user_id, &mut rows);
+                jobs.push(FlushJob { rows });
+            }
+        }
+    }
+
+    /// Records that `rows` reached the store: clears the dirty marks of the
+    /// states that did not change since, and frees evicted users that are
+    /// now clean.
+    pub fn mark_written(&self, rows: &[RowWrite]) {
+        let mut cleared = 0;
+        for row in rows {
+            let mut partition = self.partition(row.user_id).lock();
+            let partition = &mut *partition;
+            let channel_id: ChannelId = row.state.channel_id;
+            if let Some(entry) = partition.lru.peek_mut(&row.user_id) {
+                let (was_cleared, removed) = entry.mark_written(channel_id, row.state.version);
+                cleared += usize::from(was_cleared);
+                partition.slots -= removed;
+            } else if let Some(entry) = partition.evicting.get_mut(&row.user_id) {
+                let (was_cleared, _) = entry.mark_written(channel_id, row.state.version);
+                cleared += usize::from(was_cleared);
+                if entry.dirty_count() == 0 {
+                    partition.evicting.remove(&row.user_id);
+                }
+            }
+        }
+        if cleared > 0 {
+            self.dirty.fetch_sub(cleared, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns the version clock.
+    pub fn clock(&self) -> &VersionClock {
+        &self.clock
+    }
+
+    fn partition(&self, user_id: UserId) -> &Mutex<Partition> {
+        let index = self.hasher.hash_one(user_id.get()) as usize % self.partitions.len();
+        &self.partitions[index]
+    }
+}
+
+/// What a request does about a user that is not cached.
+enum Miss {
+    /// Load it: this request leads the single flight.
+    Load(watch::Sender<()>),
+    /// Wait for the request that is loading it.
+    Wait(watch::Receiver<()>),
+}
+
+/// Ends a single-flight load: removes the loading mark, then (by dropping
+/// the sender) wakes the waiters.
+struct LoadGuard<'a> {
+    cache: &'a Cache,
+    user_id: UserId,
+    _sender: watch::Sender<()>,
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        self.cache
+            .partition(self.user_id)
+            .lock()
+            .loading
+            .remove(&self.user_id);
+    }
+}
+
+/// Shares the cache with the service and the flusher.
+pub type SharedCache = Arc<Cache>;

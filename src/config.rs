@@ -1,0 +1,413 @@
+//! Service configuration: one TOML file, overridable by environment
+//! variables, parsed and validated once at start-up into typed values.
+//!
+//! Every key has a default that runs on a laptop. An environment variable
+//! `READSTATES_<SECTION>_<KEY>` overrides `[section] key`, e.g.
+//! `READSTATES_CACHE_CAPACITY=2000000` or `READSTATES_STORE_DATA_DIR=/var/lib/readstates`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The environment variable prefix of overrides.
+pub const ENV_PREFIX: &str = "READSTATES_";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub cache: CacheConfig,
+    pub flush: FlushConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+/// The gRPC listener and request handling.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the gRPC API listens on.
+    pub listen_addr: SocketAddr,
+    /// Requests handled at once on one connection; further requests are
+    /// refused with `UNAVAILABLE` rather than queued without bound.
+    pub max_concurrent_requests_per_connection: usize,
+    /// A request running longer than this is cancelled (`CANCELLED`/deadline).
+    pub request_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, how long in-flight calls and the final flush may
+    /// take before the process gives up and exits non-zero.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// Which store holds the states.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `embedded` (the default, an on-disk database under `data_dir`).
+    pub backend: StoreBackend,
+    /// Directory of the embedded database.
+    pub data_dir: PathBuf,
+}
+
+/// The store backends.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Embedded,
+}
+
+/// The in-memory cache.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How many read states the cache holds (not users).
+    pub capacity: usize,
+    /// Independent LRU partitions; more partitions, less lock contention.
+    pub partitions: usize,
+    /// Pending mentions tracked by id per state (exact, retry-safe
+    /// counting); past this, mentions are counted without de-duplication.
+    pub max_tracked_mentions: usize,
+}
+
+/// Write-behind persistence.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlushConfig {
+    /// A change reaches the store at most this long after its state first
+    /// became dirty (plus the write itself).
+    pub delay_ms: u64,
+    /// Granularity of the flush timer: states becoming dirty within one tick
+    /// share a timer bucket.
+    pub tick_ms: u64,
+    /// Store writes in flight at once.
+    pub concurrency: usize,
+    /// Rows per store write.
+    pub batch_size: usize,
+    /// Dirty states held before writes are refused with `UNAVAILABLE`
+    /// (the store is not keeping up, or is down).
+    pub max_dirty_states: usize,
+    /// First and largest wait between retries of a failed write.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+/// Request size limits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most user ids in one AddMentions/RemoveMentions.
+    pub max_mention_users: usize,
+    /// Most acks in one BulkAck.
+    pub max_bulk_acks: usize,
+    /// Most channel ids in one DeleteReadStates.
+    pub max_delete_channels: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `readstates=debug`; `RUST_LOG`
+    /// takes precedence when set.
+    pub level: String,
+    /// Emit JSON lines instead of human-readable text.
+    pub json: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_concurrent_requests_per_connection: 4096,
+            request_timeout_ms: 10_000,
+            shutdown_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Embedded,
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 1_000_000,
+            partitions: 64,
+            max_tracked_mentions: 1_000,
+        }
+    }
+}
+
+impl Default for FlushConfig {
+    fn default() -> Self {
+        Self {
+            delay_ms: 30_000,
+            tick_ms: 1_000,
+            concurrency: 4,
+            batch_size: 512,
+            max_dirty_states: 1_000_000,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_mention_users: 10_000,
+            max_bulk_acks: 1_000,
+            max_delete_channels: 1_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            json: false,
+        }
+    }
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML (with overrides applied) does not match the schema.
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// An environment override names no known setting.
+    #[error("environment variable {0} names no setting; expected READSTATES_<SECTION>_<KEY>")]
+    UnknownOverride(String),
+    /// A value is out of its allowed range.
+    #[error("invalid config: {field} {reason}")]
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
+}
+
+const SECTIONS: [&str; 6] = ["server", "store", "cache", "flush", "limits", "log"];
+
+impl Config {
+    /// Loads the file at `path` (defaults only when `None`), applies the
+    /// `READSTATES_*` environment overrides and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml_and_env(&text, std::env::vars())
+    }
+
+    /// Parses TOML text, applies overrides from `(name, value)` pairs (only
+    /// those starting with [`ENV_PREFIX`] and naming a known section are
+    /// considered) and validates.
+    pub fn from_toml_and_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = SECTIONS.iter().find_map(|section| {
+                let key = rest.strip_prefix(section)?.strip_prefix('_')?;
+                Some((*section, key))
+            }) else {
+                // Other READSTATES_* variables (e.g. test settings) are not ours.
+                continue;
+            };
+            if key.is_empty() {
+                return Err(ConfigError::UnknownOverride(name));
+            }
+            let entry = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(section_table) = entry else {
+                return Err(ConfigError::UnknownOverride(name));
+            };
+            section_table.insert(key.to_owned(), parse_env_value(&value));
+        }
+        let config: Config = toml::Value::Table(table).try_into()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the ranges serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let checks: [(bool, &'static str, &'static str); 13] = [
+            (
+                self.cache.capacity == 0,
+                "cache.capacity",
+                "must be at least 1",
+            ),
+            (
+                self.cache.partitions == 0 || self.cache.partitions > 65_536,
+                "cache.partitions",
+                "must be between 1 and 65536",
+            ),
+            (
+                self.cache.max_tracked_mentions < 1_000,
+                "cache.max_tracked_mentions",
+                "must be at least 1000",
+            ),
+            (
+                self.flush.delay_ms == 0,
+                "flush.delay_ms",
+                "must be at least 1",
+            ),
+            (
+                self.flush.tick_ms == 0 || self.flush.tick_ms > self.flush.delay_ms,
+                "flush.tick_ms",
+                "must be between 1 and flush.delay_ms",
+            ),
+            (
+                self.flush.concurrency == 0,
+                "flush.concurrency",
+                "must be at least 1",
+            ),
+            (
+                self.flush.batch_size == 0,
+                "flush.batch_size",
+                "must be at least 1",
+            ),
+            (
+                self.flush.max_dirty_states == 0,
+                "flush.max_dirty_states",
+                "must be at least 1",
+            ),
+            (
+                self.flush.retry_initial_ms == 0
+                    || self.flush.retry_max_ms < self.flush.retry_initial_ms,
+                "flush.retry_max_ms",
+                "must be at least flush.retry_initial_ms, which must be at least 1",
+            ),
+            (
+                self.limits.max_mention_users == 0,
+                "limits.max_mention_users",
+                "must be at least 1",
+            ),
+            (
+                self.limits.max_bulk_acks == 0,
+                "limits.max_bulk_acks",
+                "must be at least 1",
+            ),
+            (
+                self.limits.max_delete_channels == 0,
+                "limits.max_delete_channels",
+                "must be at least 1",
+            ),
+            (
+                self.server.max_concurrent_requests_per_connection == 0,
+                "server.max_concurrent_requests_per_connection",
+                "must be at least 1",
+            ),
+        ];
+        match checks.into_iter().find(|(failed, _, _)| *failed) {
+            Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl FlushConfig {
+    /// Returns the flush delay.
+    pub fn delay(&self) -> Duration {
+        Duration::from_millis(self.delay_ms)
+    }
+
+    /// Returns the flush timer granularity.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+}
+
+/// Reads an override as an integer, bool or float when it looks like one,
+/// else as a string.
+fn parse_env_value(value: &str) -> toml::Value {
+    if let Ok(integer) = value.replace('_', "").parse::<i64>() {
+        return toml::Value::Integer(integer);
+    }
+    if let Ok(boolean) = value.parse::<bool>() {
+        return toml::Value::Boolean(boolean);
+    }
+    if let Ok(float) = value.parse::<f64>() {
+        return toml::Value::Float(float);
+    }
+    toml::Value::String(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_file_gives_laptop_defaults() {
+        let config = Config::from_toml_and_env("", env(&[])).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.flush.delay(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn file_values_and_env_overrides_apply() {
+        let text = "[cache]\ncapacity = 500\n[flush]\ndelay_ms = 2000\n";
+        let overrides = env(&[
+            ("READSTATES_FLUSH_DELAY_MS", "5000"),
+            ("READSTATES_STORE_DATA_DIR", "/tmp/rs"),
+            ("READSTATES_TEST_SCYLLA", "127.0.0.1:9042"),
+            ("PATH", "/bin"),
+        ]);
+        let config = Config::from_toml_and_env(text, overrides).unwrap();
+        assert_eq!(config.cache.capacity, 500);
+        assert_eq!(config.flush.delay_ms, 5000);
+        assert_eq!(config.store.data_dir, PathBuf::from("/tmp/rs"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_ranges_are_refused_by_name() {
+        let error = Config::from_toml_and_env("[cache]\ncapacty = 5\n", env(&[])).unwrap_err();
+        assert!(error.to_string().contains("capacty"), "{error}");
+
+        let error =
+            Config::from_toml_and_env("", env(&[("READSTATES_CACHE_CAPACITY", "0")])).unwrap_err();
+        assert!(error.to_string().contains("cache.capacity"), "{error}");
+
+        let error = Config::from_toml_and_env("[flush]\ndelay_ms = 100\ntick_ms = 500\n", env(&[]))
+            .unwrap_err();
+        assert!(error.to_string().contains("flush.tick_ms"), "{error}");
+
+        let error =
+            Config::from_toml_and_env("[store]\nbackend = \"mysql\"\n", env(&[])).unwrap_err();
+        assert!(error.to_string().contains("mysql"), "{error}");
+    }
+}

@@ -1,0 +1,24 @@
+//! readstates: per-user, per-channel read states over gRPC.
+//!
+//! Module map, from the edge inwards:
+//! - [`api`]: the `readstates.v1` gRPC service; request validation and the
+//!   mapping of errors to status codes.
+//! - [`cache`]: partitioned LRU of users' states; single-flight loads,
+//!   eviction, dirty tracking and the flush timer buckets.
+//! - [`read_state`]: one state's semantics (acks, mentions, pins).
+//! - [`flush`]: write-behind of dirty states to the store.
+//! - [`store`]: the store trait and the embedded default store.
+//! - [`clock`]: versions and timestamps.
+//! - [`ids`]: validated snowflake id types.
+//! - [`config`]: the TOML configuration and its environment overrides.
+//! - [`server`]: wiring, serving and graceful shutdown.
+
+pub mod api;
+pub mod cache;
+pub mod clock;
+pub mod config;
+pub mod flush;
+pub mod ids;
+pub mod read_state;
+pub mod server;
+pub mod store;

@@ -1,0 +1,294 @@
+//! The default store: an embedded LSM database (fjall) under `data_dir`.
+//!
+//! Keys are `user_id ++ channel_id`, both big-endian, so one user's rows are
+//! one contiguous prefix: a cache miss is one prefix scan. Values use the
+//! shared row layout. Deletes are written as tombstone rows carrying their
+//! version, so a stale flush that lands after a delete cannot resurrect the
+//! row. fjall hands every write to the OS before returning, so a killed
+//! process loses nothing that was written; `sync` adds an fsync for power
+//! loss at shutdown.
+//!
+//! fjall's calls block on disk I/O, so each operation runs on Tokio's
+//! blocking pool. Writes are serialized by a mutex because the version check
+//! is a read-then-write; callers bound how many batches are in flight.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use parking_lot::Mutex;
+
+use super::row::{Row, decode_row, encode_row};
+use super::{RowWrite, Store, StoreError, StoreFuture};
+use crate::ids::{ChannelId, UserId};
+use crate::read_state::ReadState;
+
+const STATES_KEYSPACE: &str = "read_states";
+const META_KEYSPACE: &str = "meta";
+const VERSION_FLOOR_KEY: &[u8] = b"version_floor";
+
+/// The embedded fjall store.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    states: Keyspace,
+    meta: Keyspace,
+    /// Serializes the read-compare-write of batches.
+    write_lock: Mutex<()>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|error| {
+            StoreError::Unavailable(format!("cannot create {}: {error}", data_dir.display()))
+        })?;
+        let db = Database::builder(data_dir).open().map_err(fjall_error)?;
+        let states = db
+            .keyspace(STATES_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(fjall_error)?;
+        let meta = db
+            .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)
+            .map_err(fjall_error)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                states,
+                meta,
+                write_lock: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Runs a blocking closure on the blocking pool.
+    fn blocking<T, F>(&self, work: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || work(&inner))
+                .await
+                .map_err(|error| StoreError::Worker(error.to_string()))?
+        })
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, Vec<ReadState>> {
+        self.blocking(move |inner| inner.load_user(user_id))
+    }
+
+    fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
+        self.blocking(move |inner| inner.write_batch(&rows))
+    }
+
+    fn load_version_floor(&self) -> StoreFuture<'_, u64> {
+        self.blocking(|inner| {
+            let Some(bytes) = inner.meta.get(VERSION_FLOOR_KEY).map_err(fjall_error)? else {
+                return Ok(0);
+            };
+            let array: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
+                StoreError::Unavailable("stored version floor is damaged".to_owned())
+            })?;
+            Ok(u64::from_le_bytes(array))
+        })
+    }
+
+    fn record_version_floor(&self, floor: u64) -> StoreFuture<'_, ()> {
+        self.blocking(move |inner| {
+            let _guard = inner.write_lock.lock();
+            let current = match inner.meta.get(VERSION_FLOOR_KEY).map_err(fjall_error)? {
+                Some(bytes) => bytes
+                    .as_ref()
+                    .try_into()
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(0),
+                None => 0,
+            };
+            if floor > current {
+                inner
+                    .meta
+                    .insert(VERSION_FLOOR_KEY, floor.to_le_bytes())
+                    .map_err(fjall_error)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn sync(&self) -> StoreFuture<'_, ()> {
+        self.blocking(|inner| inner.db.persist(PersistMode::SyncAll).map_err(fjall_error))
+    }
+}
+
+impl Inner {
+    fn load_user(&self, user_id: UserId) -> Result<Vec<ReadState>, StoreError> {
+        let mut states = Vec::new();
+        for guard in self.states.prefix(user_id.get().to_be_bytes()) {
+            let (key, value) = guard.into_inner().map_err(fjall_error)?;
+            let channel_id = channel_of(&key).ok_or_else(|| StoreError::Corrupt {
+                user_id: user_id.get(),
+                source: super::RowDecodeError::Id,
+            })?;
+            let row = decode_row(channel_id, &value).map_err(|source| StoreError::Corrupt {
+                user_id: user_id.get(),
+                source,
+            })?;
+            if let Row::Live(state) = row {
+                states.push(state);
+            }
+        }
+        Ok(states)
+    }
+
+    fn write_batch(&self, rows: &[RowWrite]) -> Result<(), StoreError> {
+        // Within one batch, only the newest write of a key matters.
+        let mut rows: Vec<&RowWrite> = rows.iter().collect();
+        rows.sort_unstable_by(|a, b| {
+            (a.user_id, a.state.channel_id, b.state.version).cmp(&(
+                b.user_id,
+                b.state.channel_id,
+                a.state.version,
+            ))
+        });
+        rows.dedup_by(|later, first| {
+            later.user_id == first.user_id && later.state.channel_id == first.state.channel_id
+        });
+
+        let _guard = self.write_lock.lock();
+        let mut batch = self.db.batch();
+        let mut value = Vec::with_capacity(64);
+        for row in rows {
+            let key = key_of(row.user_id, row.state.channel_id);
+            if let Some(stored) = self.states.get(key).map_err(fjall_error)? {
+                let stored_version = decode_row(row.state.channel_id, &stored)
+                    .map(|stored| stored.version())
+                    // A damaged row is replaced by the newer write.
+                    .unwrap_or(0);
+                if stored_version >= row.state.version {
+                    continue;
+                }
+            }
+            encode_row(&row.state, row.deleted, &mut value);
+            batch.insert(&self.states, key, value.as_slice());
+        }
+        batch.commit().map_err(fjall_error)
+    }
+}
+
+fn key_of(user_id: UserId, channel_id: ChannelId) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&user_id.get().to_be_bytes());
+    key[8..].copy_from_slice(&channel_id.get().to_be_bytes());
+    key
+}
+
+fn channel_of(key: &[u8]) -> Option<ChannelId> {
+    let raw: [u8; 8] = key.get(8..16)?.try_into().ok()?;
+    ChannelId::new(u64::from_be_bytes(raw)).ok()
+}
+
+fn fjall_error(error: fjall::Error) -> StoreError {
+    StoreError::Unavailable(format!("embedded database: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::MessageId;
+
+    fn state(channel: u64, last: u64, version: u64) -> ReadState {
+        ReadState {
+            last_message_id: MessageId::new(last).unwrap(),
+            version,
+            ..ReadState::empty(ChannelId::new(channel).unwrap())
+        }
+    }
+
+    fn write(user: u64, state: ReadState, deleted: bool) -> RowWrite {
+        RowWrite {
+            user_id: UserId::new(user).unwrap(),
+            state,
+            deleted,
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_writes_never_overwrite_newer_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let user = UserId::new(7).unwrap();
+        store
+            .write_batch(Arc::from(vec![write(7, state(1, 50, 10), false)]))
+            .await
+            .unwrap();
+        store
+            .write_batch(Arc::from(vec![write(7, state(1, 40, 9), false)]))
+            .await
+            .unwrap();
+        assert_eq!(store.load_user(user).await.unwrap(), vec![state(1, 50, 10)]);
+
+        store
+            .write_batch(Arc::from(vec![write(7, state(1, 0, 11), true)]))
+            .await
+            .unwrap();
+        store
+            .write_batch(Arc::from(vec![write(7, state(1, 60, 10), false)]))
+            .await
+            .unwrap();
+        assert!(
+            store.load_user(user).await.unwrap().is_empty(),
+            "delete wins over older write"
+        );
+
+        store
+            .write_batch(Arc::from(vec![write(7, state(1, 70, 12), false)]))
+            .await
+            .unwrap();
+        assert_eq!(store.load_user(user).await.unwrap(), vec![state(1, 70, 12)]);
+    }
+
+    #[tokio::test]
+    async fn users_are_separate_prefixes_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let rows = vec![
+                write(1, state(5, 1, 1), false),
+                write(2, state(3, 2, 1), false),
+                write(2, state(4, 3, 1), false),
+                write(3, state(1, 4, 1), false),
+            ];
+            store.write_batch(Arc::from(rows)).await.unwrap();
+            store.record_version_floor(99).await.unwrap();
+            store.record_version_floor(50).await.unwrap();
+            store.sync().await.unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let user2 = store.load_user(UserId::new(2).unwrap()).await.unwrap();
+        assert_eq!(user2, vec![state(3, 2, 1), state(4, 3, 1)]);
+        assert_eq!(store.load_version_floor().await.unwrap(), 99);
+    }
+
+    #[tokio::test]
+    async fn the_newest_duplicate_in_a_batch_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let rows = vec![
+            write(1, state(1, 9, 3), false),
+            write(1, state(1, 5, 2), false),
+        ];
+        store.write_batch(Arc::from(rows)).await.unwrap();
+        let loaded = store.load_user(UserId::new(1).unwrap()).await.unwrap();
+        assert_eq!(loaded, vec![state(1, 9, 3)]);
+    }
+}

@@ -1,0 +1,77 @@
+//! Durable storage of read states behind one trait, so the cache and the
+//! write-behind never know which database holds the rows.
+//!
+//! Every row carries the `version` of the change it holds, and a store never
+//! lets an older version overwrite (or resurrect over a delete of) a newer
+//! one: flushes of one state may race (a timed flush and an eviction write),
+//! and with a shared cluster, several instances may write one user.
+
+mod embedded;
+mod row;
+
+pub use embedded::EmbeddedStore;
+pub use row::{RowDecodeError, decode_row, encode_row};
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::ids::UserId;
+use crate::read_state::ReadState;
+
+/// A boxed store future: the trait is used as `dyn Store`.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// One row to write: the state of a (user, channel) pair at `state.version`,
+/// or its deletion at that version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowWrite {
+    pub user_id: UserId,
+    pub state: ReadState,
+    pub deleted: bool,
+}
+
+/// The durable home of read states.
+pub trait Store: Send + Sync + 'static {
+    /// Returns the backend's name, for logs and metrics.
+    fn backend(&self) -> &'static str;
+
+    /// Returns every live state of one user (in channel order).
+    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, Vec<ReadState>>;
+
+    /// Writes a batch of rows; a row older than the stored one is skipped.
+    /// On error nothing is known about which rows landed: the caller retries
+    /// the batch, which is safe because writes are versioned.
+    fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()>;
+
+    /// Returns the highest version recorded by [`Store::record_version_floor`]
+    /// (0 if none), so a restarted server never reissues a version.
+    fn load_version_floor(&self) -> StoreFuture<'_, u64>;
+
+    /// Records that versions up to `floor` may have been handed out.
+    fn record_version_floor(&self, floor: u64) -> StoreFuture<'_, ()>;
+
+    /// Makes everything written so far durable (e.g. fsync); called on
+    /// graceful shutdown.
+    fn sync(&self) -> StoreFuture<'_, ()>;
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or refused the operation; retrying
+    /// later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored row could not be decoded; the data is damaged or was written
+    /// by an incompatible version.
+    #[error("stored row for user {user_id} is damaged: {source}")]
+    Corrupt {
+        user_id: u64,
+        #[source]
+        source: RowDecodeError,
+    },
+    /// The blocking store worker was cancelled or panicked.
+    #[error("store worker failed: {0}")]
+    Worker(String),
+}

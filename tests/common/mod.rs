@@ -1,0 +1,161 @@
+//! Shared harness of the integration tests: a real server on 127.0.0.1:0
+//! over a real embedded store in a temporary directory, a gRPC client, and a
+//! store wrapper that counts writes and can simulate an outage.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use readstates::api::proto::read_states_client::ReadStatesClient;
+use readstates::config::Config;
+use readstates::ids::UserId;
+use readstates::read_state::ReadState;
+use readstates::server::{self, Running};
+use readstates::store::{EmbeddedStore, RowWrite, Store, StoreError, StoreFuture};
+use tonic::transport::Channel;
+
+pub type Client = ReadStatesClient<Channel>;
+
+/// A config for tests: loopback on an ephemeral port, data in `data_dir`.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.server.listen_addr = "127.0.0.1:0".parse().unwrap();
+    config.store.data_dir = data_dir.to_owned();
+    config.cache.partitions = 8;
+    config
+}
+
+/// Wraps the embedded store: counts rows written and batches, and fails
+/// every operation while `down` is set.
+pub struct InstrumentedStore {
+    pub inner: EmbeddedStore,
+    pub rows_written: AtomicUsize,
+    pub batches_written: AtomicUsize,
+    pub loads: AtomicUsize,
+    pub down: AtomicBool,
+}
+
+impl InstrumentedStore {
+    pub fn open(data_dir: &Path) -> Arc<Self> {
+        Arc::new(Self {
+            inner: EmbeddedStore::open(data_dir).unwrap(),
+            rows_written: AtomicUsize::new(0),
+            batches_written: AtomicUsize::new(0),
+            loads: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+        })
+    }
+
+    pub fn rows_written(&self) -> usize {
+        self.rows_written.load(Ordering::SeqCst)
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("simulated outage".to_owned()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Store for InstrumentedStore {
+    fn backend(&self) -> &'static str {
+        "instrumented-embedded"
+    }
+
+    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, Vec<ReadState>> {
+        Box::pin(async move {
+            self.check()?;
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            self.inner.load_user(user_id).await
+        })
+    }
+
+    fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.check()?;
+            let count = rows.len();
+            self.inner.write_batch(rows).await?;
+            self.rows_written.fetch_add(count, Ordering::SeqCst);
+            self.batches_written.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+
+    fn load_version_floor(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.load_version_floor().await
+        })
+    }
+
+    fn record_version_floor(&self, floor: u64) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.record_version_floor(floor).await
+        })
+    }
+
+    fn sync(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.sync().await
+        })
+    }
+}
+
+/// A server under test and a client connected to it.
+pub struct TestServer {
+    pub running: Running,
+    pub client: Client,
+}
+
+impl TestServer {
+    pub async fn start(config: &Config, store: Arc<dyn Store>) -> Self {
+        let running = server::start(config, store).await.unwrap();
+        let client = connect(running.addr).await;
+        Self { running, client }
+    }
+
+    pub async fn shutdown(self) {
+        drop(self.client);
+        self.running.shutdown().await.unwrap();
+    }
+}
+
+pub async fn connect(addr: std::net::SocketAddr) -> Client {
+    let endpoint = format!("http://{addr}");
+    for _ in 0..100 {
+        if let Ok(client) = ReadStatesClient::connect(endpoint.clone()).await {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot connect to {endpoint}");
+}
+
+/// Reads every live row of a user straight from the store.
+pub async fn stored(store: &dyn Store, user: u64) -> Vec<ReadState> {
+    store.load_user(UserId::new(user).unwrap()).await.unwrap()
+}
+
+/// Polls `condition` every 20 ms for up to `limit`.
+pub async fn eventually(limit: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

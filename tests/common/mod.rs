@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use readstates::api::proto::read_states_client::ReadStatesClient;
@@ -35,6 +35,8 @@ pub struct InstrumentedStore {
     pub batches_written: AtomicUsize,
     pub loads: AtomicUsize,
     pub down: AtomicBool,
+    /// Extra time each batch write takes, in ms.
+    pub write_delay_ms: AtomicU64,
 }
 
 impl InstrumentedStore {
@@ -45,6 +47,7 @@ impl InstrumentedStore {
             batches_written: AtomicUsize::new(0),
             loads: AtomicUsize::new(0),
             down: AtomicBool::new(false),
+            write_delay_ms: AtomicU64::new(0),
         })
     }
 
@@ -81,6 +84,10 @@ impl Store for InstrumentedStore {
     fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.check()?;
+            let delay = self.write_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             let count = rows.len();
             self.inner.write_batch(rows).await?;
             self.rows_written.fetch_add(count, Ordering::SeqCst);

@@ -37,8 +37,11 @@ pub struct ServerConfig {
     pub max_concurrent_requests_per_connection: usize,
     /// A request running longer than this is cancelled (`CANCELLED`/deadline).
     pub request_timeout_ms: u64,
-    /// On SIGTERM/SIGINT, how long in-flight calls and the final flush may
-    /// take before the process gives up and exits non-zero.
+    /// On SIGTERM/SIGINT, how long calls in flight may take to finish
+    /// before their connections are closed and the final flush starts.
+    pub drain_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, how long the drain and the final flush may take
+    /// before the process gives up and exits non-zero.
     pub shutdown_timeout_ms: u64,
 }
 
@@ -123,6 +126,7 @@ impl Default for ServerConfig {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             max_concurrent_requests_per_connection: 4096,
             request_timeout_ms: 10_000,
+            drain_timeout_ms: 10_000,
             shutdown_timeout_ms: 60_000,
         }
     }
@@ -258,7 +262,12 @@ impl Config {
 
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str, &'static str); 13] = [
+        let checks: [(bool, &'static str, &'static str); 14] = [
+            (
+                self.server.drain_timeout_ms >= self.server.shutdown_timeout_ms,
+                "server.drain_timeout_ms",
+                "must be less than server.shutdown_timeout_ms",
+            ),
             (
                 self.cache.capacity == 0,
                 "cache.capacity",

@@ -132,6 +132,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         .add_service(proto::read_states_server::ReadStatesServer::new(service));
 
     let serve_shutdown = shutdown.clone();
+    let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);
     let task = tokio::spawn(async move {
         let stopping = async {
             serve_shutdown.cancelled().await;
@@ -140,13 +141,25 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
                 .set_not_serving::<proto::read_states_server::ReadStatesServer<ReadStatesService>>()
                 .await;
         };
-        let served = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
-            .await;
+        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping);
+        // A client that never lets its connection close must not keep the
+        // final flush from running: past the drain timeout, connections are
+        // dropped (their unfinished calls were never acknowledged).
+        let drain_expired = async {
+            serve_shutdown.cancelled().await;
+            tokio::time::sleep(drain_timeout).await;
+        };
+        let served = tokio::select! {
+            served = serve => served.context("gRPC server failed"),
+            () = drain_expired => {
+                tracing::warn!(?drain_timeout, "calls still open after the drain timeout; closing connections");
+                Ok(())
+            }
+        };
         tracing::info!("calls finished: flushing dirty read states");
         flush_shutdown.cancel();
         let flushed = flusher_task.await.context("flusher task failed")?;
-        served.context("gRPC server failed")?;
+        served?;
         flushed.context("final flush failed")?;
         tracing::info!("shutdown complete");
         Ok(())

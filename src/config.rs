@@ -388,6 +388,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_documents_the_defaults() {
+        let text = include_str!("../readstates.example.toml");
+        let config = Config::from_toml_and_env(text, env(&[])).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
     fn file_values_and_env_overrides_apply() {
         let text = "[cache]\ncapacity = 500\n[flush]\ndelay_ms = 2000\n";
         let overrides = env(&[

@@ -80,6 +80,12 @@ impl UserEntry {
         }
     }
 
+    /// Returns the cache capacity this user takes: its states, and one for
+    /// a user with none.
+    pub fn weight(&self) -> usize {
+        self.slots.len().max(1)
+    }
+
     /// Returns the number of dirty states.
     pub fn dirty_count(&self) -> usize {
         self.slots.iter().filter(|slot| slot.dirty).count()
@@ -100,22 +106,21 @@ impl UserEntry {
     }
 
     /// Clears the dirty mark of `channel_id` if it still holds `version`;
-    /// drops the slot if that write was its deletion. Returns
-    /// `(cleared, slots removed)`.
-    pub fn mark_written(&mut self, channel_id: ChannelId, version: u64) -> (bool, usize) {
+    /// drops the slot if that write was its deletion. Returns whether the
+    /// mark was cleared.
+    pub fn mark_written(&mut self, channel_id: ChannelId, version: u64) -> bool {
         let Ok(index) = self.find(channel_id) else {
-            return (false, 0);
+            return false;
         };
         let slot = &mut self.slots[index];
         if !slot.dirty || slot.state.version != version {
-            return (false, 0);
+            return false;
         }
         slot.dirty = false;
         if slot.deleted {
             self.slots.remove(index);
-            return (true, 1);
         }
-        (true, 0)
+        true
     }
 
     /// Returns the live state of `channel_id`, or zeros.
@@ -152,8 +157,6 @@ pub struct UserTxn<'a> {
     now_ms: u64,
     /// States that became dirty (were clean before).
     pub(super) newly_dirty: usize,
-    /// Slots added minus slots removed.
-    pub(super) slots_added: usize,
 }
 
 impl<'a> UserTxn<'a> {
@@ -169,7 +172,6 @@ impl<'a> UserTxn<'a> {
             version: None,
             now_ms: 0,
             newly_dirty: 0,
-            slots_added: 0,
         }
     }
 
@@ -285,7 +287,6 @@ impl<'a> UserTxn<'a> {
                             deleted: false,
                         };
                         self.entry.slots.insert(index, slot);
-                        self.slots_added += 1;
                         index
                     }
                 };

@@ -75,8 +75,10 @@ pub struct Cache {
 
 struct Partition {
     lru: LruCache<UserId, UserEntry>,
-    /// Slots held by the LRU entries.
-    slots: usize,
+    /// Capacity used by the LRU entries: their states, counting a user
+    /// with none as one (so reads of empty users cannot grow the cache
+    /// without bound).
+    weight: usize,
     /// Users being loaded; waiters hold a receiver and wake when the loader
     /// drops its sender.
     loading: HashMap<UserId, watch::Receiver<()>>,
@@ -100,7 +102,7 @@ impl Cache {
                 .map(|_| {
                     Mutex::new(Partition {
                         lru: LruCache::unbounded(),
-                        slots: 0,
+                        weight: 0,
                         loading: HashMap::new(),
                         evicting: HashMap::new(),
                         schedule: VecDeque::new(),
@@ -130,13 +132,14 @@ impl Cache {
         self.dirty.load(Ordering::Relaxed)
     }
 
-    /// Returns the number of cached states and users.
+    /// Returns the capacity in use (cached states, an empty user counting
+    /// as one) and the number of cached users.
     pub fn resident(&self) -> (usize, usize) {
         self.partitions
             .iter()
-            .fold((0, 0), |(slots, users), partition| {
+            .fold((0, 0), |(weight, users), partition| {
                 let partition = partition.lock();
-                (slots + partition.slots, users + partition.lru.len())
+                (weight + partition.weight, users + partition.lru.len())
             })
     }
 
@@ -231,7 +234,7 @@ impl Cache {
             let mut partition = self.partition(user_id).lock();
             if !partition.lru.contains(&user_id) {
                 let entry = UserEntry::loaded(states);
-                partition.slots += entry.slots.len();
+                partition.weight += entry.weight();
                 partition.lru.put(user_id, entry);
                 self.evict_over_capacity(&mut partition);
             }
@@ -253,22 +256,22 @@ impl Cache {
             // Back in the LRU: the flusher's timer owns it again.
             entry.writing = false;
             entry.scheduled = false;
-            partition.slots += entry.slots.len();
+            let dirty = entry.dirty_count() > 0;
+            partition.weight += entry.weight();
             partition.lru.put(user_id, entry);
-            if partition
-                .lru
-                .peek(&user_id)
-                .is_some_and(|e| e.dirty_count() > 0)
-            {
+            if dirty {
                 self.schedule(partition, user_id);
             }
+            self.evict_over_capacity(partition);
         }
         let Some(entry) = partition.lru.get_mut(&user_id) else {
             return Err(work);
         };
+        let weight_before = entry.weight();
         let mut txn = UserTxn::new(entry, &self.clock, self.max_tracked_mentions);
         let result = work(&mut txn);
-        let (changed, newly_dirty, slots_added) = (txn.changed(), txn.newly_dirty, txn.slots_added);
+        let (changed, newly_dirty) = (txn.changed(), txn.newly_dirty);
+        let weight_added = entry.weight() - weight_before;
         let needs_schedule = changed && !entry.scheduled;
         if newly_dirty > 0 {
             self.dirty.fetch_add(newly_dirty, Ordering::Relaxed);
@@ -276,8 +279,8 @@ impl Cache {
         if needs_schedule {
             self.schedule(partition, user_id);
         }
-        if slots_added > 0 {
-            partition.slots += slots_added;
+        if weight_added > 0 {
+            partition.weight += weight_added;
             self.evict_over_capacity(partition);
         }
         Ok(result)
@@ -308,11 +311,11 @@ impl Cache {
     fn evict_over_capacity(&self, partition: &mut Partition) {
         let capacity = self.capacity_per_partition.load(Ordering::Relaxed);
         let mut evicted_dirty = false;
-        while partition.slots > capacity && partition.lru.len() > 1 {
+        while partition.weight > capacity && partition.lru.len() > 1 {
             let Some((user_id, mut entry)) = partition.lru.pop_lru() else {
                 break;
             };
-            partition.slots -= entry.slots.len();
+            partition.weight -= entry.weight();
             if entry.dirty_count() > 0 {
                 entry.scheduled = false;
                 entry.writing = false;
@@ -332,43 +335,50 @@ impl Cache {
 
     /// Takes the flush jobs that are due: users whose timer bucket has come,
     /// and evicted users not yet being written. With `all`, every dirty
-    /// user is taken (shutdown).
+    /// user is taken (shutdown). Snapshots are taken a few users per lock
+    /// hold, so a large due bucket never stalls the partition's requests.
     pub fn take_flush_jobs(&self, all: bool, jobs: &mut Vec<FlushJob>) {
+        const USERS_PER_LOCK: usize = 64;
         let now_tick = self.tick_at(Instant::now());
         for partition in self.partitions.iter() {
+            let due_users = {
+                let mut partition = partition.lock();
+                let mut due_users = Vec::new();
+                if all {
+                    partition.schedule.clear();
+                    due_users.extend(
+                        partition
+                            .lru
+                            .iter()
+                            .filter(|(_, entry)| entry.dirty_count() > 0)
+                            .map(|(user_id, _)| *user_id),
+                    );
+                }
+                while let Some((tick, _)) = partition.schedule.front() {
+                    if *tick > now_tick {
+                        break;
+                    }
+                    if let Some((_, users)) = partition.schedule.pop_front() {
+                        due_users.extend(users);
+                    }
+                }
+                due_users
+            };
+            for chunk in due_users.chunks(USERS_PER_LOCK) {
+                let mut partition = partition.lock();
+                for &user_id in chunk {
+                    let Some(entry) = partition.lru.peek_mut(&user_id) else {
+                        continue; // evicted since: its eviction write covers it
+                    };
+                    entry.scheduled = false;
+                    let mut rows = Vec::new();
+                    entry.dirty_rows(user_id, &mut rows);
+                    if !rows.is_empty() {
+                        jobs.push(FlushJob { rows });
+                    }
+                }
+            }
             let mut partition = partition.lock();
-            let partition = &mut *partition;
-            let mut due_users = Vec::new();
-            if all {
-                partition.schedule.clear();
-                due_users.extend(
-                    partition
-                        .lru
-                        .iter()
-                        .filter(|(_, entry)| entry.dirty_count() > 0)
-                        .map(|(user_id, _)| *user_id),
-                );
-            }
-            while partition
-                .schedule
-                .front()
-                .is_some_and(|(tick, _)| *tick <= now_tick)
-            {
-                if let Some((_, users)) = partition.schedule.pop_front() {
-                    due_users.extend(users);
-                }
-            }
-            for user_id in due_users {
-                let Some(entry) = partition.lru.peek_mut(&user_id) else {
-                    continue; // evicted since: its eviction write covers it
-                };
-                entry.scheduled = false;
-                let mut rows = Vec::new();
-                entry.dirty_rows(user_id, &mut rows);
-                if !rows.is_empty() {
-                    jobs.push(FlushJob { rows });
-                }
-            }
             for (user_id, entry) in partition.evicting.iter_mut() {
                 if entry.writing && !all {
                     continue;
@@ -391,11 +401,12 @@ impl Cache {
             let partition = &mut *partition;
             let channel_id: ChannelId = row.state.channel_id;
             if let Some(entry) = partition.lru.peek_mut(&row.user_id) {
-                let (was_cleared, removed) = entry.mark_written(channel_id, row.state.version);
+                let weight_before = entry.weight();
+                let was_cleared = entry.mark_written(channel_id, row.state.version);
                 cleared += usize::from(was_cleared);
-                partition.slots -= removed;
+                partition.weight -= weight_before - entry.weight();
             } else if let Some(entry) = partition.evicting.get_mut(&row.user_id) {
-                let (was_cleared, _) = entry.mark_written(channel_id, row.state.version);
+                let was_cleared = entry.mark_written(channel_id, row.state.version);
                 cleared += usize::from(was_cleared);
                 if entry.dirty_count() == 0 {
                     partition.evicting.remove(&row.user_id);
@@ -446,3 +457,153 @@ impl Drop for LoadGuard<'_> {
 
 /// Shares the cache with the service and the flusher.
 pub type SharedCache = Arc<Cache>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::MessageId;
+    use crate::store::EmbeddedStore;
+
+    fn settings(capacity: usize) -> CacheSettings {
+        CacheSettings {
+            capacity,
+            partitions: 1,
+            max_tracked_mentions: 1_000,
+            max_dirty_states: 1_000,
+            flush_delay: Duration::from_secs(30),
+            flush_tick: Duration::from_secs(1),
+        }
+    }
+
+    fn user(id: u64) -> UserId {
+        UserId::new(id).unwrap()
+    }
+
+    fn channel(id: u64) -> ChannelId {
+        ChannelId::new(id).unwrap()
+    }
+
+    fn due_rows(cache: &Cache) -> Vec<RowWrite> {
+        let mut jobs = Vec::new();
+        cache.take_flush_jobs(false, &mut jobs);
+        jobs.into_iter().flat_map(|job| job.rows).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_inside_the_delay_coalesce_into_one_due_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let cache = Cache::new(&settings(100), 0);
+        for message in 1..=100 {
+            let message = MessageId::new(message).unwrap();
+            cache
+                .write(&store, user(1), |txn| txn.ack(channel(1), message))
+                .await
+                .unwrap();
+        }
+        assert_eq!(cache.dirty_states(), 1);
+        assert!(
+            due_rows(&cache).is_empty(),
+            "nothing is due before the delay"
+        );
+
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let rows = due_rows(&cache);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].state.last_message_id.get(), 100);
+
+        cache.mark_written(&rows);
+        assert_eq!(cache.dirty_states(), 0);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(
+            due_rows(&cache).is_empty(),
+            "a written state is not flushed again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_during_the_write_stays_dirty_and_is_rescheduled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let cache = Cache::new(&settings(100), 0);
+        let ack =
+            |id| move |txn: &mut UserTxn<'_>| txn.ack(channel(1), MessageId::new(id).unwrap());
+        cache.write(&store, user(1), ack(1)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let in_flight = due_rows(&cache);
+        assert_eq!(in_flight.len(), 1);
+
+        cache.write(&store, user(1), ack(2)).await.unwrap();
+        cache.mark_written(&in_flight);
+        assert_eq!(cache.dirty_states(), 1, "the newer change is still dirty");
+
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let rows = due_rows(&cache);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].state.last_message_id.get(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dirty_users_evicted_are_written_at_once_and_readable_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let cache = Cache::new(&settings(2), 0);
+        for id in 1..=3 {
+            cache
+                .write(&store, user(id), |txn| {
+                    txn.ack(channel(1), MessageId::new(9).unwrap())
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(cache.resident(), (2, 2));
+        // User 1 was evicted dirty: its write is due now, not in 30 s.
+        let rows = due_rows(&cache);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].user_id, user(1));
+        assert_eq!(
+            cache.dirty_states(),
+            3,
+            "evicted states stay dirty until written"
+        );
+
+        // Before the write lands, a read takes the newest state back.
+        let view = cache
+            .try_write(user(1), |txn| txn.view(channel(1)))
+            .unwrap();
+        assert_eq!(view.ok().map(|view| view.last_message_id.get()), Some(9));
+        cache.mark_written(&rows);
+        assert_eq!(cache.dirty_states(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_are_refused_when_the_backlog_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let cache = Cache::new(
+            &CacheSettings {
+                max_dirty_states: 2,
+                ..settings(100)
+            },
+            0,
+        );
+        for id in 1..=2 {
+            cache
+                .write(&store, user(1), |txn| {
+                    txn.ack(channel(id), MessageId::new(1).unwrap())
+                })
+                .await
+                .unwrap();
+        }
+        let refused = cache
+            .write(&store, user(1), |txn| {
+                txn.ack(channel(3), MessageId::new(1).unwrap())
+            })
+            .await;
+        assert!(matches!(refused, Err(CacheError::Backlog { dirty: 2 })));
+        let read = cache
+            .read(&store, user(1), |txn| txn.view(channel(1)))
+            .await;
+        assert_eq!(read.unwrap().last_message_id.get(), 1, "reads still work");
+    }
+}

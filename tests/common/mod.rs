@@ -37,6 +37,8 @@ pub struct InstrumentedStore {
     pub down: AtomicBool,
     /// Extra time each batch write takes, in ms.
     pub write_delay_ms: AtomicU64,
+    /// Extra time each user load takes, in ms.
+    pub load_delay_ms: AtomicU64,
 }
 
 impl InstrumentedStore {
@@ -48,6 +50,7 @@ impl InstrumentedStore {
             loads: AtomicUsize::new(0),
             down: AtomicBool::new(false),
             write_delay_ms: AtomicU64::new(0),
+            load_delay_ms: AtomicU64::new(0),
         })
     }
 
@@ -77,6 +80,10 @@ impl Store for InstrumentedStore {
         Box::pin(async move {
             self.check()?;
             self.loads.fetch_add(1, Ordering::SeqCst);
+            let delay = self.load_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             self.inner.load_user(user_id).await
         })
     }

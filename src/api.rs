@@ -2,14 +2,18 @@
 //! cache, and maps results and errors to `readstates.v1` messages and gRPC
 //! status codes (in one place: `From<ApiError> for Status`).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tonic::{Request, Response, Status};
+use tokio::time::Instant;
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 use crate::cache::{Cache, CacheError, StateView, UserTxn};
 use crate::config::LimitsConfig;
 use crate::ids::{ChannelId, IdError, MessageId, UserId};
+use crate::metrics::{Method, Metrics};
 use crate::store::Store;
 
 /// The generated protobuf and gRPC code of `readstates.v1`.
@@ -108,16 +112,41 @@ pub struct ReadStatesService {
     cache: Arc<Cache>,
     store: Arc<dyn Store>,
     limits: LimitsConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl ReadStatesService {
     /// Creates the service over a cache and its store.
-    pub fn new(cache: Arc<Cache>, store: Arc<dyn Store>, limits: LimitsConfig) -> Self {
+    pub fn new(
+        cache: Arc<Cache>,
+        store: Arc<dyn Store>,
+        limits: LimitsConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             cache,
             store,
             limits,
+            metrics,
         }
+    }
+
+    /// Runs one call in a tracing span and records its latency by status
+    /// code. (A call cancelled by its client is not recorded.)
+    async fn observe<T>(
+        &self,
+        method: Method,
+        span: tracing::Span,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = call.instrument(span).await;
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.metrics.record_rpc(method, code, started.elapsed());
+        result.map(Response::new)
     }
 
     /// Applies one change to each user of a fan-out: cached users at once
@@ -162,13 +191,8 @@ fn parse_user_ids(raw: &[u64], max: usize) -> Result<Vec<UserId>, ApiError> {
     raw.iter().map(|&raw| user_id("user_ids", raw)).collect()
 }
 
-#[tonic::async_trait]
-impl ReadStates for ReadStatesService {
-    async fn ack(
-        &self,
-        request: Request<proto::AckRequest>,
-    ) -> Result<Response<proto::AckResponse>, Status> {
-        let request = request.into_inner();
+impl ReadStatesService {
+    async fn ack_call(&self, request: proto::AckRequest) -> Result<proto::AckResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = message_id("message_id", request.message_id)?;
@@ -185,16 +209,15 @@ impl ReadStates for ReadStatesService {
                 .await
         }
         .map_err(ApiError::from)?;
-        Ok(Response::new(proto::AckResponse {
+        Ok(proto::AckResponse {
             read_state: Some(to_proto(user, view)),
-        }))
+        })
     }
 
-    async fn bulk_ack(
+    async fn bulk_ack_call(
         &self,
-        request: Request<proto::BulkAckRequest>,
-    ) -> Result<Response<proto::BulkAckResponse>, Status> {
-        let request = request.into_inner();
+        request: proto::BulkAckRequest,
+    ) -> Result<proto::BulkAckResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         list_length("acks", request.acks.len(), self.limits.max_bulk_acks)?;
         let acks = request
@@ -216,42 +239,39 @@ impl ReadStates for ReadStatesService {
             })
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(proto::BulkAckResponse { read_states }))
+        Ok(proto::BulkAckResponse { read_states })
     }
 
-    async fn add_mentions(
+    async fn add_mentions_call(
         &self,
-        request: Request<proto::AddMentionsRequest>,
-    ) -> Result<Response<proto::AddMentionsResponse>, Status> {
-        let request = request.into_inner();
+        request: proto::AddMentionsRequest,
+    ) -> Result<proto::AddMentionsResponse, Status> {
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = mentioned_message_id("message_id", request.message_id)?;
         let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
         let read_states = self
             .fan_out(&users, |txn| txn.add_mention(channel, message))
             .await?;
-        Ok(Response::new(proto::AddMentionsResponse { read_states }))
+        Ok(proto::AddMentionsResponse { read_states })
     }
 
-    async fn remove_mentions(
+    async fn remove_mentions_call(
         &self,
-        request: Request<proto::RemoveMentionsRequest>,
-    ) -> Result<Response<proto::RemoveMentionsResponse>, Status> {
-        let request = request.into_inner();
+        request: proto::RemoveMentionsRequest,
+    ) -> Result<proto::RemoveMentionsResponse, Status> {
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = mentioned_message_id("message_id", request.message_id)?;
         let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
         let read_states = self
             .fan_out(&users, |txn| txn.remove_mention(channel, message))
             .await?;
-        Ok(Response::new(proto::RemoveMentionsResponse { read_states }))
+        Ok(proto::RemoveMentionsResponse { read_states })
     }
 
-    async fn ack_pins(
+    async fn ack_pins_call(
         &self,
-        request: Request<proto::AckPinsRequest>,
-    ) -> Result<Response<proto::AckPinsResponse>, Status> {
-        let request = request.into_inner();
+        request: proto::AckPinsRequest,
+    ) -> Result<proto::AckPinsResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         let channel = channel_id("channel_id", request.channel_id)?;
         let pin_timestamp_ms = request.pin_timestamp_ms;
@@ -262,16 +282,15 @@ impl ReadStates for ReadStatesService {
             })
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(proto::AckPinsResponse {
+        Ok(proto::AckPinsResponse {
             read_state: Some(to_proto(user, view)),
-        }))
+        })
     }
 
-    async fn get_read_state(
+    async fn get_read_state_call(
         &self,
-        request: Request<proto::GetReadStateRequest>,
-    ) -> Result<Response<proto::GetReadStateResponse>, Status> {
-        let request = request.into_inner();
+        request: proto::GetReadStateRequest,
+    ) -> Result<proto::GetReadStateResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         let channel = channel_id("channel_id", request.channel_id)?;
         let view = self
@@ -279,16 +298,15 @@ impl ReadStates for ReadStatesService {
             .read(self.store.as_ref(), user, |txn| txn.view(channel))
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(proto::GetReadStateResponse {
+        Ok(proto::GetReadStateResponse {
             read_state: Some(to_proto(user, view)),
-        }))
+        })
     }
 
-    async fn get_user_read_states(
+    async fn get_user_read_states_call(
         &self,
-        request: Request<proto::GetUserReadStatesRequest>,
-    ) -> Result<Response<proto::GetUserReadStatesResponse>, Status> {
-        let request = request.into_inner();
+        request: proto::GetUserReadStatesRequest,
+    ) -> Result<proto::GetUserReadStatesResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         let since_version = request.since_version.unwrap_or(0);
         let (views, version) = self
@@ -301,17 +319,16 @@ impl ReadStates for ReadStatesService {
             .await
             .map_err(ApiError::from)?;
         let read_states = views.into_iter().map(|view| to_proto(user, view)).collect();
-        Ok(Response::new(proto::GetUserReadStatesResponse {
+        Ok(proto::GetUserReadStatesResponse {
             read_states,
             version,
-        }))
+        })
     }
 
-    async fn delete_read_states(
+    async fn delete_read_states_call(
         &self,
-        request: Request<proto::DeleteReadStatesRequest>,
-    ) -> Result<Response<proto::DeleteReadStatesResponse>, Status> {
-        let request = request.into_inner();
+        request: proto::DeleteReadStatesRequest,
+    ) -> Result<proto::DeleteReadStatesResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         list_length(
             "channel_ids",
@@ -333,8 +350,144 @@ impl ReadStates for ReadStatesService {
             })
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(proto::DeleteReadStatesResponse {
-            read_states,
-        }))
+        Ok(proto::DeleteReadStatesResponse { read_states })
+    }
+}
+
+#[tonic::async_trait]
+impl ReadStates for ReadStatesService {
+    async fn ack(
+        &self,
+        request: Request<proto::AckRequest>,
+    ) -> Result<Response<proto::AckResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::debug_span!(
+            "rpc",
+            method = "Ack",
+            user_id = request.user_id,
+            channel_id = request.channel_id
+        );
+        self.observe(Method::Ack, span, self.ack_call(request))
+            .await
+    }
+
+    async fn bulk_ack(
+        &self,
+        request: Request<proto::BulkAckRequest>,
+    ) -> Result<Response<proto::BulkAckResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::debug_span!(
+            "rpc",
+            method = "BulkAck",
+            user_id = request.user_id,
+            acks = request.acks.len()
+        );
+        self.observe(Method::BulkAck, span, self.bulk_ack_call(request))
+            .await
+    }
+
+    async fn add_mentions(
+        &self,
+        request: Request<proto::AddMentionsRequest>,
+    ) -> Result<Response<proto::AddMentionsResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::debug_span!(
+            "rpc",
+            method = "AddMentions",
+            channel_id = request.channel_id,
+            users = request.user_ids.len()
+        );
+        self.observe(Method::AddMentions, span, self.add_mentions_call(request))
+            .await
+    }
+
+    async fn remove_mentions(
+        &self,
+        request: Request<proto::RemoveMentionsRequest>,
+    ) -> Result<Response<proto::RemoveMentionsResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::debug_span!(
+            "rpc",
+            method = "RemoveMentions",
+            channel_id = request.channel_id,
+            users = request.user_ids.len()
+        );
+        self.observe(
+            Method::RemoveMentions,
+            span,
+            self.remove_mentions_call(request),
+        )
+        .await
+    }
+
+    async fn ack_pins(
+        &self,
+        request: Request<proto::AckPinsRequest>,
+    ) -> Result<Response<proto::AckPinsResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::debug_span!(
+            "rpc",
+            method = "AckPins",
+            user_id = request.user_id,
+            channel_id = request.channel_id
+        );
+        self.observe(Method::AckPins, span, self.ack_pins_call(request))
+            .await
+    }
+
+    async fn get_read_state(
+        &self,
+        request: Request<proto::GetReadStateRequest>,
+    ) -> Result<Response<proto::GetReadStateResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::debug_span!(
+            "rpc",
+            method = "GetReadState",
+            user_id = request.user_id,
+            channel_id = request.channel_id
+        );
+        self.observe(
+            Method::GetReadState,
+            span,
+            self.get_read_state_call(request),
+        )
+        .await
+    }
+
+    async fn get_user_read_states(
+        &self,
+        request: Request<proto::GetUserReadStatesRequest>,
+    ) -> Result<Response<proto::GetUserReadStatesResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::debug_span!(
+            "rpc",
+            method = "GetUserReadStates",
+            user_id = request.user_id
+        );
+        self.observe(
+            Method::GetUserReadStates,
+            span,
+            self.get_user_read_states_call(request),
+        )
+        .await
+    }
+
+    async fn delete_read_states(
+        &self,
+        request: Request<proto::DeleteReadStatesRequest>,
+    ) -> Result<Response<proto::DeleteReadStatesResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::debug_span!(
+            "rpc",
+            method = "DeleteReadStates",
+            user_id = request.user_id,
+            channels = request.channel_ids.len()
+        );
+        self.observe(
+            Method::DeleteReadStates,
+            span,
+            self.delete_read_states_call(request),
+        )
+        .await
     }
 }

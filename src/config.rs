@@ -23,6 +23,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub flush: FlushConfig,
     pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -107,6 +108,25 @@ pub struct LimitsConfig {
     pub max_bulk_acks: usize,
     /// Most channel ids in one DeleteReadStates.
     pub max_delete_channels: usize,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` at all.
+    pub enabled: bool,
+    /// Address of the `/metrics` HTTP endpoint.
+    pub listen_addr: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
 }
 
 /// Logging.
@@ -208,7 +228,9 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 6] = ["server", "store", "cache", "flush", "limits", "log"];
+const SECTIONS: [&str; 7] = [
+    "server", "store", "cache", "flush", "limits", "metrics", "log",
+];
 
 impl Config {
     /// Loads the file at `path` (defaults only when `None`), applies the

@@ -15,6 +15,7 @@
 //! that is left, and syncs the store.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -24,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::{Cache, FlushJob};
 use crate::clock::{VERSION_LEASE_MICROS, unix_micros};
+use crate::metrics::Metrics;
 use crate::store::{RowWrite, Store, StoreError};
 
 /// Flusher settings.
@@ -31,7 +33,8 @@ use crate::store::{RowWrite, Store, StoreError};
 pub struct FlushSettings {
     pub tick: Duration,
     pub concurrency: usize,
-    pub batch_size: usize,
+    /// Rows per batch; shared so it can change on a running server.
+    pub batch_size: Arc<AtomicUsize>,
     pub retry_initial: Duration,
     pub retry_max: Duration,
 }
@@ -40,6 +43,7 @@ pub struct FlushSettings {
 pub struct Flusher {
     cache: Arc<Cache>,
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
     settings: FlushSettings,
     permits: Arc<Semaphore>,
     tasks: TaskTracker,
@@ -52,6 +56,7 @@ impl Flusher {
     pub fn new(
         cache: Arc<Cache>,
         store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
         settings: FlushSettings,
         lease: u64,
     ) -> Self {
@@ -59,6 +64,7 @@ impl Flusher {
         Self {
             cache,
             store,
+            metrics,
             settings,
             permits,
             tasks: TaskTracker::new(),
@@ -106,7 +112,7 @@ impl Flusher {
         let mut batch: Vec<RowWrite> = Vec::new();
         for FlushJob { rows } in jobs {
             batch.extend(rows);
-            if batch.len() >= self.settings.batch_size {
+            if batch.len() >= self.settings.batch_size.load(Ordering::Relaxed) {
                 self.start_batch(std::mem::take(&mut batch)).await;
             }
         }
@@ -123,9 +129,10 @@ impl Flusher {
         let rows: Arc<[RowWrite]> = rows.into();
         let cache = Arc::clone(&self.cache);
         let store = Arc::clone(&self.store);
+        let metrics = Arc::clone(&self.metrics);
         let settings = self.settings.clone();
         self.tasks.spawn(async move {
-            write_until_done(&cache, store.as_ref(), rows, &settings).await;
+            write_until_done(&cache, store.as_ref(), &metrics, rows, &settings).await;
             drop(permit);
         });
     }
@@ -149,6 +156,7 @@ impl Flusher {
 async fn write_until_done(
     cache: &Cache,
     store: &dyn Store,
+    metrics: &Metrics,
     rows: Arc<[RowWrite]>,
     settings: &FlushSettings,
 ) {
@@ -158,10 +166,12 @@ async fn write_until_done(
         match store.write_batch(Arc::clone(&rows)).await {
             Ok(()) => {
                 cache.mark_written(&rows);
+                metrics.record_flush_batch(rows.len());
                 return;
             }
             Err(error) => {
                 tracing::warn!(%error, rows = rows.len(), attempt, retry_in_ms = backoff.as_millis() as u64, "flush write failed");
+                metrics.flush_retries.increment(1);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(settings.retry_max);
                 attempt = attempt.saturating_add(1);

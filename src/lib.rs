@@ -11,6 +11,7 @@
 //! - [`clock`]: versions and timestamps.
 //! - [`ids`]: validated snowflake id types.
 //! - [`config`]: the TOML configuration and its environment overrides.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //! - [`server`]: wiring, serving and graceful shutdown.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod flush;
 pub mod ids;
+pub mod metrics;
 pub mod read_state;
 pub mod server;
 pub mod store;

@@ -1,18 +1,21 @@
 //! The readstates server binary: parses arguments and configuration, sets
-//! up logging, and runs the server until SIGTERM or SIGINT.
+//! up logging, runs the server, reloads the configuration on SIGHUP, and
+//! shuts down gracefully on SIGTERM or SIGINT.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
 use readstates::config::{Config, LogConfig};
-use readstates::server;
+use readstates::server::{self, Running};
 
 /// Low-latency read-state tracking over gRPC.
 #[derive(Debug, Parser)]
@@ -23,6 +26,9 @@ struct Args {
     config: Option<PathBuf>,
 }
 
+/// Changes the log filter of the running process.
+type LogReload = reload::Handle<EnvFilter, Registry>;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match Config::load(args.config.as_deref()) {
@@ -32,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log);
+    let log_reload = init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, args.config.as_deref(), &log_reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -52,43 +58,84 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    config_path: Option<&Path>,
+    log_reload: &LogReload,
+) -> anyhow::Result<()> {
     let store = server::open_store(&config)?;
     let running = server::start(&config, store).await?;
-    wait_for_signal().await?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => {
+                tracing::info!("received SIGTERM");
+                break;
+            }
+            _ = interrupt.recv() => {
+                tracing::info!("received SIGINT");
+                break;
+            }
+            _ = hangup.recv() => reload(config_path, &running, log_reload),
+        }
+    }
     let timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
-    let dirty_cache = std::sync::Arc::clone(&running.cache);
+    let cache = std::sync::Arc::clone(&running.cache);
     match tokio::time::timeout(timeout, running.shutdown()).await {
         Ok(result) => result,
         Err(_) => anyhow::bail!(
             "shutdown did not finish within {} ms; {} dirty read states were not written",
             timeout.as_millis(),
-            dirty_cache.dirty_states()
+            cache.dirty_states()
         ),
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("received SIGTERM"),
-        _ = interrupt.recv() => tracing::info!("received SIGINT"),
+/// Re-reads the configuration file and applies what can change live; an
+/// invalid file is rejected and the running configuration kept.
+fn reload(config_path: Option<&Path>, running: &Running, log_reload: &LogReload) {
+    let Some(path) = config_path else {
+        tracing::warn!(
+            "received SIGHUP, but the server was started without --config: nothing to reload"
+        );
+        return;
+    };
+    tracing::info!(path = %path.display(), "received SIGHUP: reloading the configuration");
+    let new = match Config::load(Some(path)) {
+        Ok(new) => new,
+        Err(error) => {
+            tracing::error!(%error, "configuration rejected; keeping the running one");
+            return;
+        }
+    };
+    running.reconfigure(&new);
+    if std::env::var_os("RUST_LOG").is_none() {
+        match EnvFilter::try_new(&new.log.level) {
+            Ok(filter) => {
+                if let Err(error) = log_reload.reload(filter) {
+                    tracing::error!(%error, "changing the log level failed");
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, level = %new.log.level, "invalid log level; keeping the old one")
+            }
+        }
     }
-    Ok(())
 }
 
-fn init_logging(log: &LogConfig) {
+fn init_logging(log: &LogConfig) -> LogReload {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal());
-    if log.json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let (filter, handle) = reload::Layer::new(filter);
+    let ansi = std::io::stdout().is_terminal();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(log.json.then(|| fmt::layer().json()))
+        .with((!log.json).then(|| fmt::layer().with_ansi(ansi)))
+        .init();
+    handle
 }

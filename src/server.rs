@@ -1,12 +1,15 @@
 //! Wiring: opens the store, builds the cache and the flusher, serves the
-//! gRPC API with health checking and reflection, and shuts down in order:
-//! stop accepting, finish calls in flight, flush every dirty state, sync.
+//! gRPC API (with health checking and reflection) and `/metrics`, applies
+//! configuration changes on a running server, and shuts down in order: stop
+//! accepting, finish calls in flight, flush every dirty state, sync.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -17,7 +20,10 @@ use crate::cache::{Cache, CacheSettings};
 use crate::clock::{VERSION_LEASE_MICROS, unix_micros};
 use crate::config::{Config, StoreBackend};
 use crate::flush::{FlushSettings, Flusher};
-use crate::store::{EmbeddedStore, Store};
+use crate::metrics::{Metrics, serve_metrics};
+use crate::store::{EmbeddedStore, MeteredStore, Store};
+
+type ReadStatesServer = proto::read_states_server::ReadStatesServer<ReadStatesService>;
 
 /// Opens the store the configuration names.
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -38,8 +44,15 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 pub struct Running {
     /// The address the gRPC API is bound to.
     pub addr: SocketAddr,
+    /// The address `/metrics` is served on, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// The cache, for inspection.
     pub cache: Arc<Cache>,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The configuration in force (live changes included).
+    config: Mutex<Config>,
+    batch_size: Arc<AtomicUsize>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -49,6 +62,88 @@ impl Running {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.task.await.context("server task failed")?
+    }
+
+    /// Applies a new configuration to the running server: cache capacity
+    /// (shrinking evicts at once, and evicted dirty states are written),
+    /// flush delay, batch size and dirty backlog limit take effect now.
+    /// Returns the settings that differ but need a restart, which keep
+    /// their old values. The caller validates `new` first.
+    pub fn reconfigure(&self, new: &Config) -> Vec<&'static str> {
+        let mut current = self.config.lock();
+        if new.cache.capacity != current.cache.capacity {
+            tracing::info!(
+                old = current.cache.capacity,
+                new = new.cache.capacity,
+                "cache capacity changed"
+            );
+            current.cache.capacity = new.cache.capacity;
+            self.cache.set_capacity(new.cache.capacity);
+        }
+        if new.flush.delay_ms != current.flush.delay_ms {
+            tracing::info!(
+                old = current.flush.delay_ms,
+                new = new.flush.delay_ms,
+                "flush delay changed"
+            );
+            current.flush.delay_ms = new.flush.delay_ms;
+            self.cache.set_flush_delay(new.flush.delay());
+        }
+        if new.flush.max_dirty_states != current.flush.max_dirty_states {
+            tracing::info!(
+                old = current.flush.max_dirty_states,
+                new = new.flush.max_dirty_states,
+                "dirty backlog limit changed"
+            );
+            current.flush.max_dirty_states = new.flush.max_dirty_states;
+            self.cache.set_max_dirty_states(new.flush.max_dirty_states);
+        }
+        if new.flush.batch_size != current.flush.batch_size {
+            tracing::info!(
+                old = current.flush.batch_size,
+                new = new.flush.batch_size,
+                "flush batch size changed"
+            );
+            current.flush.batch_size = new.flush.batch_size;
+            self.batch_size
+                .store(new.flush.batch_size, Ordering::Relaxed);
+        }
+        current.log = new.log.clone();
+        let mut need_restart = Vec::new();
+        let restart_only = [
+            (new.server != current.server, "server"),
+            (new.store != current.store, "store"),
+            (
+                new.cache.partitions != current.cache.partitions,
+                "cache.partitions",
+            ),
+            (
+                new.cache.max_tracked_mentions != current.cache.max_tracked_mentions,
+                "cache.max_tracked_mentions",
+            ),
+            (new.flush.tick_ms != current.flush.tick_ms, "flush.tick_ms"),
+            (
+                new.flush.concurrency != current.flush.concurrency,
+                "flush.concurrency",
+            ),
+            (
+                new.flush.retry_initial_ms != current.flush.retry_initial_ms
+                    || new.flush.retry_max_ms != current.flush.retry_max_ms,
+                "flush.retry_*",
+            ),
+            (new.limits != current.limits, "limits"),
+            (new.metrics != current.metrics, "metrics"),
+        ];
+        for (changed, name) in restart_only {
+            if changed {
+                tracing::warn!(
+                    setting = name,
+                    "changed in the config file; takes effect after a restart"
+                );
+                need_restart.push(name);
+            }
+        }
+        need_restart
     }
 
     /// Returns a token that starts the shutdown when cancelled.
@@ -64,6 +159,8 @@ impl Running {
 
 /// Starts serving `config` over `store`.
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
+    let metrics = Metrics::new(store.backend());
+    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
     let floor = store
         .load_version_floor()
         .await
@@ -87,13 +184,15 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         },
         floor,
     ));
+    let batch_size = Arc::new(AtomicUsize::new(config.flush.batch_size));
     let flusher = Flusher::new(
         Arc::clone(&cache),
         Arc::clone(&store),
+        Arc::clone(&metrics),
         FlushSettings {
             tick: config.flush.tick(),
             concurrency: config.flush.concurrency,
-            batch_size: config.flush.batch_size,
+            batch_size: Arc::clone(&batch_size),
             retry_initial: Duration::from_millis(config.flush.retry_initial_ms),
             retry_max: Duration::from_millis(config.flush.retry_max_ms),
         },
@@ -104,11 +203,28 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         .await
         .with_context(|| format!("binding {}", config.server.listen_addr))?;
     let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let metrics_shutdown = CancellationToken::new();
+    let (metrics_addr, metrics_task) = if config.metrics.enabled {
+        let metrics_listener = TcpListener::bind(config.metrics.listen_addr)
+            .await
+            .with_context(|| {
+                format!("binding the metrics address {}", config.metrics.listen_addr)
+            })?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        let task = tokio::spawn(serve_metrics(
+            metrics_listener,
+            Arc::clone(&metrics),
+            Arc::clone(&cache),
+            metrics_shutdown.clone(),
+        ));
+        (Some(metrics_addr), Some(task))
+    } else {
+        (None, None)
+    };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<proto::read_states_server::ReadStatesServer<ReadStatesService>>()
-        .await;
+    health_reporter.set_serving::<ReadStatesServer>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -118,9 +234,9 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         Arc::clone(&cache),
         Arc::clone(&store),
         config.limits.clone(),
+        Arc::clone(&metrics),
     );
 
-    let shutdown = CancellationToken::new();
     let flush_shutdown = CancellationToken::new();
     let flusher_task = tokio::spawn(flusher.run(flush_shutdown.clone()));
     let router = tonic::transport::Server::builder()
@@ -129,7 +245,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         .load_shed(true)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(proto::read_states_server::ReadStatesServer::new(service));
+        .add_service(ReadStatesServer::new(service));
 
     let serve_shutdown = shutdown.clone();
     let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);
@@ -137,9 +253,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         let stopping = async {
             serve_shutdown.cancelled().await;
             tracing::info!("shutting down: finishing calls in flight");
-            health_reporter
-                .set_not_serving::<proto::read_states_server::ReadStatesServer<ReadStatesService>>()
-                .await;
+            health_reporter.set_not_serving::<ReadStatesServer>().await;
         };
         let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping);
         // A client that never lets its connection close must not keep the
@@ -159,15 +273,29 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         tracing::info!("calls finished: flushing dirty read states");
         flush_shutdown.cancel();
         let flushed = flusher_task.await.context("flusher task failed")?;
+        // Metrics stay up until the final flush is done, so it can be watched.
+        metrics_shutdown.cancel();
+        if let Some(task) = metrics_task {
+            task.await.context("metrics task failed")?;
+        }
         served?;
         flushed.context("final flush failed")?;
         tracing::info!("shutdown complete");
         Ok(())
     });
-    tracing::info!(grpc_addr = %addr, store = store.backend(), "readstates listening");
+    tracing::info!(
+        grpc_addr = %addr,
+        metrics_addr = ?metrics_addr,
+        store = store.backend(),
+        "readstates listening"
+    );
     Ok(Running {
         addr,
+        metrics_addr,
         cache,
+        metrics,
+        config: Mutex::new(config.clone()),
+        batch_size,
         shutdown,
         task,
     })

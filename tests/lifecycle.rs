@@ -26,6 +26,7 @@ impl Process {
             &config,
             format!(
                 "[server]\nlisten_addr = \"127.0.0.1:0\"\n\
+                 [metrics]\nlisten_addr = \"127.0.0.1:0\"\n\
                  [store]\ndata_dir = \"{}\"\n\
                  [flush]\ndelay_ms = {flush_delay_ms}\ntick_ms = 50\n",
                 dir.join("data").display()

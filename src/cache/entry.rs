@@ -86,6 +86,17 @@ impl UserEntry {
         self.slots.len().max(1)
     }
 
+    /// Returns the heap memory this entry holds (its slots and their
+    /// mention ids), by capacity.
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self
+                .slots
+                .iter()
+                .map(|slot| slot.state.mentions.heap_bytes())
+                .sum::<usize>()
+    }
+
     /// Returns the number of dirty states.
     pub fn dirty_count(&self) -> usize {
         self.slots.iter().filter(|slot| slot.dirty).count()
@@ -157,6 +168,8 @@ pub struct UserTxn<'a> {
     now_ms: u64,
     /// States that became dirty (were clean before).
     pub(super) newly_dirty: usize,
+    /// States changed (each state at most once per change).
+    pub(super) changed_states: usize,
 }
 
 impl<'a> UserTxn<'a> {
@@ -172,6 +185,7 @@ impl<'a> UserTxn<'a> {
             version: None,
             now_ms: 0,
             newly_dirty: 0,
+            changed_states: 0,
         }
     }
 
@@ -242,6 +256,7 @@ impl<'a> UserTxn<'a> {
         slot.state.version = version;
         slot.state.updated_at_ms = now_ms;
         slot.deleted = true;
+        self.changed_states += 1;
         if !slot.dirty {
             slot.dirty = true;
             self.newly_dirty += 1;
@@ -300,6 +315,7 @@ impl<'a> UserTxn<'a> {
         let slot = &mut self.entry.slots[index];
         slot.state.version = version;
         slot.state.updated_at_ms = now_ms;
+        self.changed_states += 1;
         if !slot.dirty {
             slot.dirty = true;
             self.newly_dirty += 1;

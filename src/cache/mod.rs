@@ -21,7 +21,7 @@ pub use entry::{StateView, UserTxn};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -62,12 +62,12 @@ pub struct Cache {
     hasher: ahash::RandomState,
     capacity_per_partition: AtomicUsize,
     max_tracked_mentions: usize,
-    max_dirty_states: usize,
+    max_dirty_states: AtomicUsize,
     /// Dirty states, cached or evicting.
     dirty: AtomicUsize,
     clock: VersionClock,
     epoch: Instant,
-    flush_delay: Duration,
+    flush_delay_ms: AtomicU64,
     flush_tick: Duration,
     /// Wakes the flusher when a dirty user was evicted.
     evicted: Notify,
@@ -86,6 +86,45 @@ struct Partition {
     evicting: HashMap<UserId, UserEntry>,
     /// Flush timer buckets: (due tick, users), due ticks ascending.
     schedule: VecDeque<(u64, Vec<UserId>)>,
+    stats: PartitionStats,
+}
+
+/// Event counts of one partition, kept under its lock (no shared atomics
+/// on the request path) and summed when metrics are collected.
+#[derive(Debug, Default, Clone, Copy)]
+struct PartitionStats {
+    hits: u64,
+    misses: u64,
+    evictions_clean: u64,
+    evictions_dirty: u64,
+    changed_states: u64,
+    newly_dirty: u64,
+}
+
+/// A snapshot of the cache's counters and sizes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions_clean: u64,
+    pub evictions_dirty: u64,
+    /// State changes, and how many of them made a clean state dirty; the
+    /// rest were coalesced into a write already pending.
+    pub changed_states: u64,
+    pub newly_dirty: u64,
+    pub dirty_states: usize,
+    /// Capacity in use (states; an empty user counts as one).
+    pub resident_states: usize,
+    pub resident_users: usize,
+    pub capacity: usize,
+    pub smallest_partition: usize,
+    pub largest_partition: usize,
+    /// Users waiting in timer buckets, and evicted users waiting for their write.
+    pub scheduled_users: usize,
+    pub evicting_users: usize,
+    /// Age of the oldest timer bucket's first change.
+    pub flush_lag: Duration,
+    pub estimated_bytes: usize,
 }
 
 /// What a flush snapshot of one user holds.
@@ -106,17 +145,18 @@ impl Cache {
                         loading: HashMap::new(),
                         evicting: HashMap::new(),
                         schedule: VecDeque::new(),
+                        stats: PartitionStats::default(),
                     })
                 })
                 .collect(),
             hasher: ahash::RandomState::with_seeds(0x5eed, 0x1ead, 0x57a7, 0xe5),
             capacity_per_partition: AtomicUsize::new(settings.capacity.div_ceil(partitions)),
             max_tracked_mentions: settings.max_tracked_mentions,
-            max_dirty_states: settings.max_dirty_states,
+            max_dirty_states: AtomicUsize::new(settings.max_dirty_states),
             dirty: AtomicUsize::new(0),
             clock: VersionClock::with_floor(version_floor),
             epoch: Instant::now(),
-            flush_delay: settings.flush_delay,
+            flush_delay_ms: AtomicU64::new(duration_millis(settings.flush_delay)),
             flush_tick: settings.flush_tick.max(Duration::from_millis(1)),
             evicted: Notify::new(),
         }
@@ -151,10 +191,7 @@ impl Cache {
         user_id: UserId,
         change: impl FnOnce(&mut UserTxn<'_>) -> R,
     ) -> Result<R, CacheError> {
-        let dirty = self.dirty_states();
-        if dirty >= self.max_dirty_states {
-            return Err(CacheError::Backlog { dirty });
-        }
+        self.check_backlog()?;
         self.access(store, user_id, change).await
     }
 
@@ -174,12 +211,17 @@ impl Cache {
     where
         F: FnOnce(&mut UserTxn<'_>) -> R,
     {
+        self.check_backlog()?;
+        let mut partition = self.partition(user_id).lock();
+        Ok(self.try_apply(&mut partition, user_id, work, false))
+    }
+
+    fn check_backlog(&self) -> Result<(), CacheError> {
         let dirty = self.dirty_states();
-        if dirty >= self.max_dirty_states {
+        if dirty >= self.max_dirty_states.load(Ordering::Relaxed) {
             return Err(CacheError::Backlog { dirty });
         }
-        let mut partition = self.partition(user_id).lock();
-        Ok(self.try_apply(&mut partition, user_id, work))
+        Ok(())
     }
 
     async fn access<R>(
@@ -189,14 +231,19 @@ impl Cache {
         work: impl FnOnce(&mut UserTxn<'_>) -> R,
     ) -> Result<R, CacheError> {
         let mut work = work;
+        let mut first_attempt = true;
         loop {
             // The guard lives in this block only: nothing awaits under it.
             let next = {
                 let mut partition = self.partition(user_id).lock();
-                work = match self.try_apply(&mut partition, user_id, work) {
+                work = match self.try_apply(&mut partition, user_id, work, first_attempt) {
                     Ok(result) => return Ok(result),
                     Err(work) => work,
                 };
+                if first_attempt {
+                    partition.stats.misses += 1;
+                    first_attempt = false;
+                }
                 match partition.loading.get(&user_id) {
                     Some(receiver) => Miss::Wait(receiver.clone()),
                     None => {
@@ -244,8 +291,15 @@ impl Cache {
     }
 
     /// Applies `work` if the user is cached (taking it back from `evicting`
-    /// if needed), then schedules and evicts as the change requires.
-    fn try_apply<R, F>(&self, partition: &mut Partition, user_id: UserId, work: F) -> Result<R, F>
+    /// if needed), then schedules and evicts as the change requires. A hit
+    /// is counted if `count_hit`.
+    fn try_apply<R, F>(
+        &self,
+        partition: &mut Partition,
+        user_id: UserId,
+        work: F,
+        count_hit: bool,
+    ) -> Result<R, F>
     where
         F: FnOnce(&mut UserTxn<'_>) -> R,
     {
@@ -270,8 +324,12 @@ impl Cache {
         let weight_before = entry.weight();
         let mut txn = UserTxn::new(entry, &self.clock, self.max_tracked_mentions);
         let result = work(&mut txn);
-        let (changed, newly_dirty) = (txn.changed(), txn.newly_dirty);
+        let (changed, newly_dirty, changed_states) =
+            (txn.changed(), txn.newly_dirty, txn.changed_states);
         let weight_added = entry.weight() - weight_before;
+        partition.stats.hits += u64::from(count_hit);
+        partition.stats.changed_states += changed_states as u64;
+        partition.stats.newly_dirty += newly_dirty as u64;
         let needs_schedule = changed && !entry.scheduled;
         if newly_dirty > 0 {
             self.dirty.fetch_add(newly_dirty, Ordering::Relaxed);
@@ -292,7 +350,8 @@ impl Cache {
             return;
         };
         entry.scheduled = true;
-        let due = self.tick_at(Instant::now() + self.flush_delay);
+        let delay = Duration::from_millis(self.flush_delay_ms.load(Ordering::Relaxed));
+        let due = self.tick_at(Instant::now() + delay);
         match partition.schedule.back_mut() {
             Some((tick, users)) if *tick == due => users.push(user_id),
             _ => partition.schedule.push_back((due, vec![user_id])),
@@ -320,7 +379,10 @@ impl Cache {
                 entry.scheduled = false;
                 entry.writing = false;
                 partition.evicting.insert(user_id, entry);
+                partition.stats.evictions_dirty += 1;
                 evicted_dirty = true;
+            } else {
+                partition.stats.evictions_clean += 1;
             }
         }
         if evicted_dirty {
@@ -418,6 +480,83 @@ impl Cache {
         }
     }
 
+    /// Changes the capacity (in read states) on a running cache. Shrinking
+    /// evicts at once; evicted dirty users are written by the flusher.
+    pub fn set_capacity(&self, capacity: usize) {
+        let per_partition = capacity.max(1).div_ceil(self.partitions.len());
+        self.capacity_per_partition
+            .store(per_partition, Ordering::Relaxed);
+        for partition in self.partitions.iter() {
+            self.evict_over_capacity(&mut partition.lock());
+        }
+    }
+
+    /// Changes the dirty backlog past which writes are refused.
+    pub fn set_max_dirty_states(&self, max_dirty_states: usize) {
+        self.max_dirty_states
+            .store(max_dirty_states, Ordering::Relaxed);
+    }
+
+    /// Changes the flush delay of states that become dirty from now on.
+    pub fn set_flush_delay(&self, delay: Duration) {
+        self.flush_delay_ms
+            .store(duration_millis(delay), Ordering::Relaxed);
+    }
+
+    /// Returns the cache's counters and sizes, locking each partition
+    /// briefly in turn.
+    pub fn stats(&self) -> CacheStats {
+        let now_tick = self.tick_at(Instant::now());
+        let mut stats = CacheStats {
+            dirty_states: self.dirty_states(),
+            capacity: self.capacity_per_partition.load(Ordering::Relaxed) * self.partitions.len(),
+            smallest_partition: usize::MAX,
+            ..CacheStats::default()
+        };
+        let mut oldest_due_tick = None::<u64>;
+        let mut heap_bytes = 0;
+        for partition in self.partitions.iter() {
+            let partition = partition.lock();
+            let counts = partition.stats;
+            stats.hits += counts.hits;
+            stats.misses += counts.misses;
+            stats.evictions_clean += counts.evictions_clean;
+            stats.evictions_dirty += counts.evictions_dirty;
+            stats.changed_states += counts.changed_states;
+            stats.newly_dirty += counts.newly_dirty;
+            stats.resident_states += partition.weight;
+            stats.resident_users += partition.lru.len();
+            stats.smallest_partition = stats.smallest_partition.min(partition.weight);
+            stats.largest_partition = stats.largest_partition.max(partition.weight);
+            stats.scheduled_users += partition
+                .schedule
+                .iter()
+                .map(|(_, users)| users.len())
+                .sum::<usize>();
+            stats.evicting_users += partition.evicting.len();
+            if let Some((tick, _)) = partition.schedule.front() {
+                oldest_due_tick = Some(oldest_due_tick.map_or(*tick, |oldest| oldest.min(*tick)));
+            }
+            heap_bytes += partition.lru.len() * LRU_NODE_BYTES;
+            for (_, entry) in partition.lru.iter() {
+                heap_bytes += entry.heap_bytes();
+            }
+        }
+        if stats.smallest_partition == usize::MAX {
+            stats.smallest_partition = 0;
+        }
+        if let Some(due_tick) = oldest_due_tick {
+            // A bucket is due one delay after its first change (to a tick).
+            let tick_ms = duration_millis(self.flush_tick);
+            let delay_ticks = self.flush_delay_ms.load(Ordering::Relaxed) / tick_ms.max(1);
+            let dirty_since_tick = due_tick.saturating_sub(delay_ticks);
+            stats.flush_lag =
+                Duration::from_millis(now_tick.saturating_sub(dirty_since_tick) * tick_ms);
+        }
+        stats.estimated_bytes = heap_bytes;
+        stats
+    }
+
     /// Returns the version clock.
     pub fn clock(&self) -> &VersionClock {
         &self.clock
@@ -427,6 +566,15 @@ impl Cache {
         let index = self.hasher.hash_one(user_id.get()) as usize % self.partitions.len();
         &self.partitions[index]
     }
+}
+
+/// The memory an LRU node costs beside its value: key, two list pointers,
+/// and the hash table slot pointing at it.
+const LRU_NODE_BYTES: usize =
+    std::mem::size_of::<UserId>() + std::mem::size_of::<UserEntry>() + 2 * 8 + 16;
+
+fn duration_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What a request does about a user that is not cached.

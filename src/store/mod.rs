@@ -7,9 +7,11 @@
 //! and with a shared cluster, several instances may write one user.
 
 mod embedded;
+mod metered;
 mod row;
 
 pub use embedded::EmbeddedStore;
+pub use metered::MeteredStore;
 pub use row::{RowDecodeError, decode_row, encode_row};
 
 use std::future::Future;

@@ -22,6 +22,7 @@ pub type Client = ReadStatesClient<Channel>;
 pub fn test_config(data_dir: &Path) -> Config {
     let mut config = Config::default();
     config.server.listen_addr = "127.0.0.1:0".parse().unwrap();
+    config.metrics.listen_addr = "127.0.0.1:0".parse().unwrap();
     config.store.data_dir = data_dir.to_owned();
     config.cache.partitions = 8;
     config

@@ -160,6 +160,7 @@ async fn write_until_done(
     rows: Arc<[RowWrite]>,
     settings: &FlushSettings,
 ) {
+    let _unfinished = metrics.write_started();
     let mut backoff = settings.retry_initial;
     let mut attempt: u32 = 1;
     loop {

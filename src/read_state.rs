@@ -64,11 +64,6 @@ impl Mentions {
         self.untracked_until
     }
 
-    /// Returns the heap memory of the tracked ids, by capacity.
-    pub fn heap_bytes(&self) -> usize {
-        self.pending.capacity() * std::mem::size_of::<u64>()
-    }
-
     /// Returns the number of counted mentions.
     pub fn count(&self) -> u32 {
         let tracked = u32::try_from(self.pending.len()).unwrap_or(u32::MAX);

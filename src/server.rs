@@ -283,12 +283,10 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         tracing::info!("shutdown complete");
         Ok(())
     });
-    tracing::info!(
-        grpc_addr = %addr,
-        metrics_addr = ?metrics_addr,
-        store = store.backend(),
-        "readstates listening"
-    );
+    if let Some(metrics_addr) = metrics_addr {
+        tracing::info!(%metrics_addr, "serving /metrics");
+    }
+    tracing::info!(grpc_addr = %addr, store = store.backend(), "readstates listening");
     Ok(Running {
         addr,
         metrics_addr,

@@ -13,26 +13,18 @@ use std::time::Duration;
 use common::{Client, connect};
 use readstates::api::proto::{AckRequest, AddMentionsRequest, GetUserReadStatesRequest};
 
-/// A server process and the gRPC address it logged.
+/// A server process and the addresses it logged.
 struct Process {
     child: Child,
     addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    config: std::path::PathBuf,
 }
 
 impl Process {
     fn start(dir: &Path, flush_delay_ms: u64) -> Self {
         let config = dir.join("readstates.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten_addr = \"127.0.0.1:0\"\n\
-                 [metrics]\nlisten_addr = \"127.0.0.1:0\"\n\
-                 [store]\ndata_dir = \"{}\"\n\
-                 [flush]\ndelay_ms = {flush_delay_ms}\ntick_ms = 50\n",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, config_text(dir, flush_delay_ms, 1_000_000)).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_readstates"))
             .arg("--config")
             .arg(&config)
@@ -45,22 +37,30 @@ impl Process {
         let (sender, receiver) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("grpc_addr=").nth(1) {
-                    let addr = addr
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = sender.send(addr);
+                for key in ["metrics_addr=", "grpc_addr="] {
+                    if let Some(addr) = line.split(key).nth(1) {
+                        let addr = addr.split_whitespace().next().unwrap_or_default();
+                        let _ = sender.send(addr.to_owned());
+                    }
                 }
             }
         });
-        let addr = receiver
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server never logged its address")
-            .parse()
-            .unwrap();
-        Self { child, addr }
+        let next_addr = || -> SocketAddr {
+            receiver
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the server never logged its addresses")
+                .parse()
+                .unwrap()
+        };
+        // The metrics address is logged first.
+        let metrics_addr = next_addr();
+        let addr = next_addr();
+        Self {
+            child,
+            addr,
+            metrics_addr,
+            config,
+        }
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
@@ -80,6 +80,17 @@ impl Process {
         let _ = self.child.kill();
         panic!("the server did not exit within 30 s");
     }
+}
+
+fn config_text(dir: &Path, flush_delay_ms: u64, capacity: usize) -> String {
+    format!(
+        "[server]\nlisten_addr = \"127.0.0.1:0\"\n\
+         [metrics]\nlisten_addr = \"127.0.0.1:0\"\n\
+         [store]\ndata_dir = \"{}\"\n\
+         [cache]\ncapacity = {capacity}\n\
+         [flush]\ndelay_ms = {flush_delay_ms}\ntick_ms = 50\n",
+        dir.join("data").display()
+    )
 }
 
 impl Drop for Process {
@@ -218,4 +229,44 @@ async fn after_sigkill_everything_older_than_the_flush_delay_is_there() {
     );
     server.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(server.wait().await.success());
+}
+
+#[tokio::test]
+async fn sighup_applies_a_new_capacity_and_rejects_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(dir.path(), 600_000);
+    let mut client = connect(server.addr).await;
+    let expected = send_updates(&mut client).await;
+    let capacity = async |server: &Process| {
+        let (_, text) = common::http_get(server.metrics_addr, "/metrics").await;
+        common::sample(&text, "readstates_cache_capacity_read_states")
+    };
+    assert_eq!(capacity(&server).await, Some(1_000_000.0));
+
+    std::fs::write(&server.config, "[cache]\ncapacity = 0\n").unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        capacity(&server).await,
+        Some(1_000_000.0),
+        "an invalid config was applied"
+    );
+
+    std::fs::write(&server.config, config_text(dir.path(), 600_000, 50)).unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        common::eventually(Duration::from_secs(10), async || capacity(&server).await
+            == Some(50.0))
+        .await,
+        "the new capacity never showed in the metrics"
+    );
+    // Shrinking evicted most users; every state still reads back.
+    assert_all_there(&mut client, &expected).await;
+    drop(client);
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(server.wait().await.success());
+
+    let server = Process::start(dir.path(), 600_000);
+    let mut client = connect(server.addr).await;
+    assert_all_there(&mut client, &expected).await;
 }

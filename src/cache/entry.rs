@@ -86,17 +86,6 @@ impl UserEntry {
         self.slots.len().max(1)
     }
 
-    /// Returns the heap memory this entry holds (its slots and their
-    /// mention ids), by capacity.
-    pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot>()
-            + self
-                .slots
-                .iter()
-                .map(|slot| slot.state.mentions.heap_bytes())
-                .sum::<usize>()
-    }
-
     /// Returns the number of dirty states.
     pub fn dirty_count(&self) -> usize {
         self.slots.iter().filter(|slot| slot.dirty).count()

@@ -60,6 +60,8 @@ pub struct CacheSettings {
 pub struct Cache {
     partitions: Box<[Mutex<Partition>]>,
     hasher: ahash::RandomState,
+    /// The configured capacity; each partition holds its share, rounded up.
+    capacity: AtomicUsize,
     capacity_per_partition: AtomicUsize,
     max_tracked_mentions: usize,
     max_dirty_states: AtomicUsize,
@@ -84,8 +86,11 @@ struct Partition {
     loading: HashMap<UserId, watch::Receiver<()>>,
     /// Dirty users evicted from the LRU, waiting for (or in) their write.
     evicting: HashMap<UserId, UserEntry>,
-    /// Flush timer buckets: (due tick, users), due ticks ascending.
+    /// Flush timer buckets: (due tick, users), due ticks ascending. A user
+    /// may be listed after it left the bucket's care (evicted meanwhile);
+    /// `scheduled` counts only the users that are really waiting.
     schedule: VecDeque<(u64, Vec<UserId>)>,
+    scheduled: usize,
     stats: PartitionStats,
 }
 
@@ -145,11 +150,13 @@ impl Cache {
                         loading: HashMap::new(),
                         evicting: HashMap::new(),
                         schedule: VecDeque::new(),
+                        scheduled: 0,
                         stats: PartitionStats::default(),
                     })
                 })
                 .collect(),
             hasher: ahash::RandomState::with_seeds(0x5eed, 0x1ead, 0x57a7, 0xe5),
+            capacity: AtomicUsize::new(settings.capacity),
             capacity_per_partition: AtomicUsize::new(settings.capacity.div_ceil(partitions)),
             max_tracked_mentions: settings.max_tracked_mentions,
             max_dirty_states: AtomicUsize::new(settings.max_dirty_states),
@@ -349,7 +356,10 @@ impl Cache {
         let Some(entry) = partition.lru.peek_mut(&user_id) else {
             return;
         };
-        entry.scheduled = true;
+        if !entry.scheduled {
+            entry.scheduled = true;
+            partition.scheduled += 1;
+        }
         let delay = Duration::from_millis(self.flush_delay_ms.load(Ordering::Relaxed));
         let due = self.tick_at(Instant::now() + delay);
         match partition.schedule.back_mut() {
@@ -375,8 +385,11 @@ impl Cache {
                 break;
             };
             partition.weight -= entry.weight();
-            if entry.dirty_count() > 0 {
+            if entry.scheduled {
                 entry.scheduled = false;
+                partition.scheduled -= 1;
+            }
+            if entry.dirty_count() > 0 {
                 entry.writing = false;
                 partition.evicting.insert(user_id, entry);
                 partition.stats.evictions_dirty += 1;
@@ -427,12 +440,16 @@ impl Cache {
                 due_users
             };
             for chunk in due_users.chunks(USERS_PER_LOCK) {
-                let mut partition = partition.lock();
+                let mut guard = partition.lock();
+                let partition = &mut *guard;
                 for &user_id in chunk {
                     let Some(entry) = partition.lru.peek_mut(&user_id) else {
                         continue; // evicted since: its eviction write covers it
                     };
-                    entry.scheduled = false;
+                    if entry.scheduled {
+                        entry.scheduled = false;
+                        partition.scheduled -= 1;
+                    }
                     let mut rows = Vec::new();
                     entry.dirty_rows(user_id, &mut rows);
                     if !rows.is_empty() {
@@ -484,6 +501,7 @@ impl Cache {
     /// evicts at once; evicted dirty users are written by the flusher.
     pub fn set_capacity(&self, capacity: usize) {
         let per_partition = capacity.max(1).div_ceil(self.partitions.len());
+        self.capacity.store(capacity, Ordering::Relaxed);
         self.capacity_per_partition
             .store(per_partition, Ordering::Relaxed);
         for partition in self.partitions.iter() {
@@ -509,7 +527,7 @@ impl Cache {
         let now_tick = self.tick_at(Instant::now());
         let mut stats = CacheStats {
             dirty_states: self.dirty_states(),
-            capacity: self.capacity_per_partition.load(Ordering::Relaxed) * self.partitions.len(),
+            capacity: self.capacity.load(Ordering::Relaxed),
             smallest_partition: usize::MAX,
             ..CacheStats::default()
         };
@@ -528,19 +546,17 @@ impl Cache {
             stats.resident_users += partition.lru.len();
             stats.smallest_partition = stats.smallest_partition.min(partition.weight);
             stats.largest_partition = stats.largest_partition.max(partition.weight);
-            stats.scheduled_users += partition
-                .schedule
-                .iter()
-                .map(|(_, users)| users.len())
-                .sum::<usize>();
+            stats.scheduled_users += partition.scheduled;
             stats.evicting_users += partition.evicting.len();
-            if let Some((tick, _)) = partition.schedule.front() {
+            if partition.scheduled > 0
+                && let Some((tick, _)) = partition.schedule.front()
+            {
                 oldest_due_tick = Some(oldest_due_tick.map_or(*tick, |oldest| oldest.min(*tick)));
             }
-            heap_bytes += partition.lru.len() * LRU_NODE_BYTES;
-            for (_, entry) in partition.lru.iter() {
-                heap_bytes += entry.heap_bytes();
-            }
+            // Estimated without walking the entries (a scrape must not hold
+            // a partition for long); tracked mention ids are not included.
+            heap_bytes += partition.lru.len() * LRU_NODE_BYTES
+                + partition.weight * std::mem::size_of::<entry::Slot>();
         }
         if stats.smallest_partition == usize::MAX {
             stats.smallest_partition = 0;

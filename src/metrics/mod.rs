@@ -18,9 +18,13 @@ mod http;
 pub use histogram::{AtomicHistogram, LATENCY_BUCKETS, SIZE_BUCKETS};
 pub use http::serve_metrics;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
 
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -123,6 +127,20 @@ pub struct Metrics {
     pub flush_retries: Counter,
     cache: CacheMetrics,
     process_resident_memory: Gauge,
+    /// Start times of batch writes not yet done (retries included), by id.
+    unfinished_writes: Mutex<(u64, BTreeMap<u64, Instant>)>,
+}
+
+/// Marks a batch write as unfinished until dropped.
+pub struct UnfinishedWrite<'a> {
+    metrics: &'a Metrics,
+    id: u64,
+}
+
+impl Drop for UnfinishedWrite<'_> {
+    fn drop(&mut self) {
+        self.metrics.unfinished_writes.lock().1.remove(&self.id);
+    }
 }
 
 struct CacheMetrics {
@@ -258,7 +276,7 @@ impl Metrics {
             flush_lag: gauge(
                 "readstates_flush_lag_seconds",
                 Some(Unit::Seconds),
-                "Age of the oldest change waiting in a flush timer bucket.",
+                "Age of the oldest change waiting in a flush timer bucket, or of the oldest batch write not yet done.",
             ),
         };
 
@@ -307,6 +325,7 @@ impl Metrics {
                 "Resident memory of the process.",
             ),
             handle,
+            unfinished_writes: Mutex::new((0, BTreeMap::new())),
         };
         Arc::new(metrics)
     }
@@ -323,6 +342,16 @@ impl Metrics {
         if failed {
             self.store_errors[operation as usize].increment(1);
         }
+    }
+
+    /// Marks the start of a batch write; the flush lag counts it until the
+    /// returned guard is dropped.
+    pub fn write_started(&self) -> UnfinishedWrite<'_> {
+        let mut writes = self.unfinished_writes.lock();
+        let id = writes.0;
+        writes.0 += 1;
+        writes.1.insert(id, Instant::now());
+        UnfinishedWrite { metrics: self, id }
     }
 
     /// Records one flushed batch.
@@ -360,7 +389,10 @@ impl Metrics {
         c.dirty_states.set(stats.dirty_states as f64);
         c.scheduled_users.set(stats.scheduled_users as f64);
         c.evicting_users.set(stats.evicting_users as f64);
-        c.flush_lag.set(stats.flush_lag.as_secs_f64());
+        let oldest_write = self.unfinished_writes.lock().1.values().min().copied();
+        let write_lag = oldest_write.map_or(Duration::ZERO, |started| started.elapsed());
+        c.flush_lag
+            .set(stats.flush_lag.max(write_lag).as_secs_f64());
         if let Some(bytes) = resident_memory_bytes() {
             self.process_resident_memory.set(bytes as f64);
         }

@@ -1,0 +1,689 @@
+//! Concurrent calls never lose an update (DESIGN.md 2.6): through real gRPC,
+//! many tasks sharing one multiplexed connection, against a running server
+//! with the embedded store.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{Client, InstrumentedStore, TestServer, test_config};
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use readstates::api::proto::{
+    AckPinsRequest, AckRequest, AddMentionsRequest, BulkAckRequest, ChannelAck,
+    DeleteReadStatesRequest, GetReadStateRequest, GetUserReadStatesRequest, ReadState,
+    RemoveMentionsRequest,
+};
+use readstates::config::Config;
+use readstates::ids::UserId;
+use readstates::read_state::ReadState as StoredState;
+use readstates::store::{RowWrite, Store, StoreFuture};
+use tokio::task::JoinSet;
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+async fn start_with(
+    adjust: impl FnOnce(&mut Config),
+) -> (
+    tempfile::TempDir,
+    Config,
+    Arc<InstrumentedStore>,
+    TestServer,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    adjust(&mut config);
+    let store = InstrumentedStore::open(dir.path());
+    let server = TestServer::start(&config, store.clone()).await;
+    (dir, config, store, server)
+}
+
+async fn add(c: &mut Client, channel: u64, message: u64, users: Vec<u64>) -> Vec<ReadState> {
+    c.add_mentions(AddMentionsRequest {
+        channel_id: channel,
+        message_id: message,
+        user_ids: users,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .read_states
+}
+
+async fn get(c: &mut Client, user: u64, channel: u64) -> ReadState {
+    c.get_read_state(GetReadStateRequest {
+        user_id: user,
+        channel_id: channel,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .read_state
+    .unwrap()
+}
+
+async fn user_states(c: &mut Client, user: u64) -> (Vec<ReadState>, u64) {
+    let response = c
+        .get_user_read_states(GetUserReadStatesRequest {
+            user_id: user,
+            since_version: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (response.read_states, response.version)
+}
+
+// ---------------------------------------------------------------------------
+// 1,000 concurrent AddMentions on one state
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_distinct_mentions_count_a_thousand() {
+    const USER: u64 = 7;
+    const CHANNEL: u64 = 70;
+    let (_dir, _config, _store, mut server) = start_with(|_| {}).await;
+
+    // The user is not cached yet: the first calls also race on its load.
+    let mut tasks = JoinSet::new();
+    for message in 1..=1_000u64 {
+        let mut c = server.client.clone();
+        tasks.spawn(async move { add(&mut c, CHANNEL, message, vec![USER]).await });
+    }
+    let mut counts = Vec::new();
+    let mut versions = Vec::new();
+    while let Some(states) = tasks.join_next().await {
+        let states = states.unwrap();
+        assert_eq!(states.len(), 1);
+        counts.push(states[0].mention_count);
+        versions.push(states[0].version);
+    }
+    // Each call saw the state right after its own change: the counts it
+    // returned are exactly 1..=1000, each once, and no two changes share a
+    // version.
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=1_000).collect::<Vec<u32>>());
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len(), 1_000, "versions must be distinct");
+
+    let c = &mut server.client;
+    assert_eq!(get(c, USER, CHANNEL).await.mention_count, 1_000);
+
+    // Concurrent retries of all of them count nothing more.
+    let mut tasks = JoinSet::new();
+    for message in 1..=1_000u64 {
+        let mut c = server.client.clone();
+        tasks.spawn(async move { add(&mut c, CHANNEL, message, vec![USER]).await });
+    }
+    while let Some(states) = tasks.join_next().await {
+        assert_eq!(states.unwrap()[0].mention_count, 1_000);
+    }
+    let c = &mut server.client;
+    let state = get(c, USER, CHANNEL).await;
+    assert_eq!(state.mention_count, 1_000);
+    assert_eq!(
+        state.version,
+        *versions.last().unwrap(),
+        "retries changed nothing"
+    );
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Model-based property test
+// ---------------------------------------------------------------------------
+//
+// Workload design: the final state must not depend on how the tasks
+// interleave, or the model could not predict it. Acks, manual acks and
+// RemoveMentions do not commute with AddMentions (a mention arriving before
+// an ack is cleared by it; one arriving after is not counted at all if the
+// ack passed it, or is counted if the ack did not...), so:
+// - task `t` alone touches channel `OWN_BASE + t` (of every user) and does
+//   every kind of operation there (Ack, manual Ack, BulkAck, AddMentions,
+//   RemoveMentions, AckPins, DeleteReadStates), sequentially: its pairs'
+//   final states are those of its own sequence, whatever the others do;
+// - every task also writes to one shared channel, but only with operations
+//   that commute: AddMentions (never acked there, so a set union of message
+//   ids, idempotent) and AckPins (a max).
+// The tasks still contend on the same users (all of a user's channels share
+// one cache entry and one version sequence) and run truly concurrently.
+
+const USERS: [u64; 3] = [1, 2, 3];
+const TASKS: u64 = 3;
+const OWN_BASE: u64 = 100;
+const SHARED: u64 = 999;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Ack {
+        user: u64,
+        message: u64,
+    },
+    Manual {
+        user: u64,
+        message: u64,
+        count: Option<u32>,
+    },
+    Add {
+        message: u64,
+        users: Vec<u64>,
+    },
+    Remove {
+        message: u64,
+        users: Vec<u64>,
+    },
+    Pins {
+        user: u64,
+        ts: u64,
+    },
+    /// A BulkAck of the task's own channel, the same channel repeated.
+    BulkAck {
+        user: u64,
+        messages: Vec<u64>,
+    },
+    Delete {
+        user: u64,
+    },
+    SharedAdd {
+        message: u64,
+        users: Vec<u64>,
+    },
+    SharedPins {
+        user: u64,
+        ts: u64,
+    },
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let user = || proptest::sample::select(USERS.to_vec());
+    // Duplicates allowed: a user listed twice in one call is counted once.
+    let users = || proptest::collection::vec(proptest::sample::select(USERS.to_vec()), 1..=4);
+    prop_oneof![
+        3 => (user(), 0u64..40).prop_map(|(user, message)| Op::Ack { user, message }),
+        1 => (user(), 0u64..40, proptest::option::of(0u32..4))
+            .prop_map(|(user, message, count)| Op::Manual { user, message, count }),
+        4 => (1u64..40, users()).prop_map(|(message, users)| Op::Add { message, users }),
+        2 => (1u64..40, users()).prop_map(|(message, users)| Op::Remove { message, users }),
+        1 => (user(), 1u64..1_000).prop_map(|(user, ts)| Op::Pins { user, ts }),
+        1 => (user(), proptest::collection::vec(0u64..40, 1..=3))
+            .prop_map(|(user, messages)| Op::BulkAck { user, messages }),
+        1 => user().prop_map(|user| Op::Delete { user }),
+        3 => (1u64..200, users()).prop_map(|(message, users)| Op::SharedAdd { message, users }),
+        1 => (user(), 1u64..1_000).prop_map(|(user, ts)| Op::SharedPins { user, ts }),
+    ]
+}
+
+/// The reference model of one pair: the set of counted message ids plus the
+/// count a manual ack gave.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct PairModel {
+    last: u64,
+    counted: BTreeSet<u64>,
+    given: u32,
+    pins: u64,
+}
+
+impl PairModel {
+    fn count(&self) -> u32 {
+        self.counted.len() as u32 + self.given
+    }
+}
+
+/// The model of every pair, and which pairs exist: those some operation
+/// changed since they were last deleted (a pair no operation changed stays
+/// never written: all zeros, not listed).
+#[derive(Debug, Default)]
+struct Model {
+    pairs: BTreeMap<(u64, u64), PairModel>,
+    written: BTreeSet<(u64, u64)>,
+}
+
+impl Model {
+    fn change(&mut self, user: u64, channel: u64, f: impl FnOnce(&mut PairModel)) {
+        let pair = self.pairs.entry((user, channel)).or_default();
+        let before = pair.clone();
+        f(pair);
+        if *pair != before {
+            self.written.insert((user, channel));
+        }
+    }
+
+    fn ack(&mut self, user: u64, channel: u64, message: u64) {
+        self.change(user, channel, |p| {
+            if message > p.last {
+                p.last = message;
+                p.counted.retain(|&m| m > message);
+                p.given = 0;
+            }
+        });
+    }
+
+    /// Applies task `task`'s operation.
+    fn apply(&mut self, task: u64, op: &Op) {
+        let own = OWN_BASE + task;
+        match op.clone() {
+            Op::Ack { user, message } => self.ack(user, own, message),
+            Op::BulkAck { user, messages } => {
+                for message in messages {
+                    self.ack(user, own, message);
+                }
+            }
+            Op::Delete { user } => {
+                // Gone: reads as zeros, listed no more, recreated from zeros.
+                self.pairs.remove(&(user, own));
+                self.written.remove(&(user, own));
+            }
+            Op::Manual {
+                user,
+                message,
+                count,
+            } => self.change(user, own, |p| {
+                p.last = message;
+                p.counted.clear();
+                p.given = count.unwrap_or(0);
+            }),
+            Op::Add { message, users } => {
+                for user in users {
+                    self.change(user, own, |p| {
+                        if message > p.last {
+                            p.counted.insert(message);
+                        }
+                    });
+                }
+            }
+            Op::Remove { message, users } => {
+                for user in users {
+                    self.change(user, own, |p| {
+                        p.counted.remove(&message);
+                    });
+                }
+            }
+            Op::Pins { user, ts } => self.change(user, own, |p| p.pins = p.pins.max(ts)),
+            Op::SharedAdd { message, users } => {
+                for user in users {
+                    self.change(user, SHARED, |p| {
+                        p.counted.insert(message);
+                    });
+                }
+            }
+            Op::SharedPins { user, ts } => self.change(user, SHARED, |p| p.pins = p.pins.max(ts)),
+        }
+    }
+}
+
+async fn send(c: &mut Client, task: u64, op: Op) {
+    let own = OWN_BASE + task;
+    match op {
+        Op::Ack { user, message } => {
+            c.ack(AckRequest {
+                user_id: user,
+                channel_id: own,
+                message_id: message,
+                manual: false,
+                mention_count: None,
+            })
+            .await
+            .unwrap();
+        }
+        Op::Manual {
+            user,
+            message,
+            count,
+        } => {
+            c.ack(AckRequest {
+                user_id: user,
+                channel_id: own,
+                message_id: message,
+                manual: true,
+                mention_count: count,
+            })
+            .await
+            .unwrap();
+        }
+        Op::Add { message, users } => {
+            add(c, own, message, users).await;
+        }
+        Op::Remove { message, users } => {
+            c.remove_mentions(RemoveMentionsRequest {
+                channel_id: own,
+                message_id: message,
+                user_ids: users,
+            })
+            .await
+            .unwrap();
+        }
+        Op::Pins { user, ts } | Op::SharedPins { user, ts } => {
+            let channel = if matches!(op, Op::Pins { .. }) {
+                own
+            } else {
+                SHARED
+            };
+            c.ack_pins(AckPinsRequest {
+                user_id: user,
+                channel_id: channel,
+                pin_timestamp_ms: ts,
+            })
+            .await
+            .unwrap();
+        }
+        Op::BulkAck { user, messages } => {
+            let acks = messages
+                .iter()
+                .map(|&message_id| ChannelAck {
+                    channel_id: own,
+                    message_id,
+                })
+                .collect();
+            let states = c
+                .bulk_ack(BulkAckRequest {
+                    user_id: user,
+                    acks,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .read_states;
+            assert_eq!(states.len(), messages.len(), "one result per ack");
+        }
+        Op::Delete { user } => {
+            c.delete_read_states(DeleteReadStatesRequest {
+                user_id: user,
+                channel_ids: vec![own],
+            })
+            .await
+            .unwrap();
+        }
+        Op::SharedAdd { message, users } => {
+            add(c, SHARED, message, users).await;
+        }
+    }
+}
+
+/// Compares every user's states with the model.
+async fn check_against(c: &mut Client, model: &Model) -> Result<(), TestCaseError> {
+    for user in USERS {
+        let (states, version) = user_states(c, user).await;
+        let actual: BTreeMap<u64, (u64, u32, u64)> = states
+            .iter()
+            .map(|s| {
+                (
+                    s.channel_id,
+                    (s.last_message_id, s.mention_count, s.last_pin_timestamp_ms),
+                )
+            })
+            .collect();
+        let expected: BTreeMap<u64, (u64, u32, u64)> = model
+            .written
+            .iter()
+            .filter(|(u, _)| *u == user)
+            .map(|&(u, channel)| {
+                let p = &model.pairs[&(u, channel)];
+                (channel, (p.last, p.count(), p.pins))
+            })
+            .collect();
+        prop_assert_eq!(&actual, &expected, "user {} states", user);
+        prop_assert_eq!(states.len(), actual.len(), "one state per channel");
+
+        // Every change of a user has its own version, the user's version is
+        // at least that of its newest state (a delete is a change too, and
+        // may be newer), and GetReadState agrees with the listing.
+        let versions: BTreeSet<u64> = states.iter().map(|s| s.version).collect();
+        prop_assert_eq!(versions.len(), states.len(), "distinct versions");
+        prop_assert!(states.iter().all(|s| s.version > 0));
+        prop_assert!(version >= versions.last().copied().unwrap_or(0));
+        for state in &states {
+            prop_assert_eq!(state.user_id, user);
+            let read = get(c, user, state.channel_id).await;
+            prop_assert_eq!(&read, state);
+        }
+        // Pairs never written read as zeros.
+        for channel in (0..TASKS).map(|t| OWN_BASE + t).chain([SHARED]) {
+            if !model.written.contains(&(user, channel)) {
+                let read = get(c, user, channel).await;
+                prop_assert_eq!(
+                    (read.last_message_id, read.mention_count, read.version),
+                    (0, 0, 0)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one case: the tasks' operations concurrently, then compares with
+/// the model, through the server and again after a restart over its store.
+/// With `tiny_cache`, the cache holds fewer states than the case writes, so
+/// users are evicted and reloaded while the tasks run.
+async fn run_case(tiny_cache: bool, tasks: Vec<Vec<Op>>) -> Result<(), TestCaseError> {
+    let mut model = Model::default();
+    for (task, ops) in tasks.iter().enumerate() {
+        for op in ops {
+            model.apply(task as u64, op);
+        }
+    }
+
+    let (_dir, config, store, server) = start_with(|config| {
+        if tiny_cache {
+            config.cache.capacity = 4;
+            config.cache.partitions = 2;
+            config.flush.delay_ms = 200;
+            config.flush.tick_ms = 50;
+        }
+    })
+    .await;
+    let mut running = JoinSet::new();
+    for (task, ops) in tasks.into_iter().enumerate() {
+        let mut c = server.client.clone();
+        running.spawn(async move {
+            for op in ops {
+                send(&mut c, task as u64, op).await;
+            }
+        });
+    }
+    while let Some(done) = running.join_next().await {
+        done.unwrap();
+    }
+    let mut c = server.client.clone();
+    let served = check_against(&mut c, &model).await;
+    drop(c);
+    server.shutdown().await;
+    served?;
+
+    // Everything reached the store: a fresh server over it reads the same.
+    let mut server = TestServer::start(&config, store).await;
+    let reloaded = check_against(&mut server.client, &model).await;
+    server.shutdown().await;
+    reloaded
+}
+
+#[test]
+fn concurrent_operations_match_a_reference_model() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 16,
+        max_shrink_iters: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let workload = (
+        any::<bool>(),
+        proptest::collection::vec(
+            proptest::collection::vec(op_strategy(), 0..40),
+            TASKS as usize,
+        ),
+    );
+    let result = runner.run(&workload, |(tiny_cache, tasks)| {
+        runtime.block_on(run_case(tiny_cache, tasks))
+    });
+    if let Err(error) = result {
+        panic!("{error}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A tiny cache under concurrent load
+// ---------------------------------------------------------------------------
+
+/// The instrumented store with simulated I/O latency, so that eviction
+/// writes and loads stay in flight long enough for requests of the same
+/// users to arrive meanwhile.
+struct SlowStore {
+    inner: Arc<InstrumentedStore>,
+    load_latency: Duration,
+    write_latency: Duration,
+}
+
+impl Store for SlowStore {
+    fn backend(&self) -> &'static str {
+        "slow-instrumented-embedded"
+    }
+
+    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, Vec<StoredState>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.load_latency).await;
+            self.inner.load_user(user_id).await
+        })
+    }
+
+    fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            tokio::time::sleep(self.write_latency).await;
+            self.inner.write_batch(rows).await
+        })
+    }
+
+    fn load_version_floor(&self) -> StoreFuture<'_, u64> {
+        self.inner.load_version_floor()
+    }
+
+    fn record_version_floor(&self, floor: u64) -> StoreFuture<'_, ()> {
+        self.inner.record_version_floor(floor)
+    }
+
+    fn sync(&self) -> StoreFuture<'_, ()> {
+        self.inner.sync()
+    }
+}
+
+const HAMMER_USERS: u64 = 300;
+const HAMMER_WRITERS: u64 = 8;
+const HAMMER_CALLS: u64 = 40;
+const HAMMER_CHANNELS: [u64; 2] = [10, 20];
+
+/// The call `k` of writer `t`: a distinct message in one of the channels,
+/// mentioning about a tenth of the users.
+fn hammer_call(t: u64, k: u64) -> (u64, u64, Vec<u64>) {
+    let channel = HAMMER_CHANNELS[(k % 2) as usize];
+    let message = t * 1_000 + k + 1;
+    let users = (1..=HAMMER_USERS)
+        .filter(|u| (u * 7 + t * 13 + k * 31).is_multiple_of(10))
+        .collect();
+    (channel, message, users)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_cache_evicting_all_the_time_loses_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.cache.capacity = 50;
+    config.cache.partitions = 2;
+    config.flush.delay_ms = 200;
+    config.flush.tick_ms = 50;
+    let store = InstrumentedStore::open(dir.path());
+    let slow = Arc::new(SlowStore {
+        inner: store.clone(),
+        load_latency: Duration::from_millis(1),
+        write_latency: Duration::from_millis(10),
+    });
+    let server = TestServer::start(&config, slow).await;
+
+    let mut expected: BTreeMap<(u64, u64), u32> = BTreeMap::new();
+    for t in 0..HAMMER_WRITERS {
+        for k in 0..HAMMER_CALLS {
+            let (channel, _, users) = hammer_call(t, k);
+            for user in users {
+                *expected.entry((user, channel)).or_default() += 1;
+            }
+        }
+    }
+
+    let mut tasks = JoinSet::new();
+    for t in 0..HAMMER_WRITERS {
+        let mut c = server.client.clone();
+        tasks.spawn(async move {
+            for k in 0..HAMMER_CALLS {
+                let (channel, message, users) = hammer_call(t, k);
+                let states = add(&mut c, channel, message, users.clone()).await;
+                assert_eq!(states.len(), users.len());
+                // A retry of an earlier call (after timeouts, say) must not
+                // count again, even when that user was evicted since.
+                if k >= 3 {
+                    let (channel, message, users) = hammer_call(t, k - 3);
+                    add(&mut c, channel, message, users).await;
+                }
+            }
+        });
+    }
+    // Readers load users concurrently, pushing others out of the cache.
+    for r in 0..2u64 {
+        let mut c = server.client.clone();
+        tasks.spawn(async move {
+            for i in 0..150u64 {
+                let user = (i * 37 + r * 101) % HAMMER_USERS + 1;
+                let (states, _) = user_states(&mut c, user).await;
+                assert!(states.len() <= HAMMER_CHANNELS.len());
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+
+    // The load did evict and reload users, and wrote evicted states.
+    assert!(
+        store.loads.load(Ordering::SeqCst) > HAMMER_USERS as usize,
+        "users were reloaded ({} loads)",
+        store.loads.load(Ordering::SeqCst)
+    );
+    assert!(store.rows_written() > 0);
+
+    let check = async |c: &mut Client| {
+        for user in 1..=HAMMER_USERS {
+            for channel in HAMMER_CHANNELS {
+                let want = expected.get(&(user, channel)).copied().unwrap_or(0);
+                let state = get(c, user, channel).await;
+                assert_eq!(state.mention_count, want, "user {user} channel {channel}");
+            }
+        }
+    };
+    let mut c = server.client.clone();
+    check(&mut c).await;
+    drop(c);
+    server.shutdown().await;
+
+    // Every count reached the store.
+    for user in 1..=HAMMER_USERS {
+        let stored = common::stored(store.as_ref(), user).await;
+        for channel in HAMMER_CHANNELS {
+            let want = expected.get(&(user, channel)).copied().unwrap_or(0);
+            let count = stored
+                .iter()
+                .find(|s| s.channel_id.get() == channel)
+                .map_or(0, |s| s.mention_count());
+            assert_eq!(count, want, "stored user {user} channel {channel}");
+        }
+    }
+    let mut server = TestServer::start(&config, store.clone()).await;
+    check(&mut server.client).await;
+    server.shutdown().await;
+}

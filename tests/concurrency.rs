@@ -7,7 +7,6 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use common::{Client, InstrumentedStore, TestServer, test_config};
 use proptest::prelude::*;
@@ -18,9 +17,6 @@ use readstates::api::proto::{
     RemoveMentionsRequest,
 };
 use readstates::config::Config;
-use readstates::ids::UserId;
-use readstates::read_state::ReadState as StoredState;
-use readstates::store::{RowWrite, Store, StoreFuture};
 use tokio::task::JoinSet;
 
 // ---------------------------------------------------------------------------
@@ -534,46 +530,6 @@ fn concurrent_operations_match_a_reference_model() {
 // A tiny cache under concurrent load
 // ---------------------------------------------------------------------------
 
-/// The instrumented store with simulated I/O latency, so that eviction
-/// writes and loads stay in flight long enough for requests of the same
-/// users to arrive meanwhile.
-struct SlowStore {
-    inner: Arc<InstrumentedStore>,
-    load_latency: Duration,
-    write_latency: Duration,
-}
-
-impl Store for SlowStore {
-    fn backend(&self) -> &'static str {
-        "slow-instrumented-embedded"
-    }
-
-    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, Vec<StoredState>> {
-        Box::pin(async move {
-            tokio::time::sleep(self.load_latency).await;
-            self.inner.load_user(user_id).await
-        })
-    }
-
-    fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            tokio::time::sleep(self.write_latency).await;
-            self.inner.write_batch(rows).await
-        })
-    }
-
-    fn load_version_floor(&self) -> StoreFuture<'_, u64> {
-        self.inner.load_version_floor()
-    }
-
-    fn record_version_floor(&self, floor: u64) -> StoreFuture<'_, ()> {
-        self.inner.record_version_floor(floor)
-    }
-
-    fn sync(&self) -> StoreFuture<'_, ()> {
-        self.inner.sync()
-    }
-}
 
 const HAMMER_USERS: u64 = 300;
 const HAMMER_WRITERS: u64 = 8;
@@ -599,13 +555,12 @@ async fn a_tiny_cache_evicting_all_the_time_loses_no_update() {
     config.cache.partitions = 2;
     config.flush.delay_ms = 200;
     config.flush.tick_ms = 50;
+    // Simulated I/O latency keeps eviction writes and loads in flight long
+    // enough for requests of the same users to arrive meanwhile.
     let store = InstrumentedStore::open(dir.path());
-    let slow = Arc::new(SlowStore {
-        inner: store.clone(),
-        load_latency: Duration::from_millis(1),
-        write_latency: Duration::from_millis(10),
-    });
-    let server = TestServer::start(&config, slow).await;
+    store.load_delay_ms.store(1, Ordering::SeqCst);
+    store.write_delay_ms.store(10, Ordering::SeqCst);
+    let server = TestServer::start(&config, store.clone()).await;
 
     let mut expected: BTreeMap<(u64, u64), u32> = BTreeMap::new();
     for t in 0..HAMMER_WRITERS {

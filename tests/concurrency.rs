@@ -530,7 +530,6 @@ fn concurrent_operations_match_a_reference_model() {
 // A tiny cache under concurrent load
 // ---------------------------------------------------------------------------
 
-
 const HAMMER_USERS: u64 = 300;
 const HAMMER_WRITERS: u64 = 8;
 const HAMMER_CALLS: u64 = 40;

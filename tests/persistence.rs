@@ -331,3 +331,49 @@ async fn a_restart_reads_everything_back_and_never_reuses_a_version() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_users_version_never_goes_backwards_across_a_restart_after_a_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let version_after_delete = {
+        let store = InstrumentedStore::open(dir.path());
+        let mut server = TestServer::start(&config, store).await;
+        server.client.ack(ack(9, 1, 5)).await.unwrap();
+        server.client.ack(ack(9, 2, 5)).await.unwrap();
+        server
+            .client
+            .delete_read_states(readstates::api::proto::DeleteReadStatesRequest {
+                user_id: 9,
+                channel_ids: vec![2],
+            })
+            .await
+            .unwrap();
+        let version = server
+            .client
+            .get_user_read_states(GetUserReadStatesRequest {
+                user_id: 9,
+                since_version: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .version;
+        server.shutdown().await;
+        version
+    };
+    let store = InstrumentedStore::open(dir.path());
+    let mut server = TestServer::start(&config, store).await;
+    let reloaded = server
+        .client
+        .get_user_read_states(GetUserReadStatesRequest {
+            user_id: 9,
+            since_version: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reloaded.read_states.len(), 1);
+    assert_eq!(reloaded.version, version_after_delete);
+    server.shutdown().await;
+}

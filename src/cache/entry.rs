@@ -4,7 +4,7 @@
 use crate::clock::{VersionClock, unix_millis};
 use crate::ids::{ChannelId, MessageId, UserId};
 use crate::read_state::ReadState;
-use crate::store::RowWrite;
+use crate::store::{RowWrite, UserRows};
 
 /// A read state as a response carries it: small and `Copy`, so building a
 /// response allocates nothing per state.
@@ -61,9 +61,16 @@ pub(super) struct UserEntry {
 
 impl UserEntry {
     /// Builds the entry of a user loaded from the store.
-    pub fn loaded(mut states: Vec<ReadState>) -> Self {
+    pub fn loaded(rows: UserRows) -> Self {
+        let UserRows {
+            mut states,
+            version,
+        } = rows;
         states.sort_unstable_by_key(|state| state.channel_id);
-        let version = states.iter().map(|state| state.version).max().unwrap_or(0);
+        let version = states
+            .iter()
+            .map(|state| state.version)
+            .fold(version, u64::max);
         let slots = states
             .into_iter()
             .map(|state| Slot {

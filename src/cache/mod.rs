@@ -283,11 +283,11 @@ impl Cache {
             user_id,
             _sender: sender,
         };
-        let states = store.load_user(user_id).await?;
+        let rows = store.load_user(user_id).await?;
         {
             let mut partition = self.partition(user_id).lock();
             if !partition.lru.contains(&user_id) {
-                let entry = UserEntry::loaded(states);
+                let entry = UserEntry::loaded(rows);
                 partition.weight += entry.weight();
                 partition.lru.put(user_id, entry);
                 self.evict_over_capacity(&mut partition);

@@ -19,9 +19,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 
 use super::row::{Row, decode_row, encode_row};
-use super::{RowWrite, Store, StoreError, StoreFuture};
+use super::{RowWrite, Store, StoreError, StoreFuture, UserRows};
 use crate::ids::{ChannelId, UserId};
-use crate::read_state::ReadState;
 
 const STATES_KEYSPACE: &str = "read_states";
 const META_KEYSPACE: &str = "meta";
@@ -84,7 +83,7 @@ impl Store for EmbeddedStore {
         "embedded"
     }
 
-    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, Vec<ReadState>> {
+    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, UserRows> {
         self.blocking(move |inner| inner.load_user(user_id))
     }
 
@@ -131,8 +130,8 @@ impl Store for EmbeddedStore {
 }
 
 impl Inner {
-    fn load_user(&self, user_id: UserId) -> Result<Vec<ReadState>, StoreError> {
-        let mut states = Vec::new();
+    fn load_user(&self, user_id: UserId) -> Result<UserRows, StoreError> {
+        let mut rows = UserRows::default();
         for guard in self.states.prefix(user_id.get().to_be_bytes()) {
             let (key, value) = guard.into_inner().map_err(fjall_error)?;
             let channel_id = channel_of(&key).ok_or_else(|| StoreError::Corrupt {
@@ -143,11 +142,12 @@ impl Inner {
                 user_id: user_id.get(),
                 source,
             })?;
+            rows.version = rows.version.max(row.version());
             if let Row::Live(state) = row {
-                states.push(state);
+                rows.states.push(state);
             }
         }
-        Ok(states)
+        Ok(rows)
     }
 
     fn write_batch(&self, rows: &[RowWrite]) -> Result<(), StoreError> {
@@ -205,6 +205,7 @@ fn fjall_error(error: fjall::Error) -> StoreError {
 mod tests {
     use super::*;
     use crate::ids::MessageId;
+    use crate::read_state::ReadState;
 
     fn state(channel: u64, last: u64, version: u64) -> ReadState {
         ReadState {
@@ -235,7 +236,10 @@ mod tests {
             .write_batch(Arc::from(vec![write(7, state(1, 40, 9), false)]))
             .await
             .unwrap();
-        assert_eq!(store.load_user(user).await.unwrap(), vec![state(1, 50, 10)]);
+        assert_eq!(
+            store.load_user(user).await.unwrap().states,
+            vec![state(1, 50, 10)]
+        );
 
         store
             .write_batch(Arc::from(vec![write(7, state(1, 0, 11), true)]))
@@ -246,7 +250,7 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            store.load_user(user).await.unwrap().is_empty(),
+            store.load_user(user).await.unwrap().states.is_empty(),
             "delete wins over older write"
         );
 
@@ -254,7 +258,10 @@ mod tests {
             .write_batch(Arc::from(vec![write(7, state(1, 70, 12), false)]))
             .await
             .unwrap();
-        assert_eq!(store.load_user(user).await.unwrap(), vec![state(1, 70, 12)]);
+        assert_eq!(
+            store.load_user(user).await.unwrap().states,
+            vec![state(1, 70, 12)]
+        );
     }
 
     #[tokio::test]
@@ -274,7 +281,11 @@ mod tests {
             store.sync().await.unwrap();
         }
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        let user2 = store.load_user(UserId::new(2).unwrap()).await.unwrap();
+        let user2 = store
+            .load_user(UserId::new(2).unwrap())
+            .await
+            .unwrap()
+            .states;
         assert_eq!(user2, vec![state(3, 2, 1), state(4, 3, 1)]);
         assert_eq!(store.load_version_floor().await.unwrap(), 99);
     }
@@ -288,7 +299,11 @@ mod tests {
             write(1, state(1, 5, 2), false),
         ];
         store.write_batch(Arc::from(rows)).await.unwrap();
-        let loaded = store.load_user(UserId::new(1).unwrap()).await.unwrap();
+        let loaded = store
+            .load_user(UserId::new(1).unwrap())
+            .await
+            .unwrap()
+            .states;
         assert_eq!(loaded, vec![state(1, 9, 3)]);
     }
 }

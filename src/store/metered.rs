@@ -8,10 +8,9 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{RowWrite, Store, StoreError, StoreFuture};
+use super::{RowWrite, Store, StoreError, StoreFuture, UserRows};
 use crate::ids::UserId;
 use crate::metrics::{Metrics, StoreOperation};
-use crate::read_state::ReadState;
 
 /// Any store, measured.
 pub struct MeteredStore {
@@ -53,7 +52,7 @@ impl Store for MeteredStore {
         self.inner.backend()
     }
 
-    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, Vec<ReadState>> {
+    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, UserRows> {
         self.measure(StoreOperation::LoadUser, self.inner.load_user(user_id))
     }
 

@@ -33,13 +33,23 @@ pub struct RowWrite {
     pub deleted: bool,
 }
 
+/// One user's stored rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserRows {
+    /// The live states, in channel order.
+    pub states: Vec<ReadState>,
+    /// The highest version among the user's rows, deletions included, so a
+    /// reloaded user's version never goes backwards.
+    pub version: u64,
+}
+
 /// The durable home of read states.
 pub trait Store: Send + Sync + 'static {
     /// Returns the backend's name, for logs and metrics.
     fn backend(&self) -> &'static str;
 
-    /// Returns every live state of one user (in channel order).
-    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, Vec<ReadState>>;
+    /// Returns every live state of one user and the user's version.
+    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, UserRows>;
 
     /// Writes a batch of rows; a row older than the stored one is skipped.
     /// On error nothing is known about which rows landed: the caller retries

@@ -13,7 +13,7 @@ use readstates::config::Config;
 use readstates::ids::UserId;
 use readstates::read_state::ReadState;
 use readstates::server::{self, Running};
-use readstates::store::{EmbeddedStore, RowWrite, Store, StoreError, StoreFuture};
+use readstates::store::{EmbeddedStore, RowWrite, Store, StoreError, StoreFuture, UserRows};
 use tonic::transport::Channel;
 
 pub type Client = ReadStatesClient<Channel>;
@@ -77,7 +77,7 @@ impl Store for InstrumentedStore {
         "instrumented-embedded"
     }
 
-    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, Vec<ReadState>> {
+    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, UserRows> {
         Box::pin(async move {
             self.check()?;
             self.loads.fetch_add(1, Ordering::SeqCst);
@@ -158,7 +158,11 @@ pub async fn connect(addr: std::net::SocketAddr) -> Client {
 
 /// Reads every live row of a user straight from the store.
 pub async fn stored(store: &dyn Store, user: u64) -> Vec<ReadState> {
-    store.load_user(UserId::new(user).unwrap()).await.unwrap()
+    store
+        .load_user(UserId::new(user).unwrap())
+        .await
+        .unwrap()
+        .states
 }
 
 /// Polls `condition` every 20 ms for up to `limit`.

@@ -1,9 +1,15 @@
 //! One user's cached states, kept together behind one LRU entry, and the
 //! transaction through which a request changes them.
+//!
+//! Memory layout: a state is a 32-byte [`Slot`] (channel, last read message,
+//! version, update time, with the write-behind flags in the time's unused top
+//! bits), in one exactly-sized array per user. Pins and mentions, which most
+//! states lack, live in a separate sorted list of [`Extra`]s, so the common
+//! state pays nothing for them.
 
 use crate::clock::{VersionClock, unix_millis};
 use crate::ids::{ChannelId, MessageId, UserId};
-use crate::read_state::ReadState;
+use crate::read_state::{Mentions, ReadState};
 use crate::store::{RowWrite, UserRows};
 
 /// A read state as a response carries it: small and `Copy`, so building a
@@ -36,21 +42,64 @@ impl StateView {
     }
 }
 
-/// A cached state and its write-behind marks.
-#[derive(Debug, Clone)]
+/// Changed since it was last written to the store.
+const DIRTY: u64 = 1 << 63;
+/// Deleted; kept until the deletion is written, then dropped.
+const DELETED: u64 = 1 << 62;
+/// Has an [`Extra`] (a pin or mentions).
+const HAS_EXTRA: u64 = 1 << 61;
+/// The update time: Unix milliseconds fit 61 bits for the next 70 million years.
+const TIME_MASK: u64 = HAS_EXTRA - 1;
+
+/// A cached state in 32 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Slot {
-    pub state: ReadState,
-    /// Changed since it was last written to the store.
-    pub dirty: bool,
-    /// Deleted; kept until the deletion is written, then dropped.
-    pub deleted: bool,
+    channel_id: ChannelId,
+    last_message_id: MessageId,
+    version: u64,
+    /// `updated_at_ms` in the low bits, the flags above [`TIME_MASK`].
+    updated_and_flags: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
+
+impl Slot {
+    fn has(&self, flag: u64) -> bool {
+        self.updated_and_flags & flag != 0
+    }
+
+    fn set(&mut self, flag: u64, on: bool) {
+        if on {
+            self.updated_and_flags |= flag;
+        } else {
+            self.updated_and_flags &= !flag;
+        }
+    }
+
+    fn updated_at_ms(&self) -> u64 {
+        self.updated_and_flags & TIME_MASK
+    }
+
+    pub(super) fn is_dirty(&self) -> bool {
+        self.has(DIRTY)
+    }
+}
+
+/// The rarely present part of a state: its pin timestamp and mentions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Extra {
+    channel_id: ChannelId,
+    last_pin_timestamp_ms: u64,
+    mentions: Mentions,
 }
 
 /// All cached states of one user.
 #[derive(Debug, Default)]
 pub(super) struct UserEntry {
-    /// Sorted by channel id.
-    pub slots: Vec<Slot>,
+    /// Sorted by channel id; capacity kept close to the length.
+    slots: Vec<Slot>,
+    /// The extras of the slots flagged [`HAS_EXTRA`], sorted by channel id.
+    extras: Vec<Extra>,
     /// The highest version handed out to (or loaded for) this user.
     pub version: u64,
     /// In a flush timer bucket.
@@ -67,24 +116,27 @@ impl UserEntry {
             version,
         } = rows;
         states.sort_unstable_by_key(|state| state.channel_id);
-        let version = states
-            .iter()
-            .map(|state| state.version)
-            .fold(version, u64::max);
-        let slots = states
-            .into_iter()
-            .map(|state| Slot {
-                state,
-                dirty: false,
-                deleted: false,
-            })
-            .collect();
-        Self {
-            slots,
+        states.dedup_by_key(|state| state.channel_id);
+        let mut entry = Self {
+            slots: Vec::with_capacity(states.len()),
+            extras: Vec::new(),
             version,
             scheduled: false,
             writing: false,
+        };
+        for state in states {
+            entry.version = entry.version.max(state.version);
+            let index = entry.slots.len();
+            entry.slots.push(Slot {
+                channel_id: state.channel_id,
+                last_message_id: MessageId::NONE,
+                version: 0,
+                updated_and_flags: 0,
+            });
+            entry.put(index, state);
         }
+        entry.extras.shrink_to_fit();
+        entry
     }
 
     /// Returns the cache capacity this user takes: its states, and one for
@@ -93,23 +145,27 @@ impl UserEntry {
         self.slots.len().max(1)
     }
 
+    /// Returns the number of slots and of extras, for memory accounting.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.slots.len(), self.extras.len())
+    }
+
     /// Returns the number of dirty states.
     pub fn dirty_count(&self) -> usize {
-        self.slots.iter().filter(|slot| slot.dirty).count()
+        self.slots.iter().filter(|slot| slot.is_dirty()).count()
     }
 
     /// Returns the rows a flush of this entry writes.
     pub fn dirty_rows(&self, user_id: UserId, rows: &mut Vec<RowWrite>) {
-        rows.extend(
-            self.slots
-                .iter()
-                .filter(|slot| slot.dirty)
-                .map(|slot| RowWrite {
+        for (index, slot) in self.slots.iter().enumerate() {
+            if slot.is_dirty() {
+                rows.push(RowWrite {
                     user_id,
-                    state: slot.state.clone(),
-                    deleted: slot.deleted,
-                }),
-        );
+                    state: self.state(index),
+                    deleted: slot.has(DELETED),
+                });
+            }
+        }
     }
 
     /// Clears the dirty mark of `channel_id` if it still holds `version`;
@@ -120,12 +176,13 @@ impl UserEntry {
             return false;
         };
         let slot = &mut self.slots[index];
-        if !slot.dirty || slot.state.version != version {
+        if !slot.is_dirty() || slot.version != version {
             return false;
         }
-        slot.dirty = false;
-        if slot.deleted {
+        slot.set(DIRTY, false);
+        if slot.has(DELETED) {
             self.slots.remove(index);
+            self.shrink_slots();
         }
         true
     }
@@ -133,24 +190,147 @@ impl UserEntry {
     /// Returns the live state of `channel_id`, or zeros.
     pub fn view(&self, channel_id: ChannelId) -> StateView {
         match self.find(channel_id) {
-            Ok(index) if !self.slots[index].deleted => StateView::of(&self.slots[index].state),
+            Ok(index) if !self.slots[index].has(DELETED) => self.view_at(index),
             _ => StateView::empty(channel_id),
         }
     }
 
     /// Appends the live states changed after `since_version` (all when 0).
     pub fn views_since(&self, since_version: u64, out: &mut Vec<StateView>) {
-        out.extend(
-            self.slots
-                .iter()
-                .filter(|slot| !slot.deleted && slot.state.version > since_version)
-                .map(|slot| StateView::of(&slot.state)),
-        );
+        for (index, slot) in self.slots.iter().enumerate() {
+            if !slot.has(DELETED) && slot.version > since_version {
+                out.push(self.view_at(index));
+            }
+        }
+    }
+
+    fn view_at(&self, index: usize) -> StateView {
+        let slot = &self.slots[index];
+        let (last_pin_timestamp_ms, mention_count) = match self.extra(slot) {
+            Some(extra) => (extra.last_pin_timestamp_ms, extra.mentions.count()),
+            None => (0, 0),
+        };
+        StateView {
+            channel_id: slot.channel_id,
+            last_message_id: slot.last_message_id,
+            mention_count,
+            last_pin_timestamp_ms,
+            updated_at_ms: slot.updated_at_ms(),
+            version: slot.version,
+        }
+    }
+
+    /// Returns a copy of the state at `index`.
+    fn state(&self, index: usize) -> ReadState {
+        let slot = &self.slots[index];
+        let (last_pin_timestamp_ms, mentions) = match self.extra(slot) {
+            Some(extra) => (extra.last_pin_timestamp_ms, extra.mentions.clone()),
+            None => (0, Mentions::default()),
+        };
+        ReadState {
+            channel_id: slot.channel_id,
+            last_message_id: slot.last_message_id,
+            last_pin_timestamp_ms,
+            updated_at_ms: slot.updated_at_ms(),
+            version: slot.version,
+            mentions,
+        }
+    }
+
+    /// Moves the state at `index` out (its mentions are taken, not copied);
+    /// [`UserEntry::put`] must follow.
+    fn take(&mut self, index: usize) -> ReadState {
+        let slot = self.slots[index];
+        let (last_pin_timestamp_ms, mentions) = match self.find_extra(slot.channel_id) {
+            Ok(extra) if slot.has(HAS_EXTRA) => {
+                let extra = &mut self.extras[extra];
+                (
+                    extra.last_pin_timestamp_ms,
+                    std::mem::take(&mut extra.mentions),
+                )
+            }
+            _ => (0, Mentions::default()),
+        };
+        ReadState {
+            channel_id: slot.channel_id,
+            last_message_id: slot.last_message_id,
+            last_pin_timestamp_ms,
+            updated_at_ms: slot.updated_at_ms(),
+            version: slot.version,
+            mentions,
+        }
+    }
+
+    /// Stores `state` at `index`, keeping the slot's dirty and deleted flags.
+    fn put(&mut self, index: usize, state: ReadState) {
+        let needs_extra = state.last_pin_timestamp_ms != 0 || state.mentions != Mentions::default();
+        let slot = &mut self.slots[index];
+        debug_assert_eq!(slot.channel_id, state.channel_id);
+        slot.last_message_id = state.last_message_id;
+        slot.version = state.version;
+        let flags = slot.updated_and_flags & !TIME_MASK;
+        slot.updated_and_flags = (state.updated_at_ms & TIME_MASK) | flags;
+        slot.set(HAS_EXTRA, needs_extra);
+        match (self.find_extra(state.channel_id), needs_extra) {
+            (Ok(position), true) => {
+                let extra = &mut self.extras[position];
+                extra.last_pin_timestamp_ms = state.last_pin_timestamp_ms;
+                extra.mentions = state.mentions;
+            }
+            (Err(position), true) => self.extras.insert(
+                position,
+                Extra {
+                    channel_id: state.channel_id,
+                    last_pin_timestamp_ms: state.last_pin_timestamp_ms,
+                    mentions: state.mentions,
+                },
+            ),
+            (Ok(position), false) => {
+                self.extras.remove(position);
+            }
+            (Err(_), false) => {}
+        }
+    }
+
+    fn extra(&self, slot: &Slot) -> Option<&Extra> {
+        if !slot.has(HAS_EXTRA) {
+            return None;
+        }
+        self.find_extra(slot.channel_id)
+            .ok()
+            .map(|position| &self.extras[position])
     }
 
     fn find(&self, channel_id: ChannelId) -> Result<usize, usize> {
         self.slots
-            .binary_search_by_key(&channel_id, |slot| slot.state.channel_id)
+            .binary_search_by_key(&channel_id, |slot| slot.channel_id)
+    }
+
+    fn find_extra(&self, channel_id: ChannelId) -> Result<usize, usize> {
+        self.extras
+            .binary_search_by_key(&channel_id, |extra| extra.channel_id)
+    }
+
+    /// Inserts an empty slot for `channel_id` at `index`.
+    fn insert_slot(&mut self, index: usize, channel_id: ChannelId) {
+        // Grows by one at a time: a user gains channels rarely, and an
+        // exactly sized array is what keeps a state at 32 bytes.
+        self.slots.reserve_exact(1);
+        self.slots.insert(
+            index,
+            Slot {
+                channel_id,
+                last_message_id: MessageId::NONE,
+                version: 0,
+                updated_and_flags: 0,
+            },
+        );
+    }
+
+    fn shrink_slots(&mut self) {
+        if self.slots.capacity() > self.slots.len() + self.slots.len() / 8 + 1 {
+            self.slots.shrink_to_fit();
+        }
     }
 }
 
@@ -243,20 +423,16 @@ impl<'a> UserTxn<'a> {
         let Ok(index) = self.entry.find(channel_id) else {
             return StateView::empty(channel_id);
         };
-        if self.entry.slots[index].deleted {
+        if self.entry.slots[index].has(DELETED) {
             return StateView::empty(channel_id);
         }
         let (version, now_ms) = self.stamp();
-        let slot = &mut self.entry.slots[index];
-        slot.state = ReadState::empty(channel_id);
-        slot.state.version = version;
-        slot.state.updated_at_ms = now_ms;
-        slot.deleted = true;
-        self.changed_states += 1;
-        if !slot.dirty {
-            slot.dirty = true;
-            self.newly_dirty += 1;
-        }
+        let mut state = ReadState::empty(channel_id);
+        state.version = version;
+        state.updated_at_ms = now_ms;
+        self.entry.put(index, state);
+        self.entry.slots[index].set(DELETED, true);
+        self.mark_changed(index);
         StateView {
             version,
             updated_at_ms: now_ms,
@@ -265,58 +441,55 @@ impl<'a> UserTxn<'a> {
     }
 
     /// Applies `change` to the state of `channel_id` (zeros when there is
-    /// none); a change that changes nothing leaves no trace.
+    /// none, or when it is deleted); a change that changes nothing leaves no
+    /// trace.
     fn update(
         &mut self,
         channel_id: ChannelId,
         change: impl FnOnce(&mut ReadState, usize) -> bool,
     ) -> StateView {
         let cap = self.tracked_cap;
-        match self.entry.find(channel_id) {
-            Ok(index) if !self.entry.slots[index].deleted => {
-                if !change(&mut self.entry.slots[index].state, cap) {
-                    return StateView::of(&self.entry.slots[index].state);
-                }
-                self.finish_change(index)
-            }
-            found => {
-                let mut state = ReadState::empty(channel_id);
-                if !change(&mut state, cap) {
-                    return StateView::of(&state);
-                }
-                let index = match found {
-                    Ok(index) => {
-                        // Revives a deleted state whose deletion is not yet written.
-                        self.entry.slots[index].state = state;
-                        self.entry.slots[index].deleted = false;
-                        index
-                    }
-                    Err(index) => {
-                        let slot = Slot {
-                            state,
-                            dirty: false,
-                            deleted: false,
-                        };
-                        self.entry.slots.insert(index, slot);
-                        index
-                    }
-                };
-                self.finish_change(index)
-            }
+        let found = self.entry.find(channel_id);
+        let live = matches!(found, Ok(index) if !self.entry.slots[index].has(DELETED));
+        let mut state = match found {
+            Ok(index) if live => self.entry.take(index),
+            _ => ReadState::empty(channel_id),
+        };
+        let changed = change(&mut state, cap);
+        if changed {
+            let (version, now_ms) = self.stamp();
+            state.version = version;
+            state.updated_at_ms = now_ms;
         }
+        let view = StateView::of(&state);
+        let index = match found {
+            Ok(index) if live => index,
+            // A change that changes nothing leaves no slot behind.
+            _ if !changed => return view,
+            Ok(index) => {
+                // Revives a deleted state whose deletion is not yet written.
+                self.entry.slots[index].set(DELETED, false);
+                index
+            }
+            Err(index) => {
+                self.entry.insert_slot(index, channel_id);
+                index
+            }
+        };
+        self.entry.put(index, state);
+        if changed {
+            self.mark_changed(index);
+        }
+        view
     }
 
-    fn finish_change(&mut self, index: usize) -> StateView {
-        let (version, now_ms) = self.stamp();
-        let slot = &mut self.entry.slots[index];
-        slot.state.version = version;
-        slot.state.updated_at_ms = now_ms;
+    fn mark_changed(&mut self, index: usize) {
         self.changed_states += 1;
-        if !slot.dirty {
-            slot.dirty = true;
+        let slot = &mut self.entry.slots[index];
+        if !slot.is_dirty() {
+            slot.set(DIRTY, true);
             self.newly_dirty += 1;
         }
-        StateView::of(&slot.state)
     }
 
     /// Returns the transaction's version and time, assigning them on the
@@ -330,5 +503,85 @@ impl<'a> UserTxn<'a> {
         self.version = Some(version);
         self.now_ms = unix_millis();
         (version, self.now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(id: u64) -> ChannelId {
+        ChannelId::new(id).unwrap()
+    }
+
+    fn message(id: u64) -> MessageId {
+        MessageId::new(id).unwrap()
+    }
+
+    #[test]
+    fn plain_states_carry_no_extra_and_mentions_or_pins_do() {
+        let clock = VersionClock::default();
+        let mut entry = UserEntry::default();
+        let mut txn = UserTxn::new(&mut entry, &clock, 1_000);
+        txn.ack(channel(3), message(10));
+        txn.add_mention(channel(1), message(5));
+        txn.ack_pins(channel(2), 77);
+        assert_eq!(entry.sizes(), (3, 2));
+
+        let mut txn = UserTxn::new(&mut entry, &clock, 1_000);
+        let view = txn.ack(channel(1), message(5));
+        assert_eq!(view.mention_count, 0);
+        assert_eq!(entry.sizes(), (3, 1), "a cleared mention frees its extra");
+        let view = entry.view(channel(2));
+        assert_eq!(view.last_pin_timestamp_ms, 77);
+        assert_eq!(entry.dirty_count(), 3);
+    }
+
+    #[test]
+    fn flags_do_not_leak_into_the_update_time() {
+        let clock = VersionClock::default();
+        let mut entry = UserEntry::default();
+        let mut txn = UserTxn::new(&mut entry, &clock, 1_000);
+        let view = txn.ack(channel(1), message(10));
+        assert!(view.updated_at_ms > 1_600_000_000_000 && view.updated_at_ms < TIME_MASK);
+        assert_eq!(entry.view(channel(1)), view);
+        let mut rows = Vec::new();
+        entry.dirty_rows(UserId::new(9).unwrap(), &mut rows);
+        assert_eq!(rows[0].state.updated_at_ms, view.updated_at_ms);
+        assert!(!rows[0].deleted);
+    }
+
+    #[test]
+    fn a_no_op_on_an_unknown_channel_leaves_no_slot() {
+        let clock = VersionClock::default();
+        let mut entry = UserEntry::default();
+        let mut txn = UserTxn::new(&mut entry, &clock, 1_000);
+        assert_eq!(
+            txn.ack(channel(1), MessageId::NONE),
+            StateView::empty(channel(1))
+        );
+        assert!(!txn.changed());
+        assert_eq!(entry.sizes(), (0, 0));
+    }
+
+    #[test]
+    fn loaded_states_round_trip_through_the_compact_layout() {
+        let mut with_mentions = ReadState::empty(channel(2));
+        with_mentions.last_message_id = message(40);
+        with_mentions.version = 5;
+        with_mentions.updated_at_ms = 1_700_000_000_000;
+        with_mentions.last_pin_timestamp_ms = 9;
+        with_mentions.add_mention(message(50), 1_000);
+        let mut plain = ReadState::empty(channel(1));
+        plain.last_message_id = message(3);
+        plain.version = 7;
+        let entry = UserEntry::loaded(UserRows {
+            states: vec![with_mentions.clone(), plain.clone()],
+            version: 8,
+        });
+        assert_eq!(entry.version, 8);
+        assert_eq!(entry.state(0), plain);
+        assert_eq!(entry.state(1), with_mentions);
+        assert_eq!(entry.dirty_count(), 0);
     }
 }

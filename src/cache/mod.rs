@@ -81,6 +81,8 @@ struct Partition {
     /// with none as one (so reads of empty users cannot grow the cache
     /// without bound).
     weight: usize,
+    /// Extras (pin and mention records) held by the LRU entries.
+    extras: usize,
     /// Users being loaded; waiters hold a receiver and wake when the loader
     /// drops its sender.
     loading: HashMap<UserId, watch::Receiver<()>>,
@@ -147,6 +149,7 @@ impl Cache {
                     Mutex::new(Partition {
                         lru: LruCache::unbounded(),
                         weight: 0,
+                        extras: 0,
                         loading: HashMap::new(),
                         evicting: HashMap::new(),
                         schedule: VecDeque::new(),
@@ -289,6 +292,7 @@ impl Cache {
             if !partition.lru.contains(&user_id) {
                 let entry = UserEntry::loaded(rows);
                 partition.weight += entry.weight();
+                partition.extras += entry.sizes().1;
                 partition.lru.put(user_id, entry);
                 self.evict_over_capacity(&mut partition);
             }
@@ -319,6 +323,7 @@ impl Cache {
             entry.scheduled = false;
             let dirty = entry.dirty_count() > 0;
             partition.weight += entry.weight();
+            partition.extras += entry.sizes().1;
             partition.lru.put(user_id, entry);
             if dirty {
                 self.schedule(partition, user_id);
@@ -329,11 +334,13 @@ impl Cache {
             return Err(work);
         };
         let weight_before = entry.weight();
+        let extras_before = entry.sizes().1;
         let mut txn = UserTxn::new(entry, &self.clock, self.max_tracked_mentions);
         let result = work(&mut txn);
         let (changed, newly_dirty, changed_states) =
             (txn.changed(), txn.newly_dirty, txn.changed_states);
         let weight_added = entry.weight() - weight_before;
+        partition.extras = partition.extras + entry.sizes().1 - extras_before;
         partition.stats.hits += u64::from(count_hit);
         partition.stats.changed_states += changed_states as u64;
         partition.stats.newly_dirty += newly_dirty as u64;
@@ -385,6 +392,7 @@ impl Cache {
                 break;
             };
             partition.weight -= entry.weight();
+            partition.extras -= entry.sizes().1;
             if entry.scheduled {
                 entry.scheduled = false;
                 partition.scheduled -= 1;
@@ -556,7 +564,8 @@ impl Cache {
             // Estimated without walking the entries (a scrape must not hold
             // a partition for long); tracked mention ids are not included.
             heap_bytes += partition.lru.len() * LRU_NODE_BYTES
-                + partition.weight * std::mem::size_of::<entry::Slot>();
+                + partition.weight * std::mem::size_of::<entry::Slot>()
+                + partition.extras * std::mem::size_of::<entry::Extra>();
         }
         if stats.smallest_partition == usize::MAX {
             stats.smallest_partition = 0;

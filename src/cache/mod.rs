@@ -587,9 +587,13 @@ impl Cache {
         &self.clock
     }
 
+    /// Returns the index of the partition that holds `user_id`.
+    pub fn partition_of(&self, user_id: UserId) -> usize {
+        self.hasher.hash_one(user_id.get()) as usize % self.partitions.len()
+    }
+
     fn partition(&self, user_id: UserId) -> &Mutex<Partition> {
-        let index = self.hasher.hash_one(user_id.get()) as usize % self.partitions.len();
-        &self.partitions[index]
+        &self.partitions[self.partition_of(user_id)]
     }
 }
 

@@ -30,8 +30,14 @@ impl VersionClock {
 
     /// Returns the version of a change that follows `previous`.
     pub fn next_version(&self, previous: u64) -> u64 {
+        self.next_version_at(previous, unix_micros())
+    }
+
+    /// Returns the version of a change that follows `previous`, made at
+    /// `now_micros` (one clock read serves the version and the timestamp).
+    pub fn next_version_at(&self, previous: u64, now_micros: u64) -> u64 {
         let floor = self.floor.load(Ordering::Relaxed).saturating_add(1);
-        previous.saturating_add(1).max(unix_micros()).max(floor)
+        previous.saturating_add(1).max(now_micros).max(floor)
     }
 }
 
@@ -41,11 +47,6 @@ pub fn unix_micros() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-/// Returns the wall clock in Unix milliseconds.
-pub fn unix_millis() -> u64 {
-    unix_micros() / 1_000
 }
 
 #[cfg(test)]

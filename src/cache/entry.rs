@@ -7,7 +7,7 @@
 //! states lack, live in a separate sorted list of [`Extra`]s, so the common
 //! state pays nothing for them.
 
-use crate::clock::{VersionClock, unix_millis};
+use crate::clock::{VersionClock, unix_micros};
 use crate::ids::{ChannelId, MessageId, UserId};
 use crate::read_state::{Mentions, ReadState};
 use crate::store::{RowWrite, UserRows};
@@ -498,10 +498,11 @@ impl<'a> UserTxn<'a> {
         if let Some(version) = self.version {
             return (version, self.now_ms);
         }
-        let version = self.clock.next_version(self.entry.version);
+        let now_micros = unix_micros();
+        let version = self.clock.next_version_at(self.entry.version, now_micros);
         self.entry.version = version;
         self.version = Some(version);
-        self.now_ms = unix_millis();
+        self.now_ms = now_micros / 1_000;
         (version, self.now_ms)
     }
 }

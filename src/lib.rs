@@ -7,7 +7,8 @@
 //!   eviction, dirty tracking and the flush timer buckets.
 //! - [`read_state`]: one state's semantics (acks, mentions, pins).
 //! - [`flush`]: write-behind of dirty states to the store.
-//! - [`store`]: the store trait and the embedded default store.
+//! - [`store`]: the store trait, the embedded default store, and the
+//!   ScyllaDB/Cassandra store with its schema migrations.
 //! - [`clock`]: versions and timestamps.
 //! - [`ids`]: validated snowflake id types.
 //! - [`config`]: the TOML configuration and its environment overrides.

@@ -1,6 +1,7 @@
 //! The readstates server binary: parses arguments and configuration, sets
 //! up logging, runs the server, reloads the configuration on SIGHUP, and
-//! shuts down gracefully on SIGTERM or SIGINT.
+//! shuts down gracefully on SIGTERM or SIGINT. `readstates migrate` applies
+//! the Scylla store's schema migrations instead, and exits.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -8,22 +9,33 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
-use readstates::config::{Config, LogConfig};
+use readstates::config::{Config, LogConfig, StoreBackend};
 use readstates::server::{self, Running};
+use readstates::store::ScyllaStore;
 
 /// Low-latency read-state tracking over gRPC.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
     /// Path of the TOML configuration file; defaults apply without one.
-    #[arg(long, env = "READSTATES_CONFIG")]
+    #[arg(long, env = "READSTATES_CONFIG", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serves the API (the default without a command).
+    Serve,
+    /// Applies pending schema migrations to the `[scylla]` keyspace, then exits.
+    Migrate,
 }
 
 /// Changes the log filter of the running process.
@@ -38,6 +50,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let migrating = matches!(args.command, Some(Command::Migrate));
+    if migrating && config.store.backend != StoreBackend::Scylla {
+        eprintln!(
+            "readstates: `migrate` sets up the ScyllaDB/Cassandra store; set store.backend = \"scylla\" \
+             (the embedded store needs no migrations)"
+        );
+        return ExitCode::from(2);
+    }
     let log_reload = init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -49,7 +69,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, args.config.as_deref(), &log_reload)) {
+    let outcome = if migrating {
+        runtime.block_on(migrate(&config))
+    } else {
+        runtime.block_on(run(config, args.config.as_deref(), &log_reload))
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -63,7 +88,7 @@ async fn run(
     config_path: Option<&Path>,
     log_reload: &LogReload,
 ) -> anyhow::Result<()> {
-    let store = server::open_store(&config)?;
+    let store = server::open_store(&config).await?;
     let running = server::start(&config, store).await?;
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -92,6 +117,20 @@ async fn run(
             cache.dirty_states()
         ),
     }
+}
+
+/// Applies pending migrations to the configured keyspace.
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let report = ScyllaStore::migrate(&config.scylla)
+        .await
+        .with_context(|| format!("migrating keyspace {}", config.scylla.keyspace))?;
+    println!(
+        "keyspace {}: {} migrations applied now, {} already applied",
+        config.scylla.keyspace,
+        report.applied_now.len(),
+        report.already_applied.len()
+    );
+    Ok(())
 }
 
 /// Re-reads the configuration file and applies what can change live; an

@@ -21,18 +21,27 @@ use crate::clock::{VERSION_LEASE_MICROS, unix_micros};
 use crate::config::{Config, StoreBackend};
 use crate::flush::{FlushSettings, Flusher};
 use crate::metrics::{Metrics, serve_metrics};
-use crate::store::{EmbeddedStore, MeteredStore, Store};
+use crate::store::{EmbeddedStore, MeteredStore, ScyllaStore, Store};
 
 type ReadStatesServer = proto::read_states_server::ReadStatesServer<ReadStatesService>;
 
 /// Opens the store the configuration names.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.store.backend {
         StoreBackend::Embedded => {
             let store = EmbeddedStore::open(&config.store.data_dir).with_context(|| {
                 format!(
                     "opening the embedded store in {}",
                     config.store.data_dir.display()
+                )
+            })?;
+            Ok(Arc::new(store))
+        }
+        StoreBackend::Scylla => {
+            let store = ScyllaStore::open(&config.scylla).await.with_context(|| {
+                format!(
+                    "opening the scylla store (keyspace {})",
+                    config.scylla.keyspace
                 )
             })?;
             Ok(Arc::new(store))
@@ -133,6 +142,7 @@ impl Running {
             ),
             (new.limits != current.limits, "limits"),
             (new.metrics != current.metrics, "metrics"),
+            (new.scylla != current.scylla, "scylla"),
         ];
         for (changed, name) in restart_only {
             if changed {

@@ -8,11 +8,15 @@
 
 mod embedded;
 mod metered;
+mod migrate;
 mod row;
+mod scylla;
 
 pub use embedded::EmbeddedStore;
 pub use metered::MeteredStore;
+pub use migrate::{MigrateError, MigrationReport};
 pub use row::{RowDecodeError, decode_row, encode_row};
+pub use scylla::{ScyllaError, ScyllaStore};
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,0 +1,132 @@
+//! The readstates gRPC service (or the no-op server) as a load target.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tonic::transport::{Channel, Endpoint};
+
+use readstates::api::proto::read_states_client::ReadStatesClient;
+use readstates::api::proto::{
+    AckPinsRequest, AckRequest, AddMentionsRequest, GetUserReadStatesRequest, RemoveMentionsRequest,
+};
+
+use crate::workload::Op;
+
+/// Requests are spread round-robin over several HTTP/2 connections.
+pub struct GrpcTarget {
+    clients: Vec<ReadStatesClient<Channel>>,
+    next: AtomicUsize,
+}
+
+impl GrpcTarget {
+    /// Opens `connections` HTTP/2 connections to `addr`, retrying for up to
+    /// `wait` while the server starts.
+    pub async fn connect(addr: &str, connections: usize, wait: Duration) -> anyhow::Result<Self> {
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(uri.clone())
+            .with_context(|| format!("invalid address {uri}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            // The channel's request queue: large enough that the generator
+            // never waits on it before HTTP/2 flow control does.
+            .buffer_size(16 * 1024);
+        let deadline = Instant::now() + wait;
+        let mut clients = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            // Each Endpoint::connect opens its own TCP connection.
+            let channel = loop {
+                match endpoint.connect().await {
+                    Ok(channel) => break channel,
+                    // Not up yet: try again shortly.
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(error) => {
+                        return Err(error).with_context(|| format!("connecting to {uri}"));
+                    }
+                }
+            };
+            clients.push(ReadStatesClient::new(channel));
+        }
+        Ok(Self {
+            clients,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn client(&self) -> ReadStatesClient<Channel> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        self.clients[index].clone()
+    }
+
+    /// Issues one operation; an error is reported as its gRPC code.
+    pub async fn execute(&self, op: &Op) -> Result<(), String> {
+        let mut client = self.client();
+        let result = match op {
+            Op::Connect { user } => client
+                .get_user_read_states(GetUserReadStatesRequest {
+                    user_id: *user,
+                    since_version: None,
+                })
+                .await
+                .map(drop),
+            Op::Ack {
+                user,
+                channel,
+                message,
+            } => client
+                .ack(AckRequest {
+                    user_id: *user,
+                    channel_id: *channel,
+                    message_id: *message,
+                    manual: false,
+                    mention_count: None,
+                })
+                .await
+                .map(drop),
+            Op::AddMentions {
+                channel,
+                message,
+                users,
+            } => client
+                .add_mentions(AddMentionsRequest {
+                    channel_id: *channel,
+                    message_id: *message,
+                    user_ids: users.to_vec(),
+                })
+                .await
+                .map(drop),
+            Op::RemoveMentions {
+                channel,
+                message,
+                users,
+            } => client
+                .remove_mentions(RemoveMentionsRequest {
+                    channel_id: *channel,
+                    message_id: *message,
+                    user_ids: users.to_vec(),
+                })
+                .await
+                .map(drop),
+            Op::AckPins {
+                user,
+                channel,
+                pin_timestamp_ms,
+            } => client
+                .ack_pins(AckPinsRequest {
+                    user_id: *user,
+                    channel_id: *channel,
+                    pin_timestamp_ms: *pin_timestamp_ms,
+                })
+                .await
+                .map(drop),
+        };
+        result.map_err(|status| format!("grpc:{:?}", status.code()))
+    }
+}

@@ -1,0 +1,169 @@
+//! A no-op `readstates.v1.ReadStates` server: fixed, valid responses and no
+//! work, served with the same tonic settings as the real server (request
+//! timeout, per-connection concurrency limit, load shedding), so the same
+//! harness measures the framework's ceiling on this machine.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tonic::{Request, Response, Status};
+
+use readstates::api::proto::read_states_server::{ReadStates, ReadStatesServer};
+use readstates::api::proto::{
+    AckPinsRequest, AckPinsResponse, AckRequest, AckResponse, AddMentionsRequest,
+    AddMentionsResponse, BulkAckRequest, BulkAckResponse, DeleteReadStatesRequest,
+    DeleteReadStatesResponse, GetReadStateRequest, GetReadStateResponse, GetUserReadStatesRequest,
+    GetUserReadStatesResponse, ReadState, RemoveMentionsRequest, RemoveMentionsResponse,
+};
+
+/// A fixed timestamp for every response.
+const UPDATED_AT_MS: u64 = 1_700_000_000_000;
+
+fn state(user_id: u64, channel_id: u64, last_message_id: u64) -> ReadState {
+    ReadState {
+        user_id,
+        channel_id,
+        last_message_id,
+        mention_count: 0,
+        last_pin_timestamp_ms: 0,
+        updated_at_ms: UPDATED_AT_MS,
+        version: 1,
+    }
+}
+
+/// Answers every call at once.
+#[derive(Debug, Default)]
+pub struct Noop;
+
+#[tonic::async_trait]
+impl ReadStates for Noop {
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(AckResponse {
+            read_state: Some(state(
+                request.user_id,
+                request.channel_id,
+                request.message_id,
+            )),
+        }))
+    }
+
+    async fn bulk_ack(
+        &self,
+        request: Request<BulkAckRequest>,
+    ) -> Result<Response<BulkAckResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(BulkAckResponse {
+            read_states: request
+                .acks
+                .iter()
+                .map(|ack| state(request.user_id, ack.channel_id, ack.message_id))
+                .collect(),
+        }))
+    }
+
+    async fn add_mentions(
+        &self,
+        request: Request<AddMentionsRequest>,
+    ) -> Result<Response<AddMentionsResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(AddMentionsResponse {
+            read_states: request
+                .user_ids
+                .iter()
+                .map(|user| state(*user, request.channel_id, 0))
+                .collect(),
+        }))
+    }
+
+    async fn remove_mentions(
+        &self,
+        request: Request<RemoveMentionsRequest>,
+    ) -> Result<Response<RemoveMentionsResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(RemoveMentionsResponse {
+            read_states: request
+                .user_ids
+                .iter()
+                .map(|user| state(*user, request.channel_id, 0))
+                .collect(),
+        }))
+    }
+
+    async fn ack_pins(
+        &self,
+        request: Request<AckPinsRequest>,
+    ) -> Result<Response<AckPinsResponse>, Status> {
+        let request = request.into_inner();
+        let mut read_state = state(request.user_id, request.channel_id, 0);
+        read_state.last_pin_timestamp_ms = request.pin_timestamp_ms;
+        Ok(Response::new(AckPinsResponse {
+            read_state: Some(read_state),
+        }))
+    }
+
+    async fn get_read_state(
+        &self,
+        request: Request<GetReadStateRequest>,
+    ) -> Result<Response<GetReadStateResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(GetReadStateResponse {
+            read_state: Some(state(request.user_id, request.channel_id, 0)),
+        }))
+    }
+
+    async fn get_user_read_states(
+        &self,
+        _request: Request<GetUserReadStatesRequest>,
+    ) -> Result<Response<GetUserReadStatesResponse>, Status> {
+        Ok(Response::new(GetUserReadStatesResponse {
+            read_states: Vec::new(),
+            version: 1,
+        }))
+    }
+
+    async fn delete_read_states(
+        &self,
+        request: Request<DeleteReadStatesRequest>,
+    ) -> Result<Response<DeleteReadStatesResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(DeleteReadStatesResponse {
+            read_states: request
+                .channel_ids
+                .iter()
+                .map(|channel| state(request.user_id, *channel, 0))
+                .collect(),
+        }))
+    }
+}
+
+/// Serves the no-op service on `addr` until SIGTERM or SIGINT.
+pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let bound = listener.local_addr()?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    // Same line format as the real server, so scripts can wait for it.
+    println!("noop-server listening grpc_addr={bound}");
+    tonic::transport::Server::builder()
+        // The real server's defaults (readstates.example.toml).
+        .timeout(Duration::from_millis(10_000))
+        .concurrency_limit_per_connection(4096)
+        .load_shed(true)
+        .add_service(ReadStatesServer::new(Noop))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            },
+        )
+        .await
+        .context("serving the no-op service")
+}

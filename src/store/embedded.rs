@@ -8,15 +8,20 @@
 //! process loses nothing that was written; `sync` adds an fsync for power
 //! loss at shutdown.
 //!
-//! fjall's calls block on disk I/O, so each operation runs on Tokio's
-//! blocking pool. Writes are serialized by a mutex because the version check
-//! is a read-then-write; callers bound how many batches are in flight.
+//! fjall's calls block on disk I/O, so reads run on Tokio's blocking pool.
+//! Batch writes run on one dedicated writer thread at a lowered scheduling
+//! priority (nice [`WRITER_NICE`]): write-behind is background work, and
+//! when the write-back of a busy window competes for the CPU with requests,
+//! the requests should win, not wait out the writer's time slice. A single
+//! thread also serializes the read-compare-write of versioned rows; the
+//! mutex covers the version floor, written from the blocking pool.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use super::row::{Row, decode_row, encode_row};
 use super::{RowWrite, Store, StoreError, StoreFuture, UserRows};
@@ -26,10 +31,28 @@ const STATES_KEYSPACE: &str = "read_states";
 const META_KEYSPACE: &str = "meta";
 const VERSION_FLOOR_KEY: &[u8] = b"version_floor";
 
+/// The writer thread's nice value: it gets roughly a tenth of a contended
+/// CPU against request threads at nice 0, and all of an idle one.
+pub const WRITER_NICE: i32 = 10;
+
+/// Batches queued for the writer thread; the flusher bounds how many are in
+/// flight, so this only absorbs bursts.
+const WRITER_QUEUE: usize = 64;
+
+/// One batch for the writer thread. The job carries the database handle, so
+/// the thread holds none between jobs and the database closes as soon as
+/// the last store handle is dropped.
+struct WriteJob {
+    inner: Arc<Inner>,
+    rows: Arc<[RowWrite]>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
 /// The embedded fjall store.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    writer: std::sync::mpsc::SyncSender<WriteJob>,
 }
 
 struct Inner {
@@ -60,6 +83,7 @@ impl EmbeddedStore {
                 meta,
                 write_lock: Mutex::new(()),
             }),
+            writer: spawn_writer()?,
         })
     }
 
@@ -88,7 +112,24 @@ impl Store for EmbeddedStore {
     }
 
     fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
-        self.blocking(move |inner| inner.write_batch(&rows))
+        let (done, result) = oneshot::channel();
+        let job = WriteJob {
+            inner: Arc::clone(&self.inner),
+            rows,
+            done,
+        };
+        let writer = self.writer.clone();
+        Box::pin(async move {
+            // The queue is bounded and the writer drains it; a full queue
+            // waits on the blocking pool, never on an async worker.
+            tokio::task::spawn_blocking(move || writer.send(job))
+                .await
+                .map_err(|error| StoreError::Worker(error.to_string()))?
+                .map_err(|_| StoreError::Worker("the store writer thread has stopped".to_owned()))?;
+            result
+                .await
+                .map_err(|_| StoreError::Worker("the store writer thread has stopped".to_owned()))?
+        })
     }
 
     fn load_version_floor(&self) -> StoreFuture<'_, u64> {
@@ -182,6 +223,34 @@ impl Inner {
             batch.insert(&self.states, key, value.as_slice());
         }
         batch.commit().map_err(fjall_error)
+    }
+}
+
+/// Starts the writer thread; it ends when the last store handle is dropped.
+fn spawn_writer() -> Result<std::sync::mpsc::SyncSender<WriteJob>, StoreError> {
+    let (sender, jobs) = std::sync::mpsc::sync_channel::<WriteJob>(WRITER_QUEUE);
+    std::thread::Builder::new()
+        .name("store-writer".to_owned())
+        .spawn(move || {
+            lower_priority(WRITER_NICE);
+            for WriteJob { inner, rows, done } in jobs {
+                let result = inner.write_batch(&rows);
+                drop(inner);
+                let _ = done.send(result);
+            }
+        })
+        .map_err(|error| StoreError::Worker(format!("cannot start the store writer: {error}")))?;
+    Ok(sender)
+}
+
+/// Lowers the calling thread's scheduling priority (Linux nice values are
+/// per thread). Failure only costs latency, so it is logged, not fatal.
+fn lower_priority(nice: i32) {
+    // SAFETY: setpriority has no memory-safety preconditions; `who = 0`
+    // names the calling thread.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if result != 0 {
+        tracing::debug!(nice, "could not lower the store writer's priority");
     }
 }
 

@@ -28,6 +28,9 @@ use crate::clock::{VERSION_LEASE_MICROS, unix_micros};
 use crate::metrics::Metrics;
 use crate::store::{RowWrite, Store, StoreError};
 
+/// How long the flusher waits after an eviction for more before writing.
+const EVICTION_GATHER: Duration = Duration::from_millis(5);
+
 /// Flusher settings.
 #[derive(Debug, Clone)]
 pub struct FlushSettings {
@@ -81,7 +84,12 @@ impl Flusher {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = ticks.tick() => {}
-                _ = self.cache.evictions() => {}
+                _ = self.cache.evictions() => {
+                    // Evictions come one user at a time; gathering the next
+                    // few milliseconds of them fills batches instead of
+                    // writing a handful of rows per store call.
+                    tokio::time::sleep(EVICTION_GATHER).await;
+                }
             }
             self.flush_round(false).await;
             self.renew_lease().await;

@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::row::{Row, decode_row, encode_row};
-use super::{RowWrite, Store, StoreError, StoreFuture, UserRows};
+use super::{RowWrite, Store, StoreError, StoreFuture, UserRows, newest_per_key};
 use crate::ids::{ChannelId, UserId};
 
 const STATES_KEYSPACE: &str = "read_states";
@@ -192,18 +192,7 @@ impl Inner {
     }
 
     fn write_batch(&self, rows: &[RowWrite]) -> Result<(), StoreError> {
-        // Within one batch, only the newest write of a key matters.
-        let mut rows: Vec<&RowWrite> = rows.iter().collect();
-        rows.sort_unstable_by(|a, b| {
-            (a.user_id, a.state.channel_id, b.state.version).cmp(&(
-                b.user_id,
-                b.state.channel_id,
-                a.state.version,
-            ))
-        });
-        rows.dedup_by(|later, first| {
-            later.user_id == first.user_id && later.state.channel_id == first.state.channel_id
-        });
+        let rows = newest_per_key(rows);
 
         let _guard = self.write_lock.lock();
         let mut batch = self.db.batch();

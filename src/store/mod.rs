@@ -47,6 +47,23 @@ pub struct UserRows {
     pub version: u64,
 }
 
+/// Returns the rows of a batch sorted by (user, channel), keeping only the
+/// newest write of each pair: within one batch the others are moot.
+pub(crate) fn newest_per_key(rows: &[RowWrite]) -> Vec<&RowWrite> {
+    let mut rows: Vec<&RowWrite> = rows.iter().collect();
+    rows.sort_unstable_by(|a, b| {
+        (a.user_id, a.state.channel_id, b.state.version).cmp(&(
+            b.user_id,
+            b.state.channel_id,
+            a.state.version,
+        ))
+    });
+    rows.dedup_by(|later, first| {
+        later.user_id == first.user_id && later.state.channel_id == first.state.channel_id
+    });
+    rows
+}
+
 /// The durable home of read states.
 pub trait Store: Send + Sync + 'static {
     /// Returns the backend's name, for logs and metrics.

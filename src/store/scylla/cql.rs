@@ -23,7 +23,7 @@ use ::scylla::serialize::writers::RowWriter;
 
 use crate::ids::{ChannelId, MessageId, UserId};
 use crate::read_state::{Mentions, ReadState};
-use crate::store::{RowDecodeError, RowWrite, UserRows};
+use crate::store::{RowDecodeError, RowWrite, UserRows, newest_per_key};
 
 /// The columns a load reads, in `SELECT` order.
 const LOAD_COLUMNS: &str = "channel_id, last_message_id, last_pin_timestamp_ms, updated_at_ms, \
@@ -192,17 +192,7 @@ fn plan_batches_bounded(
     max_bytes: usize,
 ) -> Vec<UserBatch> {
     let max_rows = max_statements.saturating_sub(1).max(1);
-    let mut rows: Vec<&RowWrite> = rows.iter().collect();
-    rows.sort_unstable_by(|a, b| {
-        (a.user_id, a.state.channel_id, b.state.version).cmp(&(
-            b.user_id,
-            b.state.channel_id,
-            a.state.version,
-        ))
-    });
-    rows.dedup_by(|later, first| {
-        later.user_id == first.user_id && later.state.channel_id == first.state.channel_id
-    });
+    let rows = newest_per_key(rows);
 
     let mut batches = Vec::new();
     let mut current: Option<(UserBatch, u64, usize)> = None;

@@ -125,10 +125,8 @@ impl Store for EmbeddedStore {
             tokio::task::spawn_blocking(move || writer.send(job))
                 .await
                 .map_err(|error| StoreError::Worker(error.to_string()))?
-                .map_err(|_| StoreError::Worker("the store writer thread has stopped".to_owned()))?;
-            result
-                .await
-                .map_err(|_| StoreError::Worker("the store writer thread has stopped".to_owned()))?
+                .map_err(|_| writer_stopped())?;
+            result.await.map_err(|_| writer_stopped())?
         })
     }
 
@@ -213,6 +211,10 @@ impl Inner {
         }
         batch.commit().map_err(fjall_error)
     }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Worker("the store writer thread has stopped".to_owned())
 }
 
 /// Starts the writer thread; it ends when the last store handle is dropped.

@@ -358,15 +358,17 @@ impl Cache {
         Ok(result)
     }
 
-    /// Puts the user in the timer bucket due one flush delay from now.
+    /// Puts the user in the timer bucket due one flush delay from now,
+    /// unless it already waits in one.
     fn schedule(&self, partition: &mut Partition, user_id: UserId) {
         let Some(entry) = partition.lru.peek_mut(&user_id) else {
             return;
         };
-        if !entry.scheduled {
-            entry.scheduled = true;
-            partition.scheduled += 1;
+        if entry.scheduled {
+            return;
         }
+        entry.scheduled = true;
+        partition.scheduled += 1;
         let delay = Duration::from_millis(self.flush_delay_ms.load(Ordering::Relaxed));
         let due = self.tick_at(Instant::now() + delay);
         match partition.schedule.back_mut() {

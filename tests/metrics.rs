@@ -6,18 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{InstrumentedStore, TestServer, eventually, http_get, sample, stored, test_config};
-use readstates::api::proto::{AckRequest, AddMentionsRequest, GetUserReadStatesRequest};
-
-fn ack(user_id: u64, channel_id: u64, message_id: u64) -> AckRequest {
-    AckRequest {
-        user_id,
-        channel_id,
-        message_id,
-        manual: false,
-        mention_count: None,
-    }
-}
+use common::{
+    InstrumentedStore, TestServer, ack_request, eventually, http_get, sample, stored, test_config,
+};
+use readstates::api::proto::{AddMentionsRequest, GetUserReadStatesRequest};
 
 #[tokio::test]
 async fn every_metric_family_shows_after_traffic() {
@@ -32,8 +24,8 @@ async fn every_metric_family_shows_after_traffic() {
     let metrics_addr = server.running.metrics_addr.unwrap();
 
     for user in 1..=40 {
-        server.client.ack(ack(user, 1, 10)).await.unwrap();
-        server.client.ack(ack(user, 1, 11)).await.unwrap();
+        server.client.ack(ack_request(user, 1, 10)).await.unwrap();
+        server.client.ack(ack_request(user, 1, 11)).await.unwrap();
     }
     server
         .client
@@ -44,7 +36,7 @@ async fn every_metric_family_shows_after_traffic() {
         })
         .await
         .unwrap();
-    let invalid = server.client.ack(ack(0, 1, 1)).await.unwrap_err();
+    let invalid = server.client.ack(ack_request(0, 1, 1)).await.unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
     // Wait until every change is written and no user waits in a bucket.
     let mut text = String::new();
@@ -143,9 +135,9 @@ async fn store_errors_and_retries_are_counted() {
     config.flush.retry_max_ms = 20;
     let store = InstrumentedStore::open(dir.path());
     let mut server = TestServer::start(&config, store.clone()).await;
-    server.client.ack(ack(1, 1, 1)).await.unwrap();
+    server.client.ack(ack_request(1, 1, 1)).await.unwrap();
     store.set_down(true);
-    server.client.ack(ack(1, 1, 2)).await.unwrap();
+    server.client.ack(ack_request(1, 1, 2)).await.unwrap();
     let metrics_addr = server.running.metrics_addr.unwrap();
     assert!(
         eventually(Duration::from_secs(10), async || {
@@ -176,7 +168,7 @@ async fn shrinking_the_cache_live_evicts_writes_and_loses_nothing() {
         for channel in 1..=3 {
             server
                 .client
-                .ack(ack(user, channel, user * 10 + channel))
+                .ack(ack_request(user, channel, user * 10 + channel))
                 .await
                 .unwrap();
         }

@@ -8,22 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Client, InstrumentedStore, TestServer, eventually, stored, test_config};
-use readstates::api::proto::{
-    AckRequest, AddMentionsRequest, GetReadStateRequest, GetUserReadStatesRequest,
-};
+use common::{Client, InstrumentedStore, TestServer, ack_request, eventually, stored, test_config};
+use readstates::api::proto::{AddMentionsRequest, GetReadStateRequest, GetUserReadStatesRequest};
 use tokio::time::Instant;
 use tonic::Code;
-
-fn ack(user_id: u64, channel_id: u64, message_id: u64) -> AckRequest {
-    AckRequest {
-        user_id,
-        channel_id,
-        message_id,
-        manual: false,
-        mention_count: None,
-    }
-}
 
 async fn last_read(client: &mut Client, user_id: u64, channel_id: u64) -> u64 {
     client
@@ -56,7 +44,7 @@ async fn a_change_reaches_the_store_within_the_flush_delay_not_before() {
     let store = InstrumentedStore::open(dir.path());
     let mut server = TestServer::start(&config, store.clone()).await;
 
-    server.client.ack(ack(1, 1, 42)).await.unwrap();
+    server.client.ack(ack_request(1, 1, 42)).await.unwrap();
     let acked_at = Instant::now();
     let landed = eventually(Duration::from_secs(10), async || {
         stored_last(&store, 1, 1).await == Some(42)
@@ -87,7 +75,11 @@ async fn many_updates_inside_the_window_coalesce_into_one_write() {
     let mut server = TestServer::start(&config, store.clone()).await;
 
     for message_id in 1..=100 {
-        server.client.ack(ack(7, 3, message_id)).await.unwrap();
+        server
+            .client
+            .ack(ack_request(7, 3, message_id))
+            .await
+            .unwrap();
     }
     assert!(
         eventually(Duration::from_secs(15), async || stored_last(&store, 7, 3)
@@ -122,7 +114,7 @@ async fn dirty_states_evicted_under_load_all_reach_the_store() {
         let mut client = server.client.clone();
         tasks.push(tokio::spawn(async move {
             for user in (1..=users).filter(|user| user % 4 == worker) {
-                client.ack(ack(user, 9, user * 10)).await.unwrap();
+                client.ack(ack_request(user, 9, user * 10)).await.unwrap();
                 client
                     .add_mentions(AddMentionsRequest {
                         channel_id: 9,
@@ -177,8 +169,8 @@ async fn a_read_racing_the_eviction_write_sees_the_newest_state() {
     let c = &mut server.client;
 
     // Put an old state of user 1 in the store: evicting it writes it.
-    c.ack(ack(1, 1, 10)).await.unwrap();
-    c.ack(ack(2, 1, 10)).await.unwrap();
+    c.ack(ack_request(1, 1, 10)).await.unwrap();
+    c.ack(ack_request(2, 1, 10)).await.unwrap();
     assert!(
         eventually(Duration::from_secs(10), async || stored_last(&store, 1, 1)
             .await
@@ -188,8 +180,8 @@ async fn a_read_racing_the_eviction_write_sees_the_newest_state() {
 
     // Make the next writes slow, change user 1, and evict it again.
     store.write_delay_ms.store(1_500, Ordering::SeqCst);
-    c.ack(ack(1, 1, 20)).await.unwrap();
-    c.ack(ack(3, 1, 10)).await.unwrap();
+    c.ack(ack_request(1, 1, 20)).await.unwrap();
+    c.ack(ack_request(3, 1, 10)).await.unwrap();
     let write_started = Instant::now();
     // While the write is in flight, the store still holds 10.
     let mut reads = 0;
@@ -200,7 +192,7 @@ async fn a_read_racing_the_eviction_write_sees_the_newest_state() {
             "a read saw the stale stored state"
         );
         // Evict user 1 again so the next read races the write once more.
-        c.ack(ack(4 + reads, 1, 10)).await.unwrap();
+        c.ack(ack_request(4 + reads, 1, 10)).await.unwrap();
         reads += 1;
     }
     assert!(reads > 0);
@@ -227,17 +219,17 @@ async fn a_store_outage_keeps_cached_states_served_bounds_the_backlog_and_recove
     let mut server = TestServer::start(&config, store.clone()).await;
     let c = &mut server.client;
 
-    c.ack(ack(1, 1, 1)).await.unwrap(); // user 1 is now cached
+    c.ack(ack_request(1, 1, 1)).await.unwrap(); // user 1 is now cached
     store.set_down(true);
 
     // Cached states keep being served and updated.
     for channel in 1..=5 {
-        c.ack(ack(1, channel, 100)).await.unwrap();
+        c.ack(ack_request(1, channel, 100)).await.unwrap();
     }
     assert_eq!(last_read(c, 1, 3).await, 100);
 
     // Past the backlog limit, writes are refused, not buffered.
-    let refused = c.ack(ack(1, 6, 100)).await.unwrap_err();
+    let refused = c.ack(ack_request(1, 6, 100)).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(server.running.cache.dirty_states() <= 5);
 
@@ -258,7 +250,7 @@ async fn a_store_outage_keeps_cached_states_served_bounds_the_backlog_and_recove
     for channel in 1..=5 {
         assert_eq!(stored_last(&store, 1, channel).await, Some(100));
     }
-    c.ack(ack(1, 6, 100)).await.unwrap();
+    c.ack(ack_request(1, 6, 100)).await.unwrap();
     server.shutdown().await;
 }
 
@@ -274,7 +266,7 @@ async fn a_restart_reads_everything_back_and_never_reuses_a_version() {
         for channel in 1..=50 {
             let state = server
                 .client
-                .ack(ack(5, channel, channel * 3))
+                .ack(ack_request(5, channel, channel * 3))
                 .await
                 .unwrap()
                 .into_inner()
@@ -319,7 +311,7 @@ async fn a_restart_reads_everything_back_and_never_reuses_a_version() {
 
     let after = server
         .client
-        .ack(ack(5, 51, 1))
+        .ack(ack_request(5, 51, 1))
         .await
         .unwrap()
         .into_inner()
@@ -339,8 +331,8 @@ async fn a_users_version_never_goes_backwards_across_a_restart_after_a_delete() 
     let version_after_delete = {
         let store = InstrumentedStore::open(dir.path());
         let mut server = TestServer::start(&config, store).await;
-        server.client.ack(ack(9, 1, 5)).await.unwrap();
-        server.client.ack(ack(9, 2, 5)).await.unwrap();
+        server.client.ack(ack_request(9, 1, 5)).await.unwrap();
+        server.client.ack(ack_request(9, 2, 5)).await.unwrap();
         server
             .client
             .delete_read_states(readstates::api::proto::DeleteReadStatesRequest {

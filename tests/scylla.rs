@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Client, TestServer, eventually, test_config};
+use common::{Client, TestServer, ack_request, eventually, test_config};
 use readstates::api::proto::{
     AckPinsRequest, AckRequest, AddMentionsRequest, BulkAckRequest, ChannelAck,
     DeleteReadStatesRequest, GetReadStateRequest, GetUserReadStatesRequest, ReadState,
@@ -170,16 +170,6 @@ fn last_of(rows: &UserRows, channel: u64) -> Option<u64> {
 }
 
 // gRPC helpers.
-
-fn ack_request(user_id: u64, channel_id: u64, message_id: u64) -> AckRequest {
-    AckRequest {
-        user_id,
-        channel_id,
-        message_id,
-        manual: false,
-        mention_count: None,
-    }
-}
 
 async fn ack(c: &mut Client, user_id: u64, channel_id: u64, message_id: u64) -> ReadState {
     c.ack(ack_request(user_id, channel_id, message_id))

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use readstates::api::proto::AckRequest;
 use readstates::api::proto::read_states_client::ReadStatesClient;
 use readstates::config::Config;
 use readstates::ids::UserId;
@@ -211,4 +212,15 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// A plain (not manual) Ack request.
+pub fn ack_request(user_id: u64, channel_id: u64, message_id: u64) -> AckRequest {
+    AckRequest {
+        user_id,
+        channel_id,
+        message_id,
+        manual: false,
+        mention_count: None,
+    }
 }

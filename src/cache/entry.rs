@@ -83,6 +83,18 @@ impl Slot {
     pub(super) fn is_dirty(&self) -> bool {
         self.has(DIRTY)
     }
+
+    /// Returns the full state: this slot's fields with its extra's.
+    fn with_extra(&self, last_pin_timestamp_ms: u64, mentions: Mentions) -> ReadState {
+        ReadState {
+            channel_id: self.channel_id,
+            last_message_id: self.last_message_id,
+            last_pin_timestamp_ms,
+            updated_at_ms: self.updated_at_ms(),
+            version: self.version,
+            mentions,
+        }
+    }
 }
 
 /// The rarely present part of a state: its pin timestamp and mentions.
@@ -227,14 +239,7 @@ impl UserEntry {
             Some(extra) => (extra.last_pin_timestamp_ms, extra.mentions.clone()),
             None => (0, Mentions::default()),
         };
-        ReadState {
-            channel_id: slot.channel_id,
-            last_message_id: slot.last_message_id,
-            last_pin_timestamp_ms,
-            updated_at_ms: slot.updated_at_ms(),
-            version: slot.version,
-            mentions,
-        }
+        slot.with_extra(last_pin_timestamp_ms, mentions)
     }
 
     /// Moves the state at `index` out (its mentions are taken, not copied);
@@ -251,14 +256,7 @@ impl UserEntry {
             }
             _ => (0, Mentions::default()),
         };
-        ReadState {
-            channel_id: slot.channel_id,
-            last_message_id: slot.last_message_id,
-            last_pin_timestamp_ms,
-            updated_at_ms: slot.updated_at_ms(),
-            version: slot.version,
-            mentions,
-        }
+        slot.with_extra(last_pin_timestamp_ms, mentions)
     }
 
     /// Stores `state` at `index`, keeping the slot's dirty and deleted flags.

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{Client, TestServer, test_config};
+use common::{Client, TestServer, get, test_config};
 use readstates::api::proto::{
     AckPinsRequest, AckRequest, AddMentionsRequest, BulkAckRequest, ChannelAck,
     DeleteReadStatesRequest, GetReadStateRequest, GetUserReadStatesRequest, ReadState,
@@ -122,18 +122,6 @@ async fn pins(c: &mut Client, user: u64, channel: u64, pin_timestamp_ms: u64) ->
         user_id: user,
         channel_id: channel,
         pin_timestamp_ms,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .read_state
-    .unwrap()
-}
-
-async fn get(c: &mut Client, user: u64, channel: u64) -> ReadState {
-    c.get_read_state(GetReadStateRequest {
-        user_id: user,
-        channel_id: channel,
     })
     .await
     .unwrap()

@@ -8,13 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use common::{Client, InstrumentedStore, TestServer, test_config};
+use common::{Client, InstrumentedStore, TestServer, get, test_config};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use readstates::api::proto::{
     AckPinsRequest, AckRequest, AddMentionsRequest, BulkAckRequest, ChannelAck,
-    DeleteReadStatesRequest, GetReadStateRequest, GetUserReadStatesRequest, ReadState,
-    RemoveMentionsRequest,
+    DeleteReadStatesRequest, GetUserReadStatesRequest, ReadState, RemoveMentionsRequest,
 };
 use readstates::config::Config;
 use tokio::task::JoinSet;
@@ -49,18 +48,6 @@ async fn add(c: &mut Client, channel: u64, message: u64, users: Vec<u64>) -> Vec
     .unwrap()
     .into_inner()
     .read_states
-}
-
-async fn get(c: &mut Client, user: u64, channel: u64) -> ReadState {
-    c.get_read_state(GetReadStateRequest {
-        user_id: user,
-        channel_id: channel,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .read_state
-    .unwrap()
 }
 
 async fn user_states(c: &mut Client, user: u64) -> (Vec<ReadState>, u64) {

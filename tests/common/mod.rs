@@ -224,3 +224,16 @@ pub fn ack_request(user_id: u64, channel_id: u64, message_id: u64) -> AckRequest
         mention_count: None,
     }
 }
+
+/// Reads one state over gRPC.
+pub async fn get(c: &mut Client, user: u64, channel: u64) -> readstates::api::proto::ReadState {
+    c.get_read_state(readstates::api::proto::GetReadStateRequest {
+        user_id: user,
+        channel_id: channel,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .read_state
+    .unwrap()
+}

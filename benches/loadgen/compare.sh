@@ -12,7 +12,13 @@
 #      before the Redis runs it waits until readstates has written back every
 #      dirty state, and before each run until no other process keeps the
 #      machine busy (a run disturbed by one anyway is repeated);
-#   4. prints a summary and stops everything it started (trap on exit).
+#   4. then the same closed-loop Ack runs warm: `readstates-bench warm` first
+#      creates every state the workload can touch (in readstates, then, after
+#      readstates has written them back, in Redis, emptied first), so the acks
+#      update existing states as in production instead of inserting new ones;
+#   5. prints a summary, draws the open- and closed-loop per-second series as
+#      PNGs (if matplotlib is installed: benches/loadgen/install-plot.sh), and
+#      stops everything it started (trap on exit).
 #
 # Usage: benches/loadgen/compare.sh   (settings below, as environment variables)
 # Each run's full report is kept under OUT.
@@ -36,78 +42,21 @@ QUIET_PCT=${QUIET_PCT:-15}        # wait for other load to drop below this (% of
 QUIET_WAIT=${QUIET_WAIT:-180}     # ...for at most this many seconds before each run
 BUSY_PCT=${BUSY_PCT:-20}          # a run during which others used more than this is repeated...
 RUN_TRIES=${RUN_TRIES:-3}         # ...up to this many tries in all
-# SKIP_BUILD=1 uses the binaries already in target/release.
+WARM_USERS=${WARM_USERS:-}        # warm users 1..=N only (default: all of them)
+WARM_FLUSH_WAIT=${WARM_FLUSH_WAIT:-600}  # at most this many seconds for the warm-up's write-back
+# SKIP_BUILD=1 uses the binaries already built (READSTATES_BIN and BENCH, default
+# target/release; see lib.sh). SKIP_COLD=1 leaves out the cold readstates and
+# Redis runs (closed-noop still runs: the warm ratios need it); SKIP_WARM=1
+# leaves out the warm ones.
 
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-target/loadgen-compare/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
-WORK=$(mktemp -d -t readstates-compare.XXXXXX)
-PIDS=()
+LOG_TAG=compare
+# shellcheck source=benches/loadgen/lib.sh
+. benches/loadgen/lib.sh
 
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        # readstates flushes on SIGTERM; give it a moment, then insist.
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { printf '[compare] %s\n' "$*" >&2; }
-
-# Waits until FILE contains PATTERN, or fails after 30 s.
-wait_for_line() {
-    local file=$1 pattern=$2 pid=$3
-    for _ in $(seq 1 300); do
-        grep -q "$pattern" "$file" 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || { log "process $pid died:"; cat "$file" >&2; return 1; }
-        sleep 0.1
-    done
-    log "timed out waiting for '$pattern' in $file"
-    return 1
-}
-
-# Busy ticks of the whole machine (user nice system irq softirq steal).
-busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
-
-# Waits until the machine (idle servers included) stays under QUIET_PCT% of one
-# core for a second, so another build or test run does not skew the figures.
-wait_quiet() {
-    local hz deadline before after pct
-    hz=$(getconf CLK_TCK)
-    deadline=$((SECONDS + QUIET_WAIT))
-    while :; do
-        before=$(busy_ticks); sleep 1; after=$(busy_ticks)
-        pct=$(( (after - before) * 100 / hz ))
-        if [ "$pct" -le "$QUIET_PCT" ]; then
-            return 0
-        fi
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            log "WARNING: machine still ${pct}% busy (of one core) with other work; running anyway"
-            return 0
-        fi
-        log "machine ${pct}% busy with other work; waiting for it to settle"
-        sleep 4
-    done
-}
-
-if [ "${SKIP_BUILD:-0}" = 1 ]; then
-    log "SKIP_BUILD=1: using the existing target/release binaries"
-else
-    log "building release binaries"
-    cargo build --release --features loadgen --bin readstates --bin readstates-bench >&2
-fi
-BENCH=target/release/readstates-bench
+build_release
 
 log "machine: nproc=$(nproc), $(lscpu | grep 'Model name' | sed 's/  */ /g'), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 log "results go to $OUT"
@@ -134,11 +83,7 @@ listen_addr = "127.0.0.1:$METRICS_PORT"
 [log]
 level = "info"
 EOF
-taskset -c "$SERVER_CORE" target/release/readstates --config "$WORK/readstates.toml" \
-    > "$OUT/readstates.log" 2>&1 &
-RS_PID=$!
-PIDS+=("$RS_PID")
-wait_for_line "$OUT/readstates.log" "grpc_addr=" "$RS_PID"
+start_readstates "$WORK/readstates.toml" "$OUT/readstates.log"
 log "readstates pid $RS_PID on core $SERVER_CORE, port $RS_PORT"
 
 taskset -c "$SERVER_CORE" "$BENCH" noop-server --addr "127.0.0.1:$NOOP_PORT" \
@@ -164,12 +109,8 @@ else
 fi
 
 # --- runs --------------------------------------------------------------------
-# field NAME KEY: a value from a run's SUMMARY line.
-field() {
-    local file="$OUT/$1.txt"
-    [ -f "$file" ] || { echo "-"; return; }
-    grep '^SUMMARY' "$file" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'
-}
+# field NAME KEY: a value from a run's SUMMARY (or a warm-up's WARM) line.
+field() { summary_field "$OUT/$1.txt" "$2"; }
 # run NAME SERVER_PID DURATION ARGS...: one generator run, pinned to GEN_CORE. A run
 # during which other processes used more than BUSY_PCT% of a core is repeated
 # (up to RUN_TRIES times in all); the summary marks one still affected.
@@ -233,36 +174,59 @@ redis_diag() {
     cat "$OUT/$1.redis-diag.txt"
 }
 
-# Waits until readstates has written back every dirty state (its metrics
-# report none), so its write-behind neither spills into the next run nor
-# competes with another target for the server core.
-wait_flushed() {
-    local dirty=""
-    command -v curl >/dev/null 2>&1 || { log "no curl: sleeping 40 s for the flush instead"; sleep 40; return 0; }
-    for _ in $(seq 1 180); do
-        dirty=$(curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null \
-            | awk '$1 == "readstates_dirty_read_states" {print $2}')
-        if [ "${dirty:-x}" = 0 ]; then
-            return 0
-        fi
-        sleep 1
-    done
-    log "WARNING: readstates still reports ${dirty:-?} dirty states"
+# warm NAME ARGS...: `readstates-bench warm` (the generator's default key
+# space, as in the runs), pinned to GEN_CORE; output in OUT/warm-NAME.txt.
+warm() {
+    local name=$1
+    shift
+    local extra=(--connections "$CONNECTIONS")
+    [ -z "$WARM_USERS" ] || extra+=(--warm-users "$WARM_USERS")
+    wait_quiet
+    log "warm-up $name: $BENCH warm $* ${extra[*]}"
+    taskset -c "$GEN_CORE" "$BENCH" warm "$@" "${extra[@]}" > "$OUT/warm-$name.txt"
+    cat "$OUT/warm-$name.txt"
 }
 
 closed=(--closed --concurrency "$CONCURRENCY" --mix ack-only)
 open=(--rate "$RATE" --mix realistic)
+rs=(--target grpc --addr "127.0.0.1:$RS_PORT")
+redis=(--target redis --redis-url "redis://127.0.0.1:$REDIS_PORT")
 run closed-noop "$NOOP_PID" "$DURATION" --target grpc --addr "127.0.0.1:$NOOP_PORT" "${closed[@]}"
-run closed-readstates "$RS_PID" "$DURATION" --target grpc --addr "127.0.0.1:$RS_PORT" "${closed[@]}"
-run open-readstates "$RS_PID" "$OPEN_DURATION" --target grpc --addr "127.0.0.1:$RS_PORT" "${open[@]}"
-rs_metrics open-readstates
-log "waiting for readstates to write back the open-loop run's states"
-wait_flushed
-if [ -n "$REDIS_PID" ]; then
-    run closed-redis "$REDIS_PID" "$DURATION" --target redis --redis-url "redis://127.0.0.1:$REDIS_PORT" "${closed[@]}"
-    redis_diag_reset
-    run open-redis "$REDIS_PID" "$OPEN_DURATION" --target redis --redis-url "redis://127.0.0.1:$REDIS_PORT" "${open[@]}"
-    redis_diag open-redis
+if [ "${SKIP_COLD:-0}" != 1 ]; then
+    run closed-readstates "$RS_PID" "$DURATION" "${rs[@]}" "${closed[@]}"
+    run open-readstates "$RS_PID" "$OPEN_DURATION" "${rs[@]}" "${open[@]}"
+    rs_metrics open-readstates
+    log "waiting for readstates to write back the open-loop run's states"
+    wait_flushed
+    if [ -n "$REDIS_PID" ]; then
+        run closed-redis "$REDIS_PID" "$DURATION" "${redis[@]}" "${closed[@]}"
+        redis_diag_reset
+        run open-redis "$REDIS_PID" "$OPEN_DURATION" "${redis[@]}" "${open[@]}"
+        redis_diag open-redis
+    fi
+fi
+
+# Warm: the same closed-loop Ack runs, but on states that all exist already.
+if [ "${SKIP_WARM:-0}" != 1 ]; then
+    warm readstates "${rs[@]}"
+    log "waiting for readstates to write back the warm-up's states"
+    wait_flushed "$WARM_FLUSH_WAIT"
+    run closed-readstates-warm "$RS_PID" "$DURATION" "${rs[@]}" "${closed[@]}"
+    rs_metrics closed-readstates-warm
+    if [ -n "$REDIS_PID" ]; then
+        log "waiting for readstates to write back the warm run's states"
+        wait_flushed
+        # Redis starts the warm-up empty, so every user is created from its
+        # guild's template (seconds) rather than field by field over the cold
+        # runs' hashes (minutes); the end state is the same.
+        if command -v redis-cli >/dev/null 2>&1; then
+            redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
+        else
+            log "no redis-cli: warming Redis over the cold runs' data (slower)"
+        fi
+        warm redis "${redis[@]}"
+        run closed-redis-warm "$REDIS_PID" "$DURATION" "${redis[@]}" "${closed[@]}"
+    fi
 fi
 
 # --- summary -----------------------------------------------------------------
@@ -306,6 +270,52 @@ ms() { awk -v us="$1" 'BEGIN { if (us == "-" || us == "") print "-"; else printf
         echo "readstates metrics after the open-loop run:"
         sed 's/^/  /' "$OUT/open-readstates.metrics.txt"
     fi
+    if [ -f "$OUT/closed-readstates-warm.txt" ] || [ -f "$OUT/closed-redis-warm.txt" ]; then
+        echo
+        echo "closed loop, Ack only, warm (every state the workload can touch created first), concurrency $CONCURRENCY, $CONNECTIONS connections:"
+        for t in readstates redis; do
+            [ -f "$OUT/warm-$t.txt" ] || continue
+            echo "  warm-up of $t: $(field warm-$t users) users, $(field warm-$t states) states in $(field warm-$t seconds) s"
+        done
+        printf '  %-16s %10s %9s %9s %9s %12s %10s %8s\n' target "req/s" "p50 ms" "p99 ms" "gen cpu%" "server cpu%" "us cpu/req" "other%"
+        for t in readstates-warm redis-warm; do
+            [ -f "$OUT/closed-$t.txt" ] || continue
+            printf '  %-16s %10s %9s %9s %9s %12s %10s %8s\n' "$t" \
+                "$(field closed-$t achieved)" "$(ms "$(field closed-$t p50_us)")" "$(ms "$(field closed-$t p99_us)")" \
+                "$(field closed-$t gen_cpu_pct)" "$(field closed-$t server_cpu_pct)" \
+                "$(field closed-$t server_us_per_req)" "$(field closed-$t other_cpu_pct)"
+        done
+        echo "  readstates-warm / noop       throughput: $(ratio "$(field closed-readstates-warm achieved)" "$(field closed-noop achieved)")x" \
+             " server CPU per request: $(ratio "$(field closed-readstates-warm server_us_per_req)" "$(field closed-noop server_us_per_req)")x"
+        if [ -f "$OUT/closed-redis-warm.txt" ]; then
+            echo "  readstates-warm / redis-warm throughput: $(ratio "$(field closed-readstates-warm achieved)" "$(field closed-redis-warm achieved)")x" \
+                 " server CPU per request: $(ratio "$(field closed-readstates-warm server_us_per_req)" "$(field closed-redis-warm server_us_per_req)")x"
+        fi
+    fi
     echo
     echo "full reports and per-second series: $OUT"
 } | tee "$OUT/summary.txt"
+
+# --- plots -------------------------------------------------------------------
+# series LABEL NAME...: LABEL=OUT/NAME.series.csv for each run that wrote one.
+series() {
+    local name
+    for name in "$@"; do
+        [ -s "$OUT/$name.series.csv" ] && printf '%s=%s\n' "${name#*-}" "$OUT/$name.series.csv"
+    done
+    return 0
+}
+mapfile -t open_series < <(series open-readstates open-redis)
+if [ "${#open_series[@]}" -gt 0 ]; then
+    # readstates writes back the run's first changes 30 s (flush.delay_ms)
+    # after they were made, the warm-up included.
+    plot "$OUT/open.png" "open loop, realistic mix, offered $RATE req/s: per-second p99 and max (latency from intended start)" \
+        "${open_series[@]}" \
+        --mark-from "$(awk -v w="$(duration_secs "$WARMUP")" 'BEGIN { print 30 - w }'):readstates write-back starts"
+fi
+mapfile -t closed_series < <(series closed-noop closed-readstates closed-redis closed-readstates-warm closed-redis-warm)
+if [ "${#closed_series[@]}" -gt 0 ]; then
+    plot "$OUT/closed.png" "closed loop, Ack only, concurrency $CONCURRENCY: per-second p99 and max (latency from actual start)" \
+        "${closed_series[@]}"
+fi
+ls "$OUT"/*.png 2>/dev/null | sed 's/^/plot: /' >&2 || true

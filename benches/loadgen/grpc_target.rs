@@ -8,7 +8,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use readstates::api::proto::read_states_client::ReadStatesClient;
 use readstates::api::proto::{
-    AckPinsRequest, AckRequest, AddMentionsRequest, GetUserReadStatesRequest, RemoveMentionsRequest,
+    AckPinsRequest, AckRequest, AddMentionsRequest, BulkAckRequest, ChannelAck,
+    GetUserReadStatesRequest, RemoveMentionsRequest,
 };
 
 use crate::workload::Op;
@@ -63,6 +64,32 @@ impl GrpcTarget {
     fn client(&self) -> ReadStatesClient<Channel> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
         self.clients[index].clone()
+    }
+
+    /// Acknowledges every one of `channels` for `user` at `message` in one
+    /// BulkAck (for `warm`); returns how many states the server answered
+    /// with.
+    pub async fn bulk_ack(
+        &self,
+        user: u64,
+        channels: &[u64],
+        message: u64,
+    ) -> Result<usize, tonic::Status> {
+        let acks = channels
+            .iter()
+            .map(|&channel_id| ChannelAck {
+                channel_id,
+                message_id: message,
+            })
+            .collect();
+        let response = self
+            .client()
+            .bulk_ack(BulkAckRequest {
+                user_id: user,
+                acks,
+            })
+            .await?;
+        Ok(response.into_inner().read_states.len())
     }
 
     /// Issues one operation; an error is reported as its gRPC code.

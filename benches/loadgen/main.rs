@@ -2,8 +2,10 @@
 //!
 //! `run` drives a target (the readstates gRPC server, the no-op server, or
 //! Redis running the same semantics as Lua scripts) with a realistic
-//! workload and reports latency; `noop-server` serves the same gRPC service
-//! with no work, to measure the framework's ceiling on this machine.
+//! workload and reports latency; `warm` creates, beforehand, every state
+//! that workload can touch (see `warm.rs`), so a run's acks update existing
+//! states; `noop-server` serves the same gRPC service with no work, to
+//! measure the framework's ceiling on this machine.
 //!
 //! # Pacing and coordinated omission
 //!
@@ -44,6 +46,7 @@ mod grpc_target;
 mod noop;
 mod redis_target;
 mod report;
+mod warm;
 mod workload;
 
 use std::net::SocketAddr;
@@ -71,6 +74,9 @@ struct Cli {
 enum Command {
     /// Drive a target with the workload and report latency and throughput.
     Run(Box<RunArgs>),
+    /// Create every read state the workload (same shape flags) can touch,
+    /// acknowledged at a current message id, before a measured run.
+    Warm(Box<WarmArgs>),
     /// Serve the ReadStates API with fixed responses and no work.
     NoopServer {
         #[arg(long, default_value = "127.0.0.1:50052")]
@@ -94,8 +100,9 @@ enum MixKind {
     AckOnly,
 }
 
+/// Where the requests go (shared by `run` and `warm`).
 #[derive(Debug, clap::Args)]
-struct RunArgs {
+struct TargetArgs {
     /// What to send the load to.
     #[arg(long, value_enum, default_value_t = TargetKind::Grpc)]
     target: TargetKind,
@@ -108,6 +115,100 @@ struct RunArgs {
     /// HTTP/2 (or Redis) connections; requests are spread round-robin.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// How long to keep retrying the first connection while the target starts.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    connect_wait: Duration,
+}
+
+impl TargetArgs {
+    /// Connects; returns the target and its name for reports.
+    async fn connect(&self) -> anyhow::Result<(Target, String)> {
+        Ok(match self.target {
+            TargetKind::Grpc => (
+                Target::Grpc(
+                    grpc_target::GrpcTarget::connect(
+                        &self.addr,
+                        self.connections,
+                        self.connect_wait,
+                    )
+                    .await?,
+                ),
+                format!("grpc {}", self.addr),
+            ),
+            TargetKind::Redis => (
+                Target::Redis(
+                    redis_target::RedisTarget::connect(
+                        &self.redis_url,
+                        self.connections,
+                        self.connect_wait,
+                    )
+                    .await?,
+                ),
+                format!("redis {}", self.redis_url),
+            ),
+        })
+    }
+}
+
+/// The key space and fan-outs (shared by `run` and `warm`, so `warm`
+/// covers exactly the states a `run` with the same flags touches).
+#[derive(Debug, clap::Args)]
+struct ShapeArgs {
+    /// Users (ids 1..=N, Zipf-distributed by id).
+    #[arg(long, default_value_t = 100_000)]
+    users: u64,
+    /// Channels in all.
+    #[arg(long, default_value_t = 10_000)]
+    channels: u64,
+    /// Channels of one guild: a user's states stay within its guild's.
+    #[arg(long, default_value_t = 100)]
+    channels_per_user: u64,
+    /// Zipf exponent of users, channels and mentioned members.
+    #[arg(long, default_value_t = 0.99)]
+    zipf_s: f64,
+    /// Largest mention fan-out.
+    #[arg(long, default_value_t = 1000)]
+    max_fanout: u64,
+    /// Zipf exponent of the fan-out size (2.0: ~60% mention one user, mean ~4.5).
+    #[arg(long, default_value_t = 2.0)]
+    fanout_s: f64,
+}
+
+impl ShapeArgs {
+    fn shape(&self) -> Shape {
+        Shape {
+            users: self.users,
+            channels: self.channels,
+            channels_per_user: self.channels_per_user,
+            zipf_s: self.zipf_s,
+            max_fanout: self.max_fanout,
+            fanout_s: self.fanout_s,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct WarmArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Warm only users 1..=N, the hottest (users are Zipf by id); default:
+    /// all of --users.
+    #[arg(long)]
+    warm_users: Option<u64>,
+    /// Requests (one per user) in flight at once, over all connections.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Tokio worker threads of the generator (default: cores available).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    target: TargetArgs,
 
     /// Operation mix.
     #[arg(long, value_enum, default_value_t = MixKind::Realistic)]
@@ -128,24 +229,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 8)]
     w_ack_pins: u32,
 
-    /// Users (ids 1..=N, Zipf-distributed by id).
-    #[arg(long, default_value_t = 100_000)]
-    users: u64,
-    /// Channels in all.
-    #[arg(long, default_value_t = 10_000)]
-    channels: u64,
-    /// Channels of one guild: a user's states stay within its guild's.
-    #[arg(long, default_value_t = 100)]
-    channels_per_user: u64,
-    /// Zipf exponent of users, channels and mentioned members.
-    #[arg(long, default_value_t = 0.99)]
-    zipf_s: f64,
-    /// Largest mention fan-out.
-    #[arg(long, default_value_t = 1000)]
-    max_fanout: u64,
-    /// Zipf exponent of the fan-out size (2.0: ~60% mention one user, mean ~4.5).
-    #[arg(long, default_value_t = 2.0)]
-    fanout_s: f64,
+    #[command(flatten)]
+    shape: ShapeArgs,
 
     /// Open loop: requests per second, on a fixed schedule.
     #[arg(long, default_value_t = 5000.0)]
@@ -186,9 +271,6 @@ struct RunArgs {
     /// Tokio worker threads of the generator (default: cores available).
     #[arg(long)]
     threads: Option<usize>,
-    /// How long to keep retrying the first connection while the target starts.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
-    connect_wait: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -217,6 +299,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::NoopServer { addr } => runtime(None)?.block_on(noop::serve(addr)),
         Command::Run(args) => runtime(args.threads)?.block_on(run(*args)),
+        Command::Warm(args) => runtime(args.threads)?.block_on(warm(*args)),
     }
 }
 
@@ -250,38 +333,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "realistic",
         ),
     };
-    let workload = Arc::new(Workload::new(
-        mix,
-        Shape {
-            users: args.users,
-            channels: args.channels,
-            channels_per_user: args.channels_per_user,
-            zipf_s: args.zipf_s,
-            max_fanout: args.max_fanout,
-            fanout_s: args.fanout_s,
-        },
-    )?);
+    let workload = Arc::new(Workload::new(mix, args.shape.shape())?);
 
-    let (target, target_name) = match args.target {
-        TargetKind::Grpc => (
-            Target::Grpc(
-                grpc_target::GrpcTarget::connect(&args.addr, args.connections, args.connect_wait)
-                    .await?,
-            ),
-            format!("grpc {}", args.addr),
-        ),
-        TargetKind::Redis => (
-            Target::Redis(
-                redis_target::RedisTarget::connect(
-                    &args.redis_url,
-                    args.connections,
-                    args.connect_wait,
-                )
-                .await?,
-            ),
-            format!("redis {}", args.redis_url),
-        ),
-    };
+    let (target, target_name) = args.target.connect().await?;
     let target = Arc::new(target);
 
     let timing = Timing {
@@ -325,7 +379,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         mix: mix_name.to_string(),
         offered_rate: (!args.closed).then_some(args.rate),
         warmup: args.warmup,
-        connections: args.connections,
+        connections: args.target.connections,
         concurrency: args.closed.then_some(args.concurrency),
         in_flight_stalls: 0,
         max_in_flight_seen: 0,
@@ -378,6 +432,46 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         machine_busy,
         args.series.as_deref(),
     )
+}
+
+async fn warm(args: WarmArgs) -> anyhow::Result<()> {
+    // The mix plays no part: only the key space does.
+    let workload = Workload::new(Mix::ACK_ONLY, args.shape.shape())?;
+    let users = args.warm_users.unwrap_or(args.shape.users);
+    if users == 0 {
+        bail!("--warm-users must be at least 1");
+    }
+    let (target, target_name) = args.target.connect().await?;
+    eprintln!(
+        "warming {target_name}: users 1..={} x {} channels each, {} in flight...",
+        users.min(args.shape.users),
+        args.shape.channels_per_user,
+        args.in_flight
+    );
+    let warmed = warm::warm(&target, &workload, users, args.in_flight).await?;
+    let seconds = warmed.elapsed.as_secs_f64();
+    let restored = if matches!(args.target.target, TargetKind::Redis) {
+        format!(
+            " ({} new users restored from a guild template)",
+            warmed.restored
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "warmed {} users ({} states) of {target_name} in {seconds:.1} s: {:.0} users/s, {:.0} states/s{restored}",
+        warmed.users,
+        warmed.states,
+        warmed.users as f64 / seconds.max(1e-9),
+        warmed.states as f64 / seconds.max(1e-9),
+    );
+    println!(
+        "WARM users={} states={} seconds={seconds:.2} target={}",
+        warmed.users,
+        warmed.states,
+        target_name.replace(' ', ":")
+    );
+    Ok(())
 }
 
 #[cfg(test)]

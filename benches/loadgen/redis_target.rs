@@ -18,7 +18,16 @@
 //!   counted only if `id > last`, idempotent through the pending set;
 //! - remove mentions: un-counts only a pending mention;
 //! - ack pins: `pin = max(pin, ts)`;
-//! - connect: `HGETALL rs:{USER}`.
+//! - connect: `HGETALL rs:{USER}`;
+//! - warm (`readstates-bench warm`, not part of the workload): one call per
+//!   user acks all the given channels at one id, exactly as ACK would one
+//!   by one (each changed state takes the next version, `_v` ends at the
+//!   last one), in a few large `HSET`s. Filling a user's hash this way is
+//!   slow (with ~400 fields it stays a listpack, and each field's insert
+//!   scans it: over 1 ms per user), so a user that does not exist yet is
+//!   instead `RESTORE`d from a `DUMP` of its guild's template: the hash the
+//!   script makes for a new user of that guild (user 0, which never exists,
+//!   is the scratch key), byte for byte what the script would have made.
 //!
 //! Every change bumps the user's version and stamps the state with it and
 //! with the time, and every script returns the resulting state(s), as the
@@ -98,12 +107,46 @@ end
 return {st[1] or '0', st[2] or '0', p, t, v}
 ";
 
+/// KEYS: the user's hash, then the pending-mention set of each channel in
+/// ARGV[3..]; ARGV: message id (padded), now, then the channels. Returns how
+/// many states it changed (a state already at a newer id is left alone).
+const WARM: &str = r"
+local h, m, now = KEYS[1], ARGV[1], ARGV[2]
+local v = tonumber(redis.call('HGET', h, '_v') or '0')
+local fields, changed = {}, 0
+for i = 3, #ARGV do
+  local c, z = ARGV[i], KEYS[i - 1]
+  local last = redis.call('HGET', h, c..':l') or '00000000000000000000'
+  if m > last then
+    redis.call('ZREMRANGEBYLEX', z, '-', '['..m)
+    local n = redis.call('ZCARD', z)
+    v = v + 1
+    changed = changed + 1
+    local at = #fields
+    fields[at + 1], fields[at + 2] = c..':l', m
+    fields[at + 3], fields[at + 4] = c..':n', n
+    fields[at + 5], fields[at + 6] = c..':t', now
+    fields[at + 7], fields[at + 8] = c..':v', v
+    if #fields >= 512 then
+      redis.call('HSET', h, unpack(fields))
+      fields = {}
+    end
+  end
+end
+if changed > 0 then
+  fields[#fields + 1], fields[#fields + 2] = '_v', v
+  redis.call('HSET', h, unpack(fields))
+end
+return changed
+";
+
 /// The SHA1s of the loaded scripts.
 struct Scripts {
     ack: String,
     add_mentions: String,
     remove_mentions: String,
     ack_pins: String,
+    warm: String,
 }
 
 /// Requests are spread round-robin over several multiplexed connections.
@@ -163,6 +206,7 @@ impl RedisTarget {
             add_mentions: load(first, ADD_MENTIONS).await?,
             remove_mentions: load(first, REMOVE_MENTIONS).await?,
             ack_pins: load(first, ACK_PINS).await?,
+            warm: load(first, WARM).await?,
         };
         Ok(Self {
             connections: opened,
@@ -174,6 +218,75 @@ impl RedisTarget {
     fn connection(&self) -> MultiplexedConnection {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
         self.connections[index].clone()
+    }
+
+    /// The serialized (`DUMP`) hash of a new user whose states are
+    /// `channels`, all acknowledged at `message` (for `warm`): built with the
+    /// warm script under the scratch user 0, then deleted.
+    pub async fn warm_template(&self, channels: &[u64], message: u64) -> anyhow::Result<Vec<u8>> {
+        const SCRATCH: u64 = 0;
+        let mut connection = self.connection();
+        let key = hash_key(SCRATCH);
+        redis::cmd("DEL")
+            .arg(&key)
+            .query_async::<()>(&mut connection)
+            .await
+            .context("deleting the warm template's scratch key")?;
+        self.warm_user(SCRATCH, channels, message)
+            .await
+            .context("building a warm template")?;
+        let payload: Vec<u8> = redis::cmd("DUMP")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .context("dumping a warm template")?;
+        redis::cmd("DEL")
+            .arg(&key)
+            .query_async::<()>(&mut connection)
+            .await
+            .context("deleting the warm template's scratch key")?;
+        Ok(payload)
+    }
+
+    /// Creates `user`'s hash from a [`warm_template`](Self::warm_template)
+    /// payload; `Ok(false)` (and nothing changed) if the user exists already.
+    pub async fn restore_user(&self, user: u64, payload: &[u8]) -> redis::RedisResult<bool> {
+        let mut connection = self.connection();
+        match redis::cmd("RESTORE")
+            .arg(hash_key(user))
+            .arg(0)
+            .arg(payload)
+            .query_async::<()>(&mut connection)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(error) if error.code() == Some("BUSYKEY") => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Acknowledges every one of `channels` for `user` at `message` in one
+    /// script call (for `warm`); returns how many states it changed.
+    pub async fn warm_user(
+        &self,
+        user: u64,
+        channels: &[u64],
+        message: u64,
+    ) -> redis::RedisResult<usize> {
+        let mut connection = self.connection();
+        let mut command = redis::cmd("EVALSHA");
+        command
+            .arg(&self.scripts.warm)
+            .arg(1 + channels.len())
+            .arg(hash_key(user));
+        for channel in channels {
+            command.arg(mentions_key(user, *channel));
+        }
+        command.arg(pad(message)).arg(now_unix_ms());
+        for channel in channels {
+            command.arg(channel);
+        }
+        command.query_async(&mut connection).await
     }
 
     /// Issues one operation; an error is reported as its Redis error kind.

@@ -229,7 +229,29 @@ impl Workload {
         })
     }
 
-    fn guild_of(&self, user: u64) -> u64 {
+    /// Users are `1..=users()`.
+    pub fn users(&self) -> u64 {
+        self.users
+    }
+
+    /// The next message id: newer than every id this workload handed out
+    /// before, and (the clock starts at the current time) than any an
+    /// earlier run took.
+    pub fn next_message(&self) -> u64 {
+        self.clock.next()
+    }
+
+    /// Every channel `user` can ever have a state in: all of its guild's
+    /// channels, the ones [`Generator`] picks from for its acks and
+    /// mentions.
+    pub fn channels_of(&self, user: u64) -> impl Iterator<Item = u64> + '_ {
+        let guild = self.guild_of(user);
+        (1..=self.channels_per_user).map(move |rank| self.channel_in(guild, rank))
+    }
+
+    /// The guild of `user`: users `1..=guilds` are in guilds `0..guilds`,
+    /// one each, and the rest round-robin after them.
+    pub fn guild_of(&self, user: u64) -> u64 {
         (user - 1) % self.guilds
     }
 
@@ -439,6 +461,74 @@ mod tests {
                 Op::Connect { user } => assert!((1..=1000).contains(&user)),
             }
         }
+        Ok(())
+    }
+
+    /// `warm` acks `channels_of(user)` for every user: that must be exactly
+    /// the (user, channel) pairs the generator ever touches, so a warm run
+    /// leaves no state for the measured run to create and creates none it
+    /// never reads.
+    #[test]
+    fn warm_channels_are_exactly_the_ones_the_generator_picks() -> anyhow::Result<()> {
+        use std::collections::BTreeSet;
+
+        // Few users and channels per guild, so the Zipf draws reach every
+        // rank; 27 channels in guilds of 5 leaves channels 26 and 27 unused.
+        let small = Shape {
+            users: 40,
+            channels: 27,
+            channels_per_user: 5,
+            zipf_s: 0.99,
+            max_fanout: 10,
+            fanout_s: 2.0,
+        };
+        let realistic = Mix {
+            connect: 5,
+            ack: 70,
+            add_mentions: 15,
+            remove_mentions: 2,
+            ack_pins: 8,
+        };
+        let workload = Arc::new(Workload::new(realistic, small)?);
+        let mut warm = BTreeSet::new();
+        for user in 1..=workload.users() {
+            let channels: BTreeSet<u64> = workload.channels_of(user).collect();
+            assert_eq!(channels.len(), 5, "user {user}: {channels:?}");
+            assert!(channels.iter().all(|channel| (1..=25).contains(channel)));
+            warm.extend(channels.into_iter().map(|channel| (user, channel)));
+        }
+        assert_eq!(warm.len(), 40 * 5);
+
+        let mut touched = BTreeSet::new();
+        let mut generator = Generator::new(Arc::clone(&workload), 3);
+        for _ in 0..200_000 {
+            match generator.next_op() {
+                Op::Ack { user, channel, .. } | Op::AckPins { user, channel, .. } => {
+                    touched.insert((user, channel));
+                }
+                Op::AddMentions { channel, users, .. }
+                | Op::RemoveMentions { channel, users, .. } => {
+                    touched.extend(users.iter().map(|user| (*user, channel)));
+                }
+                Op::Connect { .. } => {}
+            }
+        }
+        let outside: Vec<_> = touched.difference(&warm).collect();
+        assert!(outside.is_empty(), "touched but not warmed: {outside:?}");
+        let never: Vec<_> = warm.difference(&touched).collect();
+        assert!(never.is_empty(), "warmed but never touched: {never:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn message_ids_increase() -> anyhow::Result<()> {
+        let workload = Workload::new(Mix::ACK_ONLY, shape())?;
+        let first = workload.next_message();
+        assert!(first > 0 && first < i64::MAX as u64);
+        assert!(workload.next_message() > first);
+        // A later workload (a later run) starts above this one's ids.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(Workload::new(Mix::ACK_ONLY, shape())?.next_message() > first + 1);
         Ok(())
     }
 }

@@ -15,6 +15,13 @@
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //! - [`server`]: wiring, serving and graceful shutdown.
 
+/// The allocator of every binary built on this crate (the service, its
+/// tests and benchmarks), so benchmarks measure what production runs.
+/// Build with `--no-default-features` to compare with the system's malloc.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod api;
 pub mod cache;
 pub mod clock;

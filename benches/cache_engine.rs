@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use readstates::cache::{Cache, CacheSettings};
 use readstates::ids::{ChannelId, MessageId, UserId};
-use readstates::store::{EmbeddedStore, RowWrite, Store};
+use readstates::store::{EmbeddedStore, LoadPriority, RowWrite, Store};
 
 const USERS: u64 = 10_000;
 const CHANNELS_PER_USER: u64 = 20;
@@ -295,7 +295,7 @@ fn embedded_store(c: &mut Criterion) {
     group.bench_function("load_user_20_states", |b| {
         b.iter(|| {
             next += 1;
-            runtime.block_on(store.load_user(user(1 + next % USERS)))
+            runtime.block_on(store.load_user(user(1 + next % USERS), LoadPriority::Urgent))
         })
     });
     group.finish();

@@ -173,7 +173,7 @@ impl ReadStatesService {
                 };
                 let store = self.store.as_ref();
                 loads.push(async move {
-                    let view = self.cache.write(store, user_id, change).await?;
+                    let view = self.cache.write_in_fan_out(store, user_id, change).await?;
                     Ok::<_, ApiError>(to_proto(user_id, view))
                 });
             }

@@ -56,6 +56,10 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     /// Directory of the embedded database.
     pub data_dir: PathBuf,
+    /// Threads that load users from the embedded database. Loads beyond
+    /// them queue (a request's own load before a fan-out's), so a burst of
+    /// cold users cannot crowd the request workers off the CPU.
+    pub reader_threads: usize,
 }
 
 /// The store backends.
@@ -161,6 +165,7 @@ impl Default for StoreConfig {
         Self {
             backend: StoreBackend::Embedded,
             data_dir: PathBuf::from("data"),
+            reader_threads: crate::store::DEFAULT_READER_THREADS,
         }
     }
 }
@@ -624,7 +629,12 @@ impl Config {
 
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str, &'static str); 14] = [
+        let checks: [(bool, &'static str, &'static str); 15] = [
+            (
+                self.store.reader_threads == 0 || self.store.reader_threads > 256,
+                "store.reader_threads",
+                "must be between 1 and 256",
+            ),
             (
                 self.server.drain_timeout_ms >= self.server.shutdown_timeout_ms,
                 "server.drain_timeout_ms",

@@ -113,16 +113,23 @@ impl Flusher {
         Ok(())
     }
 
-    /// Takes the due jobs (all with `all`) and starts their batches.
+    /// Takes the due jobs (all with `all`) and starts their batches. One
+    /// partition is snapshotted at a time, yielding between them: on a
+    /// runtime with few workers, a large due round must not hold a worker
+    /// away from requests for the whole snapshot.
     async fn flush_round(&self, all: bool) {
         let mut jobs = Vec::new();
-        self.cache.take_flush_jobs(all, &mut jobs);
         let mut batch: Vec<RowWrite> = Vec::new();
-        for FlushJob { rows } in jobs {
-            batch.extend(rows);
-            if batch.len() >= self.settings.batch_size.load(Ordering::Relaxed) {
-                self.start_batch(std::mem::take(&mut batch)).await;
+        for partition in 0..self.cache.partition_count() {
+            self.cache
+                .take_partition_flush_jobs(partition, all, &mut jobs);
+            for FlushJob { rows } in jobs.drain(..) {
+                batch.extend(rows);
+                if batch.len() >= self.settings.batch_size.load(Ordering::Relaxed) {
+                    self.start_batch(std::mem::take(&mut batch)).await;
+                }
             }
+            tokio::task::yield_now().await;
         }
         if !batch.is_empty() {
             self.start_batch(batch).await;

@@ -29,7 +29,11 @@ type ReadStatesServer = proto::read_states_server::ReadStatesServer<ReadStatesSe
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.store.backend {
         StoreBackend::Embedded => {
-            let store = EmbeddedStore::open(&config.store.data_dir).with_context(|| {
+            let store = EmbeddedStore::open_with_readers(
+                &config.store.data_dir,
+                config.store.reader_threads,
+            )
+            .with_context(|| {
                 format!(
                     "opening the embedded store in {}",
                     config.store.data_dir.display()

@@ -32,7 +32,9 @@ use readstates::api::proto::{
 use readstates::config::{Config, ScyllaConfig, StoreBackend};
 use readstates::ids::{ChannelId, MessageId, UserId};
 use readstates::read_state::{Mentions, ReadState as StoreState};
-use readstates::store::{MigrateError, RowWrite, ScyllaError, ScyllaStore, Store, UserRows};
+use readstates::store::{
+    LoadPriority, MigrateError, RowWrite, ScyllaError, ScyllaStore, Store, UserRows,
+};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use tokio::net::{TcpListener, TcpStream};
@@ -159,7 +161,10 @@ async fn put(store: &dyn Store, rows: Vec<RowWrite>) {
 }
 
 async fn load(store: &dyn Store, user_id: u64) -> UserRows {
-    store.load_user(user(user_id)).await.unwrap()
+    store
+        .load_user(user(user_id), LoadPriority::Urgent)
+        .await
+        .unwrap()
 }
 
 fn last_of(rows: &UserRows, channel: u64) -> Option<u64> {

@@ -2,7 +2,9 @@
 //!
 //! Users map to partitions by hash, and all of a user's states live in one
 //! LRU entry, so a connect is one lookup and a miss is one store load. Each
-//! partition is an LRU list behind a `parking_lot` mutex: every method takes
+//! partition is a segmented LRU (see `segmented`: users loaded and not used
+//! again are evicted first, so a fan-out to cold users cannot flush the hot
+//! set) behind a `parking_lot` mutex: every method takes
 //! it briefly and never across an `.await` (the lock guards plain memory
 //! work only; store I/O happens outside it), which is why a blocking mutex
 //! beats an async one here. Capacity is counted in read states.
@@ -13,26 +15,29 @@
 //! it back from there, so no read ever sees the older stored state.
 //!
 //! Dirty users are put in coarse timer buckets (one per flush tick) that the
-//! flusher drains; see `flush`.
+//! flusher drains; see `write_behind` and `flush`.
 
 mod entry;
+mod segmented;
+mod write_behind;
 
 pub use entry::{StateView, UserTxn};
+pub use write_behind::FlushJob;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use lru::LruCache;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::clock::VersionClock;
-use crate::ids::{ChannelId, UserId};
-use crate::store::{RowWrite, Store, StoreError};
+use crate::ids::UserId;
+use crate::store::{LoadPriority, Store, StoreError};
 use entry::UserEntry;
+use segmented::SegmentedLru;
 
 /// Why a cache operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +81,7 @@ pub struct Cache {
 }
 
 struct Partition {
-    lru: LruCache<UserId, UserEntry>,
+    lru: SegmentedLru<UserEntry>,
     /// Capacity used by the LRU entries: their states, counting a user
     /// with none as one (so reads of empty users cannot grow the cache
     /// without bound).
@@ -88,6 +93,9 @@ struct Partition {
     loading: HashMap<UserId, watch::Receiver<()>>,
     /// Dirty users evicted from the LRU, waiting for (or in) their write.
     evicting: HashMap<UserId, UserEntry>,
+    /// Users put in `evicting` since the flusher last looked: the ones that
+    /// need a write started.
+    evicted: Vec<UserId>,
     /// Flush timer buckets: (due tick, users), due ticks ascending. A user
     /// may be listed after it left the bucket's care (evicted meanwhile);
     /// `scheduled` counts only the users that are really waiting.
@@ -123,6 +131,8 @@ pub struct CacheStats {
     /// Capacity in use (states; an empty user counts as one).
     pub resident_states: usize,
     pub resident_users: usize,
+    /// Cached users in the segmented LRU's protected segment.
+    pub protected_users: usize,
     pub capacity: usize,
     pub smallest_partition: usize,
     pub largest_partition: usize,
@@ -134,11 +144,6 @@ pub struct CacheStats {
     pub estimated_bytes: usize,
 }
 
-/// What a flush snapshot of one user holds.
-pub struct FlushJob {
-    pub rows: Vec<RowWrite>,
-}
-
 impl Cache {
     /// Creates an empty cache whose versions start above `version_floor`.
     pub fn new(settings: &CacheSettings, version_floor: u64) -> Self {
@@ -147,11 +152,12 @@ impl Cache {
             partitions: (0..partitions)
                 .map(|_| {
                     Mutex::new(Partition {
-                        lru: LruCache::unbounded(),
+                        lru: SegmentedLru::new(),
                         weight: 0,
                         extras: 0,
                         loading: HashMap::new(),
                         evicting: HashMap::new(),
+                        evicted: Vec::new(),
                         schedule: VecDeque::new(),
                         scheduled: 0,
                         stats: PartitionStats::default(),
@@ -202,7 +208,21 @@ impl Cache {
         change: impl FnOnce(&mut UserTxn<'_>) -> R,
     ) -> Result<R, CacheError> {
         self.check_backlog()?;
-        self.access(store, user_id, change).await
+        self.access(store, user_id, LoadPriority::Urgent, change)
+            .await
+    }
+
+    /// Like [`Cache::write`], for one cold user of a fan-out: its load
+    /// waits behind the loads that single requests wait for.
+    pub async fn write_in_fan_out<R>(
+        &self,
+        store: &dyn Store,
+        user_id: UserId,
+        change: impl FnOnce(&mut UserTxn<'_>) -> R,
+    ) -> Result<R, CacheError> {
+        self.check_backlog()?;
+        self.access(store, user_id, LoadPriority::Background, change)
+            .await
     }
 
     /// Runs `read` on the user's states, loading them first if needed.
@@ -212,7 +232,8 @@ impl Cache {
         user_id: UserId,
         read: impl FnOnce(&mut UserTxn<'_>) -> R,
     ) -> Result<R, CacheError> {
-        self.access(store, user_id, read).await
+        self.access(store, user_id, LoadPriority::Urgent, read)
+            .await
     }
 
     /// Runs `work` on a cached user; gives `work` back when the user is not
@@ -223,7 +244,7 @@ impl Cache {
     {
         self.check_backlog()?;
         let mut partition = self.partition(user_id).lock();
-        Ok(self.try_apply(&mut partition, user_id, work, false))
+        Ok(self.try_apply(&mut partition, user_id, work, Use::Uncounted))
     }
 
     fn check_backlog(&self) -> Result<(), CacheError> {
@@ -234,25 +255,28 @@ impl Cache {
         Ok(())
     }
 
-    async fn access<R>(
+    async fn access<R, F>(
         &self,
         store: &dyn Store,
         user_id: UserId,
-        work: impl FnOnce(&mut UserTxn<'_>) -> R,
-    ) -> Result<R, CacheError> {
+        priority: LoadPriority,
+        work: F,
+    ) -> Result<R, CacheError>
+    where
+        F: FnOnce(&mut UserTxn<'_>) -> R,
+    {
         let mut work = work;
-        let mut first_attempt = true;
+        let mut the_use = Use::Request;
         loop {
             // The guard lives in this block only: nothing awaits under it.
             let next = {
                 let mut partition = self.partition(user_id).lock();
-                work = match self.try_apply(&mut partition, user_id, work, first_attempt) {
+                work = match self.try_apply(&mut partition, user_id, work, the_use) {
                     Ok(result) => return Ok(result),
                     Err(work) => work,
                 };
-                if first_attempt {
+                if the_use == Use::Request {
                     partition.stats.misses += 1;
-                    first_attempt = false;
                 }
                 match partition.loading.get(&user_id) {
                     Some(receiver) => Miss::Wait(receiver.clone()),
@@ -264,52 +288,77 @@ impl Cache {
                 }
             };
             match next {
-                Miss::Load(sender) => self.load(store, user_id, sender).await?,
+                Miss::Load(sender) => {
+                    work = match self.load(store, user_id, priority, sender, work).await? {
+                        Ok(result) => return Ok(result),
+                        Err(work) => work,
+                    };
+                    the_use = Use::AfterLoad;
+                }
                 // Err means the loader finished (or gave up): look again.
+                // The user may have been evicted again meanwhile, under
+                // heavy churn; then this request leads the next load.
                 Miss::Wait(mut receiver) => {
                     let _ = receiver.changed().await;
+                    the_use = Use::AfterWait;
                 }
             }
         }
     }
 
-    /// Loads a user from the store into the LRU. The guard ends the single
-    /// flight however this future ends, cancellation included.
-    async fn load(
+    /// Loads a user from the store into the LRU and applies `work` in the
+    /// same lock hold, so that the request always makes progress: under
+    /// heavy churn the user may be evicted again right after, but never
+    /// before the work that loaded it. The guard ends the single flight
+    /// however this future ends, cancellation included.
+    /// (`work` comes back only if the user could not be placed, which the
+    /// single flight rules out; the caller then simply looks again.)
+    async fn load<R, F>(
         &self,
         store: &dyn Store,
         user_id: UserId,
+        priority: LoadPriority,
         sender: watch::Sender<()>,
-    ) -> Result<(), CacheError> {
+        work: F,
+    ) -> Result<Result<R, F>, CacheError>
+    where
+        F: FnOnce(&mut UserTxn<'_>) -> R,
+    {
         let guard = LoadGuard {
             cache: self,
             user_id,
             _sender: sender,
         };
-        let rows = store.load_user(user_id).await?;
-        {
+        let rows = store.load_user(user_id, priority).await?;
+        let result = {
             let mut partition = self.partition(user_id).lock();
-            if !partition.lru.contains(&user_id) {
+            // A miss means the user was neither cached nor evicting, and
+            // only this single flight can bring it back; were it in memory
+            // now, that copy would be newer than the rows just read.
+            if !partition.lru.contains(&user_id) && !partition.evicting.contains_key(&user_id) {
                 let entry = UserEntry::loaded(rows);
                 partition.weight += entry.weight();
                 partition.extras += entry.sizes().1;
                 partition.lru.put(user_id, entry);
-                self.evict_over_capacity(&mut partition);
             }
-        }
+            let result = self.try_apply(&mut partition, user_id, work, Use::AfterLoad);
+            self.evict_over_capacity(&mut partition, Some(user_id));
+            result
+        };
+        // The partition lock is released: the guard takes it to end the
+        // single flight.
         drop(guard);
-        Ok(())
+        Ok(result)
     }
 
     /// Applies `work` if the user is cached (taking it back from `evicting`
-    /// if needed), then schedules and evicts as the change requires. A hit
-    /// is counted if `count_hit`.
+    /// if needed), then schedules and evicts as the change requires.
     fn try_apply<R, F>(
         &self,
         partition: &mut Partition,
         user_id: UserId,
         work: F,
-        count_hit: bool,
+        the_use: Use,
     ) -> Result<R, F>
     where
         F: FnOnce(&mut UserTxn<'_>) -> R,
@@ -328,9 +377,13 @@ impl Cache {
             if dirty {
                 self.schedule(partition, user_id);
             }
-            self.evict_over_capacity(partition);
+            self.evict_over_capacity(partition, Some(user_id));
         }
-        let Some(entry) = partition.lru.get_mut(&user_id) else {
+        let entry = match the_use {
+            Use::Request | Use::Uncounted | Use::AfterWait => partition.lru.get_mut(&user_id),
+            Use::AfterLoad => partition.lru.peek_mut(&user_id),
+        };
+        let Some(entry) = entry else {
             return Err(work);
         };
         let weight_before = entry.weight();
@@ -341,7 +394,7 @@ impl Cache {
             (txn.changed(), txn.newly_dirty, txn.changed_states);
         let weight_added = entry.weight() - weight_before;
         partition.extras = partition.extras + entry.sizes().1 - extras_before;
-        partition.stats.hits += u64::from(count_hit);
+        partition.stats.hits += u64::from(the_use == Use::Request);
         partition.stats.changed_states += changed_states as u64;
         partition.stats.newly_dirty += newly_dirty as u64;
         let needs_schedule = changed && !entry.scheduled;
@@ -353,44 +406,18 @@ impl Cache {
         }
         if weight_added > 0 {
             partition.weight += weight_added;
-            self.evict_over_capacity(partition);
+            self.evict_over_capacity(partition, Some(user_id));
         }
         Ok(result)
     }
 
-    /// Puts the user in the timer bucket due one flush delay from now,
-    /// unless it already waits in one.
-    fn schedule(&self, partition: &mut Partition, user_id: UserId) {
-        let Some(entry) = partition.lru.peek_mut(&user_id) else {
-            return;
-        };
-        if entry.scheduled {
-            return;
-        }
-        entry.scheduled = true;
-        partition.scheduled += 1;
-        let delay = Duration::from_millis(self.flush_delay_ms.load(Ordering::Relaxed));
-        let due = self.tick_at(Instant::now() + delay);
-        match partition.schedule.back_mut() {
-            Some((tick, users)) if *tick == due => users.push(user_id),
-            _ => partition.schedule.push_back((due, vec![user_id])),
-        }
-    }
-
-    /// Returns the timer tick an instant falls in (rounded down, so a state
-    /// is never flushed later than its delay).
-    fn tick_at(&self, at: Instant) -> u64 {
-        let since = at.saturating_duration_since(self.epoch);
-        u64::try_from(since.as_millis() / self.flush_tick.as_millis().max(1)).unwrap_or(u64::MAX)
-    }
-
     /// Evicts least recently used users until the partition is within its
-    /// capacity, keeping at least the most recent one.
-    fn evict_over_capacity(&self, partition: &mut Partition) {
+    /// capacity, keeping `keep` (the user being used) and at least one user.
+    fn evict_over_capacity(&self, partition: &mut Partition, keep: Option<UserId>) {
         let capacity = self.capacity_per_partition.load(Ordering::Relaxed);
         let mut evicted_dirty = false;
         while partition.weight > capacity && partition.lru.len() > 1 {
-            let Some((user_id, mut entry)) = partition.lru.pop_lru() else {
+            let Some((user_id, mut entry)) = partition.lru.pop_lru_except(keep.as_ref()) else {
                 break;
             };
             partition.weight -= entry.weight();
@@ -402,6 +429,7 @@ impl Cache {
             if entry.dirty_count() > 0 {
                 entry.writing = false;
                 partition.evicting.insert(user_id, entry);
+                partition.evicted.push(user_id);
                 partition.stats.evictions_dirty += 1;
                 evicted_dirty = true;
             } else {
@@ -413,100 +441,6 @@ impl Cache {
         }
     }
 
-    /// Waits until a dirty user was evicted (a wake-up may be spurious).
-    pub async fn evictions(&self) {
-        self.evicted.notified().await;
-    }
-
-    /// Takes the flush jobs that are due: users whose timer bucket has come,
-    /// and evicted users not yet being written. With `all`, every dirty
-    /// user is taken (shutdown). Snapshots are taken a few users per lock
-    /// hold, so a large due bucket never stalls the partition's requests.
-    pub fn take_flush_jobs(&self, all: bool, jobs: &mut Vec<FlushJob>) {
-        const USERS_PER_LOCK: usize = 64;
-        let now_tick = self.tick_at(Instant::now());
-        for partition in self.partitions.iter() {
-            let due_users = {
-                let mut partition = partition.lock();
-                let mut due_users = Vec::new();
-                if all {
-                    partition.schedule.clear();
-                    due_users.extend(
-                        partition
-                            .lru
-                            .iter()
-                            .filter(|(_, entry)| entry.dirty_count() > 0)
-                            .map(|(user_id, _)| *user_id),
-                    );
-                }
-                while let Some((tick, _)) = partition.schedule.front() {
-                    if *tick > now_tick {
-                        break;
-                    }
-                    if let Some((_, users)) = partition.schedule.pop_front() {
-                        due_users.extend(users);
-                    }
-                }
-                due_users
-            };
-            for chunk in due_users.chunks(USERS_PER_LOCK) {
-                let mut guard = partition.lock();
-                let partition = &mut *guard;
-                for &user_id in chunk {
-                    let Some(entry) = partition.lru.peek_mut(&user_id) else {
-                        continue; // evicted since: its eviction write covers it
-                    };
-                    if entry.scheduled {
-                        entry.scheduled = false;
-                        partition.scheduled -= 1;
-                    }
-                    let mut rows = Vec::new();
-                    entry.dirty_rows(user_id, &mut rows);
-                    if !rows.is_empty() {
-                        jobs.push(FlushJob { rows });
-                    }
-                }
-            }
-            let mut partition = partition.lock();
-            for (user_id, entry) in partition.evicting.iter_mut() {
-                if entry.writing && !all {
-                    continue;
-                }
-                entry.writing = true;
-                let mut rows = Vec::new();
-                entry.dirty_rows(*user_id, &mut rows);
-                jobs.push(FlushJob { rows });
-            }
-        }
-    }
-
-    /// Records that `rows` reached the store: clears the dirty marks of the
-    /// states that did not change since, and frees evicted users that are
-    /// now clean.
-    pub fn mark_written(&self, rows: &[RowWrite]) {
-        let mut cleared = 0;
-        for row in rows {
-            let mut partition = self.partition(row.user_id).lock();
-            let partition = &mut *partition;
-            let channel_id: ChannelId = row.state.channel_id;
-            if let Some(entry) = partition.lru.peek_mut(&row.user_id) {
-                let weight_before = entry.weight();
-                let was_cleared = entry.mark_written(channel_id, row.state.version);
-                cleared += usize::from(was_cleared);
-                partition.weight -= weight_before - entry.weight();
-            } else if let Some(entry) = partition.evicting.get_mut(&row.user_id) {
-                let was_cleared = entry.mark_written(channel_id, row.state.version);
-                cleared += usize::from(was_cleared);
-                if entry.dirty_count() == 0 {
-                    partition.evicting.remove(&row.user_id);
-                }
-            }
-        }
-        if cleared > 0 {
-            self.dirty.fetch_sub(cleared, Ordering::Relaxed);
-        }
-    }
-
     /// Changes the capacity (in read states) on a running cache. Shrinking
     /// evicts at once; evicted dirty users are written by the flusher.
     pub fn set_capacity(&self, capacity: usize) {
@@ -515,7 +449,7 @@ impl Cache {
         self.capacity_per_partition
             .store(per_partition, Ordering::Relaxed);
         for partition in self.partitions.iter() {
-            self.evict_over_capacity(&mut partition.lock());
+            self.evict_over_capacity(&mut partition.lock(), None);
         }
     }
 
@@ -554,6 +488,7 @@ impl Cache {
             stats.newly_dirty += counts.newly_dirty;
             stats.resident_states += partition.weight;
             stats.resident_users += partition.lru.len();
+            stats.protected_users += partition.lru.protected_len();
             stats.smallest_partition = stats.smallest_partition.min(partition.weight);
             stats.largest_partition = stats.largest_partition.max(partition.weight);
             stats.scheduled_users += partition.scheduled;
@@ -608,6 +543,23 @@ fn duration_millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How a cached user is being used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// A request's first look: a hit if cached, and a use that promotes
+    /// the user in the segmented LRU.
+    Request,
+    /// A use that promotes but is not counted (a fan-out's cached users).
+    Uncounted,
+    /// A request's look after waiting for another request's load of the
+    /// same user: a second use, which promotes (its miss is counted).
+    AfterWait,
+    /// The use that a load was for: the load itself placed the user, so
+    /// this neither counts nor promotes (a user seen once stays on
+    /// probation).
+    AfterLoad,
+}
+
 /// What a request does about a user that is not cached.
 enum Miss {
     /// Load it: this request leads the single flight.
@@ -640,10 +592,10 @@ pub type SharedCache = Arc<Cache>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::MessageId;
+    use crate::ids::{ChannelId, MessageId};
     use crate::store::EmbeddedStore;
 
-    fn settings(capacity: usize) -> CacheSettings {
+    pub(super) fn settings(capacity: usize) -> CacheSettings {
         CacheSettings {
             capacity,
             partitions: 1,
@@ -654,105 +606,12 @@ mod tests {
         }
     }
 
-    fn user(id: u64) -> UserId {
+    pub(super) fn user(id: u64) -> UserId {
         UserId::new(id).unwrap()
     }
 
-    fn channel(id: u64) -> ChannelId {
+    pub(super) fn channel(id: u64) -> ChannelId {
         ChannelId::new(id).unwrap()
-    }
-
-    fn due_rows(cache: &Cache) -> Vec<RowWrite> {
-        let mut jobs = Vec::new();
-        cache.take_flush_jobs(false, &mut jobs);
-        jobs.into_iter().flat_map(|job| job.rows).collect()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn changes_inside_the_delay_coalesce_into_one_due_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let cache = Cache::new(&settings(100), 0);
-        for message in 1..=100 {
-            let message = MessageId::new(message).unwrap();
-            cache
-                .write(&store, user(1), |txn| txn.ack(channel(1), message))
-                .await
-                .unwrap();
-        }
-        assert_eq!(cache.dirty_states(), 1);
-        assert!(
-            due_rows(&cache).is_empty(),
-            "nothing is due before the delay"
-        );
-
-        tokio::time::advance(Duration::from_secs(30)).await;
-        let rows = due_rows(&cache);
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].state.last_message_id.get(), 100);
-
-        cache.mark_written(&rows);
-        assert_eq!(cache.dirty_states(), 0);
-        tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(
-            due_rows(&cache).is_empty(),
-            "a written state is not flushed again"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_change_during_the_write_stays_dirty_and_is_rescheduled() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let cache = Cache::new(&settings(100), 0);
-        let ack =
-            |id| move |txn: &mut UserTxn<'_>| txn.ack(channel(1), MessageId::new(id).unwrap());
-        cache.write(&store, user(1), ack(1)).await.unwrap();
-        tokio::time::advance(Duration::from_secs(30)).await;
-        let in_flight = due_rows(&cache);
-        assert_eq!(in_flight.len(), 1);
-
-        cache.write(&store, user(1), ack(2)).await.unwrap();
-        cache.mark_written(&in_flight);
-        assert_eq!(cache.dirty_states(), 1, "the newer change is still dirty");
-
-        tokio::time::advance(Duration::from_secs(30)).await;
-        let rows = due_rows(&cache);
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].state.last_message_id.get(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn dirty_users_evicted_are_written_at_once_and_readable_meanwhile() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let cache = Cache::new(&settings(2), 0);
-        for id in 1..=3 {
-            cache
-                .write(&store, user(id), |txn| {
-                    txn.ack(channel(1), MessageId::new(9).unwrap())
-                })
-                .await
-                .unwrap();
-        }
-        assert_eq!(cache.resident(), (2, 2));
-        // User 1 was evicted dirty: its write is due now, not in 30 s.
-        let rows = due_rows(&cache);
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].user_id, user(1));
-        assert_eq!(
-            cache.dirty_states(),
-            3,
-            "evicted states stay dirty until written"
-        );
-
-        // Before the write lands, a read takes the newest state back.
-        let view = cache
-            .try_write(user(1), |txn| txn.view(channel(1)))
-            .unwrap();
-        assert_eq!(view.ok().map(|view| view.last_message_id.get()), Some(9));
-        cache.mark_written(&rows);
-        assert_eq!(cache.dirty_states(), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -784,5 +643,70 @@ mod tests {
             .read(&store, user(1), |txn| txn.view(channel(1)))
             .await;
         assert_eq!(read.unwrap().last_message_id.get(), 1, "reads still work");
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_to_cold_users_keeps_the_hot_users_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let cache = Cache::new(
+            &CacheSettings {
+                max_dirty_states: 1_000_000,
+                ..settings(100)
+            },
+            0,
+        );
+        let ack = |txn: &mut UserTxn<'_>| txn.ack(channel(1), MessageId::new(5).unwrap());
+        // 40 hot users, each used twice (an ack, then a read).
+        for id in 1..=40 {
+            cache.write(&store, user(id), ack).await.unwrap();
+            cache
+                .read(&store, user(id), |txn| txn.view(channel(1)))
+                .await
+                .unwrap();
+        }
+        // A fan-out to 1,000 cold users, each loaded and changed once.
+        for id in 1_000..2_000 {
+            cache
+                .write_in_fan_out(&store, user(id), |txn| {
+                    txn.add_mention(channel(1), MessageId::new(9).unwrap())
+                })
+                .await
+                .unwrap();
+        }
+        let misses_before = cache.stats().misses;
+        for id in 1..=40 {
+            cache
+                .read(&store, user(id), |txn| txn.view(channel(1)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            cache.stats().misses,
+            misses_before,
+            "every hot user was still cached"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_loads_into_a_full_cache_all_make_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        // Room for two users: every load evicts another freshly loaded one.
+        let cache = Cache::new(&settings(2), 0);
+        let writes = (1..=300).map(|id| {
+            cache.write_in_fan_out(&store, user(id), |txn| {
+                txn.add_mention(channel(1), MessageId::new(9).unwrap())
+            })
+        });
+        let views = tokio::time::timeout(
+            Duration::from_secs(60),
+            futures_util::future::join_all(writes),
+        )
+        .await
+        .expect("every load applied its request (no load-evict loop)");
+        for view in views {
+            assert_eq!(view.unwrap().mention_count, 1);
+        }
     }
 }

@@ -152,6 +152,7 @@ struct CacheMetrics {
     coalesced_updates: Counter,
     resident_states: Gauge,
     resident_users: Gauge,
+    protected_users: Gauge,
     capacity: Gauge,
     smallest_partition: Gauge,
     largest_partition: Gauge,
@@ -238,6 +239,11 @@ impl Metrics {
                 "Cached read states (a cached user without states counts as one).",
             ),
             resident_users: gauge("readstates_cache_users", None, "Cached users."),
+            protected_users: gauge(
+                "readstates_cache_protected_users",
+                None,
+                "Cached users in the LRU's protected segment (used again since their load).",
+            ),
             capacity: gauge(
                 "readstates_cache_capacity_read_states",
                 None,
@@ -382,6 +388,7 @@ impl Metrics {
             .absolute(stats.changed_states.saturating_sub(stats.newly_dirty));
         c.resident_states.set(stats.resident_states as f64);
         c.resident_users.set(stats.resident_users as f64);
+        c.protected_users.set(stats.protected_users as f64);
         c.capacity.set(stats.capacity as f64);
         c.smallest_partition.set(stats.smallest_partition as f64);
         c.largest_partition.set(stats.largest_partition as f64);

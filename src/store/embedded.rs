@@ -8,13 +8,15 @@
 //! process loses nothing that was written; `sync` adds an fsync for power
 //! loss at shutdown.
 //!
-//! fjall's calls block on disk I/O, so reads run on Tokio's blocking pool.
-//! Batch writes run on one dedicated writer thread at a lowered scheduling
-//! priority (nice [`WRITER_NICE`]): write-behind is background work, and
-//! when the write-back of a busy window competes for the CPU with requests,
-//! the requests should win, not wait out the writer's time slice. A single
-//! thread also serializes the read-compare-write of versioned rows; the
-//! mutex covers the version floor, written from the blocking pool.
+//! fjall's calls block on disk I/O, so no async worker makes them. User
+//! loads run on a small fixed pool of reader threads, urgent loads first
+//! (see `readers`). Batch writes run on one dedicated writer thread at a
+//! lowered scheduling priority (nice [`WRITER_NICE`]), and so do fjall's own
+//! flush and compaction workers: write-behind and compaction are background
+//! work, and when they compete for the CPU with requests, the requests
+//! should win, not wait out a background thread's time slice. A single
+//! writer thread also serializes the read-compare-write of versioned rows;
+//! the mutex covers the version floor, written from the blocking pool.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,9 +25,12 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+mod readers;
+
 use super::row::{Row, decode_row, encode_row};
-use super::{RowWrite, Store, StoreError, StoreFuture, UserRows, newest_per_key};
+use super::{LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows, newest_per_key};
 use crate::ids::{ChannelId, UserId};
+use readers::Readers;
 
 const STATES_KEYSPACE: &str = "read_states";
 const META_KEYSPACE: &str = "meta";
@@ -34,6 +39,14 @@ const VERSION_FLOOR_KEY: &[u8] = b"version_floor";
 /// The writer thread's nice value: it gets roughly a tenth of a contended
 /// CPU against request threads at nice 0, and all of an idle one.
 pub const WRITER_NICE: i32 = 10;
+
+/// Reader threads when the configuration does not say: two keep a load
+/// from waiting behind one slow scan without letting loads take every core
+/// of a small machine.
+pub const DEFAULT_READER_THREADS: usize = 2;
+
+/// The name fjall gives its flush and compaction threads.
+const FJALL_WORKER_THREAD: &str = "fjall:worker";
 
 /// Batches queued for the writer thread; the flusher bounds how many are in
 /// flight, so this only absorbs bursts.
@@ -53,6 +66,7 @@ struct WriteJob {
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
     writer: std::sync::mpsc::SyncSender<WriteJob>,
+    readers: Arc<Readers>,
 }
 
 struct Inner {
@@ -64,8 +78,15 @@ struct Inner {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database under `data_dir`.
+    /// Opens (or creates) the database under `data_dir`, with the default
+    /// number of reader threads.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_readers(data_dir, DEFAULT_READER_THREADS)
+    }
+
+    /// Opens (or creates) the database under `data_dir`, loading users on
+    /// `reader_threads` threads.
+    pub fn open_with_readers(data_dir: &Path, reader_threads: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|error| {
             StoreError::Unavailable(format!("cannot create {}: {error}", data_dir.display()))
         })?;
@@ -76,6 +97,7 @@ impl EmbeddedStore {
         let meta = db
             .keyspace(META_KEYSPACE, KeyspaceCreateOptions::default)
             .map_err(fjall_error)?;
+        lower_threads_priority(FJALL_WORKER_THREAD, WRITER_NICE);
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
@@ -84,6 +106,7 @@ impl EmbeddedStore {
                 write_lock: Mutex::new(()),
             }),
             writer: spawn_writer()?,
+            readers: Arc::new(Readers::start(reader_threads)?),
         })
     }
 
@@ -107,8 +130,9 @@ impl Store for EmbeddedStore {
         "embedded"
     }
 
-    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, UserRows> {
-        self.blocking(move |inner| inner.load_user(user_id))
+    fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(self.readers.run(priority, move || inner.load_user(user_id)))
     }
 
     fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
@@ -237,11 +261,36 @@ fn spawn_writer() -> Result<std::sync::mpsc::SyncSender<WriteJob>, StoreError> {
 /// Lowers the calling thread's scheduling priority (Linux nice values are
 /// per thread). Failure only costs latency, so it is logged, not fatal.
 fn lower_priority(nice: i32) {
-    // SAFETY: setpriority has no memory-safety preconditions; `who = 0`
-    // names the calling thread.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    set_thread_nice(0, nice);
+}
+
+/// Lowers the scheduling priority of this process's threads named `name`
+/// (the threads a library starts for itself, which take no priority
+/// setting), by listing `/proc/self/task`.
+fn lower_threads_priority(name: &str, nice: i32) {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        if let Some(tid) = task.file_name().to_str().and_then(|tid| tid.parse().ok()) {
+            set_thread_nice(tid, nice);
+        }
+    }
+}
+
+/// Sets the nice value of thread `tid` (0: the calling thread).
+fn set_thread_nice(tid: libc::id_t, nice: i32) {
+    // SAFETY: setpriority has no memory-safety preconditions; with
+    // PRIO_PROCESS, `who` names one thread (0: the calling one).
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
     if result != 0 {
-        tracing::debug!(nice, "could not lower the store writer's priority");
+        tracing::debug!(tid, nice, "could not lower a store thread's priority");
     }
 }
 
@@ -297,7 +346,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            store.load_user(user).await.unwrap().states,
+            store
+                .load_user(user, LoadPriority::Urgent)
+                .await
+                .unwrap()
+                .states,
             vec![state(1, 50, 10)]
         );
 
@@ -310,7 +363,12 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            store.load_user(user).await.unwrap().states.is_empty(),
+            store
+                .load_user(user, LoadPriority::Urgent)
+                .await
+                .unwrap()
+                .states
+                .is_empty(),
             "delete wins over older write"
         );
 
@@ -319,7 +377,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            store.load_user(user).await.unwrap().states,
+            store
+                .load_user(user, LoadPriority::Urgent)
+                .await
+                .unwrap()
+                .states,
             vec![state(1, 70, 12)]
         );
     }
@@ -342,7 +404,7 @@ mod tests {
         }
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let user2 = store
-            .load_user(UserId::new(2).unwrap())
+            .load_user(UserId::new(2).unwrap(), LoadPriority::Urgent)
             .await
             .unwrap()
             .states;
@@ -360,10 +422,33 @@ mod tests {
         ];
         store.write_batch(Arc::from(rows)).await.unwrap();
         let loaded = store
-            .load_user(UserId::new(1).unwrap())
+            .load_user(UserId::new(1).unwrap(), LoadPriority::Urgent)
             .await
             .unwrap()
             .states;
         assert_eq!(loaded, vec![state(1, 9, 3)]);
+    }
+
+    #[test]
+    fn fjall_workers_run_at_the_writer_nice_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = EmbeddedStore::open(dir.path()).unwrap();
+        // Other tests open stores too, so this counts the workers already
+        // lowered rather than asserting on every one of them.
+        let mut lowered = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != FJALL_WORKER_THREAD {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue; // the thread ended meanwhile
+            };
+            // The fields after "(comm) " start at the third; nice is the 19th.
+            let fields = &stat[stat.rfind(')').unwrap() + 2..];
+            let nice: i32 = fields.split(' ').nth(16).unwrap().parse().unwrap();
+            lowered += usize::from(nice == WRITER_NICE);
+        }
+        assert!(lowered > 0, "no fjall worker runs at nice {WRITER_NICE}");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{RowWrite, Store, StoreError, StoreFuture, UserRows};
+use super::{LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows};
 use crate::ids::UserId;
 use crate::metrics::{Metrics, StoreOperation};
 
@@ -52,8 +52,11 @@ impl Store for MeteredStore {
         self.inner.backend()
     }
 
-    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, UserRows> {
-        self.measure(StoreOperation::LoadUser, self.inner.load_user(user_id))
+    fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows> {
+        self.measure(
+            StoreOperation::LoadUser,
+            self.inner.load_user(user_id, priority),
+        )
     }
 
     fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {

@@ -12,7 +12,7 @@ mod migrate;
 mod row;
 mod scylla;
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{DEFAULT_READER_THREADS, EmbeddedStore};
 pub use metered::MeteredStore;
 pub use migrate::{MigrateError, MigrationReport};
 pub use row::{RowDecodeError, decode_row, encode_row};
@@ -64,13 +64,22 @@ pub(crate) fn newest_per_key(rows: &[RowWrite]) -> Vec<&RowWrite> {
     rows
 }
 
+/// How soon a load is needed, for stores that queue loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadPriority {
+    /// A request waits for this user alone (an ack, a read, a connect).
+    Urgent,
+    /// One of many cold users of a mention fan-out: served after urgent loads.
+    Background,
+}
+
 /// The durable home of read states.
 pub trait Store: Send + Sync + 'static {
     /// Returns the backend's name, for logs and metrics.
     fn backend(&self) -> &'static str;
 
     /// Returns every live state of one user and the user's version.
-    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, UserRows>;
+    fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows>;
 
     /// Writes a batch of rows; a row older than the stored one is skipped.
     /// On error nothing is known about which rows landed: the caller retries

@@ -41,7 +41,7 @@ use tokio::sync::Semaphore;
 
 use self::cql::{StatementTexts, StoredRow, UserBatch, WriteValues};
 use super::migrate::{self, MigrateError, MigrationReport};
-use super::{RowWrite, Store, StoreError, StoreFuture, UserRows};
+use super::{LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows};
 use crate::config::{Consistency, ScyllaConfig};
 use crate::ids::UserId;
 
@@ -203,7 +203,9 @@ impl Store for ScyllaStore {
         "scylla"
     }
 
-    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, UserRows> {
+    /// Loads are concurrent requests to the cluster (bounded by
+    /// `scylla.max_in_flight`), so there is no queue to order by priority.
+    fn load_user(&self, user_id: UserId, _priority: LoadPriority) -> StoreFuture<'_, UserRows> {
         Box::pin(self.load(user_id))
     }
 

@@ -14,7 +14,9 @@ use readstates::config::Config;
 use readstates::ids::UserId;
 use readstates::read_state::ReadState;
 use readstates::server::{self, Running};
-use readstates::store::{EmbeddedStore, RowWrite, Store, StoreError, StoreFuture, UserRows};
+use readstates::store::{
+    EmbeddedStore, LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows,
+};
 use tonic::transport::Channel;
 
 pub type Client = ReadStatesClient<Channel>;
@@ -78,7 +80,7 @@ impl Store for InstrumentedStore {
         "instrumented-embedded"
     }
 
-    fn load_user(&self, user_id: UserId) -> StoreFuture<'_, UserRows> {
+    fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows> {
         Box::pin(async move {
             self.check()?;
             self.loads.fetch_add(1, Ordering::SeqCst);
@@ -86,7 +88,7 @@ impl Store for InstrumentedStore {
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            self.inner.load_user(user_id).await
+            self.inner.load_user(user_id, priority).await
         })
     }
 
@@ -160,7 +162,7 @@ pub async fn connect(addr: std::net::SocketAddr) -> Client {
 /// Reads every live row of a user straight from the store.
 pub async fn stored(store: &dyn Store, user: u64) -> Vec<ReadState> {
     store
-        .load_user(UserId::new(user).unwrap())
+        .load_user(UserId::new(user).unwrap(), LoadPriority::Urgent)
         .await
         .unwrap()
         .states

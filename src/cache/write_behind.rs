@@ -1,0 +1,301 @@
+//! The cache's side of write-behind: the flush timer buckets, the queue of
+//! evicted dirty users, the snapshots the flusher writes, and the clearing
+//! of dirty marks once a write has landed.
+//!
+//! Every method takes one partition's lock briefly: a due bucket is
+//! snapshotted a few users per lock hold, and the flusher takes one
+//! partition per call so that it can yield to requests between them. An
+//! evicted user is queued once when it leaves the LRU, so a flush round
+//! costs the users it writes, never a walk over every user still waiting
+//! for an earlier eviction write.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Cache, Partition};
+use crate::ids::{ChannelId, UserId};
+use crate::store::RowWrite;
+
+/// Users snapshotted per hold of a partition's lock.
+const USERS_PER_LOCK: usize = 64;
+
+/// What a flush snapshot of one user holds.
+pub struct FlushJob {
+    pub rows: Vec<RowWrite>,
+}
+
+impl Cache {
+    /// Puts the user in the timer bucket due one flush delay from now,
+    /// unless it already waits in one.
+    pub(super) fn schedule(&self, partition: &mut Partition, user_id: UserId) {
+        let Some(entry) = partition.lru.peek_mut(&user_id) else {
+            return;
+        };
+        if entry.scheduled {
+            return;
+        }
+        entry.scheduled = true;
+        partition.scheduled += 1;
+        let delay = Duration::from_millis(self.flush_delay_ms.load(Ordering::Relaxed));
+        let due = self.tick_at(Instant::now() + delay);
+        match partition.schedule.back_mut() {
+            Some((tick, users)) if *tick == due => users.push(user_id),
+            _ => partition.schedule.push_back((due, vec![user_id])),
+        }
+    }
+
+    /// Returns the timer tick an instant falls in (rounded down, so a state
+    /// is never flushed later than its delay).
+    pub(super) fn tick_at(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch);
+        u64::try_from(since.as_millis() / self.flush_tick.as_millis().max(1)).unwrap_or(u64::MAX)
+    }
+
+    /// Waits until a dirty user was evicted (a wake-up may be spurious).
+    pub async fn evictions(&self) {
+        self.evicted.notified().await;
+    }
+
+    /// Takes the flush jobs of every partition; see
+    /// [`Cache::take_partition_flush_jobs`].
+    pub fn take_flush_jobs(&self, all: bool, jobs: &mut Vec<FlushJob>) {
+        for index in 0..self.partitions.len() {
+            self.take_partition_flush_jobs(index, all, jobs);
+        }
+    }
+
+    /// Takes the flush jobs of one partition that are due: users whose
+    /// timer bucket has come, and evicted users not yet being written. With
+    /// `all`, every dirty user is taken (shutdown), even one whose write is
+    /// in flight.
+    pub fn take_partition_flush_jobs(&self, index: usize, all: bool, jobs: &mut Vec<FlushJob>) {
+        let Some(partition) = self.partitions.get(index) else {
+            return;
+        };
+        let now_tick = self.tick_at(Instant::now());
+        let due_users = {
+            let mut partition = partition.lock();
+            let mut due_users = Vec::new();
+            if all {
+                partition.schedule.clear();
+                due_users.extend(
+                    partition
+                        .lru
+                        .iter()
+                        .filter(|(_, entry)| entry.dirty_count() > 0)
+                        .map(|(user_id, _)| *user_id),
+                );
+            }
+            while let Some((tick, _)) = partition.schedule.front() {
+                if *tick > now_tick {
+                    break;
+                }
+                if let Some((_, users)) = partition.schedule.pop_front() {
+                    due_users.extend(users);
+                }
+            }
+            due_users
+        };
+        for chunk in due_users.chunks(USERS_PER_LOCK) {
+            let mut guard = partition.lock();
+            let partition = &mut *guard;
+            for &user_id in chunk {
+                let Some(entry) = partition.lru.peek_mut(&user_id) else {
+                    continue; // evicted since: its eviction write covers it
+                };
+                if entry.scheduled {
+                    entry.scheduled = false;
+                    partition.scheduled -= 1;
+                }
+                let mut rows = Vec::new();
+                entry.dirty_rows(user_id, &mut rows);
+                if !rows.is_empty() {
+                    jobs.push(FlushJob { rows });
+                }
+            }
+        }
+        let mut guard = partition.lock();
+        let partition = &mut *guard;
+        if all {
+            partition.evicted.clear();
+            for (user_id, entry) in partition.evicting.iter_mut() {
+                entry.writing = true;
+                let mut rows = Vec::new();
+                entry.dirty_rows(*user_id, &mut rows);
+                jobs.push(FlushJob { rows });
+            }
+            return;
+        }
+        for user_id in partition.evicted.drain(..) {
+            // Taken back by a request since, or already queued twice.
+            let Some(entry) = partition.evicting.get_mut(&user_id) else {
+                continue;
+            };
+            if entry.writing {
+                continue;
+            }
+            entry.writing = true;
+            let mut rows = Vec::new();
+            entry.dirty_rows(user_id, &mut rows);
+            jobs.push(FlushJob { rows });
+        }
+    }
+
+    /// Records that `rows` reached the store: clears the dirty marks of the
+    /// states that did not change since, and frees evicted users that are
+    /// now clean.
+    pub fn mark_written(&self, rows: &[RowWrite]) {
+        let mut cleared = 0;
+        for row in rows {
+            let mut partition = self.partition(row.user_id).lock();
+            let partition = &mut *partition;
+            let channel_id: ChannelId = row.state.channel_id;
+            if let Some(entry) = partition.lru.peek_mut(&row.user_id) {
+                let weight_before = entry.weight();
+                let was_cleared = entry.mark_written(channel_id, row.state.version);
+                cleared += usize::from(was_cleared);
+                partition.weight -= weight_before - entry.weight();
+            } else if let Some(entry) = partition.evicting.get_mut(&row.user_id) {
+                let was_cleared = entry.mark_written(channel_id, row.state.version);
+                cleared += usize::from(was_cleared);
+                if entry.dirty_count() == 0 {
+                    partition.evicting.remove(&row.user_id);
+                }
+            }
+        }
+        if cleared > 0 {
+            self.dirty.fetch_sub(cleared, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{channel, settings, user};
+    use super::*;
+    use crate::cache::UserTxn;
+    use crate::ids::MessageId;
+    use crate::store::EmbeddedStore;
+
+    fn due_rows(cache: &Cache) -> Vec<RowWrite> {
+        let mut jobs = Vec::new();
+        cache.take_flush_jobs(false, &mut jobs);
+        jobs.into_iter().flat_map(|job| job.rows).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_inside_the_delay_coalesce_into_one_due_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let cache = Cache::new(&settings(100), 0);
+        for message in 1..=100 {
+            let message = MessageId::new(message).unwrap();
+            cache
+                .write(&store, user(1), |txn| txn.ack(channel(1), message))
+                .await
+                .unwrap();
+        }
+        assert_eq!(cache.dirty_states(), 1);
+        assert!(
+            due_rows(&cache).is_empty(),
+            "nothing is due before the delay"
+        );
+
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let rows = due_rows(&cache);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].state.last_message_id.get(), 100);
+
+        cache.mark_written(&rows);
+        assert_eq!(cache.dirty_states(), 0);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(
+            due_rows(&cache).is_empty(),
+            "a written state is not flushed again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_during_the_write_stays_dirty_and_is_rescheduled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let cache = Cache::new(&settings(100), 0);
+        let ack =
+            |id| move |txn: &mut UserTxn<'_>| txn.ack(channel(1), MessageId::new(id).unwrap());
+        cache.write(&store, user(1), ack(1)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let in_flight = due_rows(&cache);
+        assert_eq!(in_flight.len(), 1);
+
+        cache.write(&store, user(1), ack(2)).await.unwrap();
+        cache.mark_written(&in_flight);
+        assert_eq!(cache.dirty_states(), 1, "the newer change is still dirty");
+
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let rows = due_rows(&cache);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].state.last_message_id.get(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dirty_users_evicted_are_written_at_once_and_readable_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let cache = Cache::new(&settings(2), 0);
+        for id in 1..=3 {
+            cache
+                .write(&store, user(id), |txn| {
+                    txn.ack(channel(1), MessageId::new(9).unwrap())
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(cache.resident(), (2, 2));
+        // User 1 was evicted dirty: its write is due now, not in 30 s.
+        let rows = due_rows(&cache);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].user_id, user(1));
+        assert_eq!(
+            cache.dirty_states(),
+            3,
+            "evicted states stay dirty until written"
+        );
+
+        // Before the write lands, a read takes the newest state back.
+        let view = cache
+            .try_write(user(1), |txn| txn.view(channel(1)))
+            .unwrap();
+        assert_eq!(view.ok().map(|view| view.last_message_id.get()), Some(9));
+        cache.mark_written(&rows);
+        assert_eq!(cache.dirty_states(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_eviction_write_in_flight_is_not_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let cache = Cache::new(&settings(1), 0);
+        for id in 1..=2 {
+            cache
+                .write(&store, user(id), |txn| {
+                    txn.ack(channel(1), MessageId::new(9).unwrap())
+                })
+                .await
+                .unwrap();
+        }
+        let in_flight = due_rows(&cache);
+        assert_eq!(in_flight.len(), 1);
+        assert!(
+            due_rows(&cache).is_empty(),
+            "the next round does not write it again"
+        );
+        // On shutdown everything dirty is taken, in flight or not.
+        let mut jobs = Vec::new();
+        cache.take_flush_jobs(true, &mut jobs);
+        let users: Vec<_> = jobs.iter().map(|job| job.rows[0].user_id).collect();
+        assert_eq!(users.len(), 2);
+        assert!(users.contains(&user(1)) && users.contains(&user(2)));
+    }
+}

@@ -60,6 +60,12 @@ pub struct StoreConfig {
     /// them queue (a request's own load before a fan-out's), so a burst of
     /// cold users cannot crowd the request workers off the CPU.
     pub reader_threads: usize,
+    /// For benchmarks only: delays every load and batch write by a
+    /// log-normal latency of this median (0, the default: no delay), to
+    /// model a cluster store's round trips on one machine.
+    pub injected_latency_median_ms: u64,
+    /// ...and this p99.
+    pub injected_latency_p99_ms: u64,
 }
 
 /// The store backends.
@@ -160,12 +166,26 @@ impl Default for ServerConfig {
     }
 }
 
+impl StoreConfig {
+    /// Returns the injected store latency's median and p99, if configured.
+    pub fn injected_latency(&self) -> Option<(Duration, Duration)> {
+        (self.injected_latency_median_ms > 0).then(|| {
+            (
+                Duration::from_millis(self.injected_latency_median_ms),
+                Duration::from_millis(self.injected_latency_p99_ms),
+            )
+        })
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             backend: StoreBackend::Embedded,
             data_dir: PathBuf::from("data"),
             reader_threads: crate::store::DEFAULT_READER_THREADS,
+            injected_latency_median_ms: 0,
+            injected_latency_p99_ms: 0,
         }
     }
 }
@@ -629,7 +649,13 @@ impl Config {
 
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str, &'static str); 15] = [
+        let checks: [(bool, &'static str, &'static str); 16] = [
+            (
+                self.store.injected_latency_median_ms > 0
+                    && self.store.injected_latency_p99_ms < self.store.injected_latency_median_ms,
+                "store.injected_latency_p99_ms",
+                "must be at least store.injected_latency_median_ms",
+            ),
             (
                 self.store.reader_threads == 0 || self.store.reader_threads > 256,
                 "store.reader_threads",
@@ -797,6 +823,16 @@ mod tests {
         let error =
             Config::from_toml_and_env("[store]\nbackend = \"mysql\"\n", env(&[])).unwrap_err();
         assert!(error.to_string().contains("mysql"), "{error}");
+        for (text, field) in [
+            ("[store]\nreader_threads = 0\n", "store.reader_threads"),
+            (
+                "[store]\ninjected_latency_median_ms = 5\ninjected_latency_p99_ms = 1\n",
+                "store.injected_latency_p99_ms",
+            ),
+        ] {
+            let error = Config::from_toml_and_env(text, env(&[])).unwrap_err();
+            assert!(error.to_string().contains(field), "{error}");
+        }
     }
 
     #[test]

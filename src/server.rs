@@ -21,7 +21,7 @@ use crate::clock::{VERSION_LEASE_MICROS, unix_micros};
 use crate::config::{Config, StoreBackend};
 use crate::flush::{FlushSettings, Flusher};
 use crate::metrics::{Metrics, serve_metrics};
-use crate::store::{EmbeddedStore, MeteredStore, ScyllaStore, Store};
+use crate::store::{DelayedStore, EmbeddedStore, MeteredStore, ScyllaStore, Store};
 
 type ReadStatesServer = proto::read_states_server::ReadStatesServer<ReadStatesService>;
 
@@ -174,6 +174,18 @@ impl Running {
 /// Starts serving `config` over `store`.
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
     let metrics = Metrics::new(store.backend());
+    let store: Arc<dyn Store> = match config.store.injected_latency() {
+        Some((median, p99)) => {
+            tracing::warn!(
+                median_ms = median.as_millis() as u64,
+                p99_ms = p99.as_millis() as u64,
+                "store latency injected (a benchmark setting)"
+            );
+            Arc::new(DelayedStore::new(store, median, p99))
+        }
+        None => store,
+    };
+    // Metered outermost: the store metrics include any injected latency.
     let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
     let floor = store
         .load_version_floor()

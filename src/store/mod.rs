@@ -6,12 +6,14 @@
 //! one: flushes of one state may race (a timed flush and an eviction write),
 //! and with a shared cluster, several instances may write one user.
 
+mod delayed;
 mod embedded;
 mod metered;
 mod migrate;
 mod row;
 mod scylla;
 
+pub use delayed::DelayedStore;
 pub use embedded::{DEFAULT_READER_THREADS, EmbeddedStore};
 pub use metered::MeteredStore;
 pub use migrate::{MigrateError, MigrationReport};

@@ -14,7 +14,7 @@ use crate::cache::{Cache, CacheError, StateView, UserTxn};
 use crate::config::LimitsConfig;
 use crate::ids::{ChannelId, IdError, MessageId, UserId};
 use crate::metrics::{Method, Metrics};
-use crate::store::Store;
+use crate::store::{LoadPriority, Store};
 
 /// The generated protobuf and gRPC code of `readstates.v1`.
 pub mod proto {
@@ -173,7 +173,10 @@ impl ReadStatesService {
                 };
                 let store = self.store.as_ref();
                 loads.push(async move {
-                    let view = self.cache.write_in_fan_out(store, user_id, change).await?;
+                    let view = self
+                        .cache
+                        .write_with_priority(store, user_id, LoadPriority::Background, change)
+                        .await?;
                     Ok::<_, ApiError>(to_proto(user_id, view))
                 });
             }

@@ -207,22 +207,22 @@ impl Cache {
         user_id: UserId,
         change: impl FnOnce(&mut UserTxn<'_>) -> R,
     ) -> Result<R, CacheError> {
-        self.check_backlog()?;
-        self.access(store, user_id, LoadPriority::Urgent, change)
+        self.write_with_priority(store, user_id, LoadPriority::Urgent, change)
             .await
     }
 
-    /// Like [`Cache::write`], for one cold user of a fan-out: its load
-    /// waits behind the loads that single requests wait for.
-    pub async fn write_in_fan_out<R>(
+    /// Like [`Cache::write`], with the priority of the user's load if it is
+    /// not cached: a fan-out's cold users load in the background, behind
+    /// the loads that single requests wait for.
+    pub async fn write_with_priority<R>(
         &self,
         store: &dyn Store,
         user_id: UserId,
+        priority: LoadPriority,
         change: impl FnOnce(&mut UserTxn<'_>) -> R,
     ) -> Result<R, CacheError> {
         self.check_backlog()?;
-        self.access(store, user_id, LoadPriority::Background, change)
-            .await
+        self.access(store, user_id, priority, change).await
     }
 
     /// Runs `read` on the user's states, loading them first if needed.
@@ -668,7 +668,7 @@ mod tests {
         // A fan-out to 1,000 cold users, each loaded and changed once.
         for id in 1_000..2_000 {
             cache
-                .write_in_fan_out(&store, user(id), |txn| {
+                .write_with_priority(&store, user(id), LoadPriority::Background, |txn| {
                     txn.add_mention(channel(1), MessageId::new(9).unwrap())
                 })
                 .await
@@ -695,7 +695,7 @@ mod tests {
         // Room for two users: every load evicts another freshly loaded one.
         let cache = Cache::new(&settings(2), 0);
         let writes = (1..=300).map(|id| {
-            cache.write_in_fan_out(&store, user(id), |txn| {
+            cache.write_with_priority(&store, user(id), LoadPriority::Background, |txn| {
                 txn.add_mention(channel(1), MessageId::new(9).unwrap())
             })
         });

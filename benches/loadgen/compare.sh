@@ -192,6 +192,9 @@ open=(--rate "$RATE" --mix realistic)
 rs=(--target grpc --addr "127.0.0.1:$RS_PORT")
 redis=(--target redis --redis-url "redis://127.0.0.1:$REDIS_PORT")
 run closed-noop "$NOOP_PID" "$DURATION" --target grpc --addr "127.0.0.1:$NOOP_PORT" "${closed[@]}"
+# The open loop against the no-op server is the floor of this machine, the
+# framework and the generator: a spike it shows is not readstates' own.
+run open-noop "$NOOP_PID" "$OPEN_DURATION" --target grpc --addr "127.0.0.1:$NOOP_PORT" "${open[@]}"
 if [ "${SKIP_COLD:-0}" != 1 ]; then
     run closed-readstates "$RS_PID" "$DURATION" "${rs[@]}" "${closed[@]}"
     run open-readstates "$RS_PID" "$OPEN_DURATION" "${rs[@]}" "${open[@]}"
@@ -255,7 +258,7 @@ ms() { awk -v us="$1" 'BEGIN { if (us == "-" || us == "") print "-"; else printf
     echo
     echo "open loop, realistic mix, offered $RATE req/s (latency from intended start):"
     printf '  %-11s %8s %8s %8s %8s %8s %7s %9s %9s %12s %7s\n' target "req/s" "p50 ms" "p99 ms" "p99.9 ms" "max ms" errors "gen cpu%" "gen busy%" "server cpu%" "other%"
-    for t in readstates redis; do
+    for t in noop readstates redis; do
         [ -f "$OUT/open-$t.txt" ] || continue
         printf '  %-11s %8s %8s %8s %8s %8s %7s %9s %9s %12s %7s\n' "$t" \
             "$(field open-$t achieved)" "$(ms "$(field open-$t p50_us)")" "$(ms "$(field open-$t p99_us)")" \
@@ -264,7 +267,7 @@ ms() { awk -v us="$1" 'BEGIN { if (us == "-" || us == "") print "-"; else printf
             "$(field open-$t other_cpu_pct)"
     done
     echo "  (gen busy% = generator CPU minus its idle spin-wait; dispatch lag p99 us:" \
-         "readstates $(field open-readstates lag_p99_us), redis $(field open-redis lag_p99_us))"
+         "noop $(field open-noop lag_p99_us), readstates $(field open-readstates lag_p99_us), redis $(field open-redis lag_p99_us))"
     if [ -s "$OUT/open-readstates.metrics.txt" ]; then
         echo
         echo "readstates metrics after the open-loop run:"
@@ -305,7 +308,7 @@ series() {
     done
     return 0
 }
-mapfile -t open_series < <(series open-readstates open-redis)
+mapfile -t open_series < <(series open-noop open-readstates open-redis)
 if [ "${#open_series[@]}" -gt 0 ]; then
     # readstates writes back the run's first changes 30 s (flush.delay_ms)
     # after they were made, the warm-up included.

@@ -79,6 +79,7 @@ async fn every_metric_family_shows_after_traffic() {
     assert!(value(r#"readstates_cache_evictions_total{dirty="true"}"#) > 0.0);
     assert!(value("readstates_cache_read_states") <= 16.0);
     assert!(value("readstates_cache_users") > 0.0);
+    assert!(value("readstates_cache_protected_users") <= value("readstates_cache_users"));
     assert_eq!(value("readstates_cache_capacity_read_states"), 16.0);
     assert!(
         value("readstates_cache_partition_read_states_max")
@@ -223,6 +224,35 @@ async fn shrinking_the_cache_live_evicts_writes_and_loses_nothing() {
     assert_eq!(
         server.running.reconfigure(&restart_only),
         vec!["cache.partitions"]
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn injected_store_latency_delays_every_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // Median equal to p99: every load is delayed by exactly 40 ms.
+    config.store.injected_latency_median_ms = 40;
+    config.store.injected_latency_p99_ms = 40;
+    let store = InstrumentedStore::open(dir.path());
+    let mut server = TestServer::start(&config, store).await;
+    let metrics_addr = server.running.metrics_addr.unwrap();
+    for user in 1..=5 {
+        server.client.ack(ack_request(user, 1, 10)).await.unwrap();
+    }
+    let text = http_get(metrics_addr, "/metrics").await.1;
+    let load = |part: &str| {
+        let series = format!(
+            r#"readstates_store_operation_duration_seconds_{part}{{operation="load_user",backend="instrumented-embedded"}}"#
+        );
+        sample(&text, &series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert_eq!(load("count"), 5.0);
+    assert!(
+        load("sum") >= 5.0 * 0.040,
+        "five loads took {} s in all",
+        load("sum")
     );
     server.shutdown().await;
 }

@@ -300,7 +300,7 @@ impl Cache {
                 // heavy churn; then this request leads the next load.
                 Miss::Wait(mut receiver) => {
                     let _ = receiver.changed().await;
-                    the_use = Use::AfterWait;
+                    the_use = Use::Uncounted;
                 }
             }
         }
@@ -380,7 +380,7 @@ impl Cache {
             self.evict_over_capacity(partition, Some(user_id));
         }
         let entry = match the_use {
-            Use::Request | Use::Uncounted | Use::AfterWait => partition.lru.get_mut(&user_id),
+            Use::Request | Use::Uncounted => partition.lru.get_mut(&user_id),
             Use::AfterLoad => partition.lru.peek_mut(&user_id),
         };
         let Some(entry) = entry else {
@@ -549,11 +549,10 @@ enum Use {
     /// A request's first look: a hit if cached, and a use that promotes
     /// the user in the segmented LRU.
     Request,
-    /// A use that promotes but is not counted (a fan-out's cached users).
+    /// A use that promotes but is not counted: a fan-out's cached users,
+    /// and a request's look after waiting for another request's load of
+    /// the same user (a second use; its miss is already counted).
     Uncounted,
-    /// A request's look after waiting for another request's load of the
-    /// same user: a second use, which promotes (its miss is counted).
-    AfterWait,
     /// The use that a load was for: the load itself placed the user, so
     /// this neither counts nor promotes (a user seen once stays on
     /// probation).

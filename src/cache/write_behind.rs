@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Cache, Partition};
+use super::{Cache, Partition, UserEntry};
 use crate::ids::{ChannelId, UserId};
 use crate::store::RowWrite;
 
@@ -24,6 +24,15 @@ const USERS_PER_LOCK: usize = 64;
 /// What a flush snapshot of one user holds.
 pub struct FlushJob {
     pub rows: Vec<RowWrite>,
+}
+
+impl FlushJob {
+    /// Snapshots the dirty rows of one user.
+    fn of(user_id: UserId, entry: &UserEntry) -> Self {
+        let mut rows = Vec::new();
+        entry.dirty_rows(user_id, &mut rows);
+        Self { rows }
+    }
 }
 
 impl Cache {
@@ -109,10 +118,9 @@ impl Cache {
                     entry.scheduled = false;
                     partition.scheduled -= 1;
                 }
-                let mut rows = Vec::new();
-                entry.dirty_rows(user_id, &mut rows);
-                if !rows.is_empty() {
-                    jobs.push(FlushJob { rows });
+                let job = FlushJob::of(user_id, entry);
+                if !job.rows.is_empty() {
+                    jobs.push(job);
                 }
             }
         }
@@ -122,9 +130,7 @@ impl Cache {
             partition.evicted.clear();
             for (user_id, entry) in partition.evicting.iter_mut() {
                 entry.writing = true;
-                let mut rows = Vec::new();
-                entry.dirty_rows(*user_id, &mut rows);
-                jobs.push(FlushJob { rows });
+                jobs.push(FlushJob::of(*user_id, entry));
             }
             return;
         }
@@ -137,9 +143,7 @@ impl Cache {
                 continue;
             }
             entry.writing = true;
-            let mut rows = Vec::new();
-            entry.dirty_rows(user_id, &mut rows);
-            jobs.push(FlushJob { rows });
+            jobs.push(FlushJob::of(user_id, entry));
         }
     }
 

@@ -66,6 +66,9 @@ pub struct StoreConfig {
     /// them queue (a request's own load before a fan-out's), so a burst of
     /// cold users cannot crowd the request workers off the CPU.
     pub reader_threads: usize,
+    /// The embedded database's own page cache, in MiB (beside the OS page
+    /// cache, which holds the file too).
+    pub cache_mib: usize,
     /// For benchmarks only: delays every load and batch write by a
     /// log-normal latency of this median (0, the default: no delay), to
     /// model a cluster store's round trips on one machine.
@@ -190,6 +193,7 @@ impl Default for StoreConfig {
             backend: StoreBackend::Embedded,
             data_dir: PathBuf::from("data"),
             reader_threads: crate::store::DEFAULT_READER_THREADS,
+            cache_mib: crate::store::DEFAULT_CACHE_MIB,
             injected_latency_median_ms: 0,
             injected_latency_p99_ms: 0,
         }
@@ -328,7 +332,7 @@ impl Config {
 
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str, &'static str); 16] = [
+        let checks: [(bool, &'static str, &'static str); 17] = [
             (
                 self.store.injected_latency_median_ms > 0
                     && self.store.injected_latency_p99_ms < self.store.injected_latency_median_ms,
@@ -339,6 +343,11 @@ impl Config {
                 self.store.reader_threads == 0 || self.store.reader_threads > 256,
                 "store.reader_threads",
                 "must be between 1 and 256",
+            ),
+            (
+                self.store.cache_mib == 0 || self.store.cache_mib > 1 << 20,
+                "store.cache_mib",
+                "must be between 1 and 1048576",
             ),
             (
                 self.server.drain_timeout_ms >= self.server.shutdown_timeout_ms,
@@ -504,6 +513,7 @@ mod tests {
         assert!(error.to_string().contains("mysql"), "{error}");
         for (text, field) in [
             ("[store]\nreader_threads = 0\n", "store.reader_threads"),
+            ("[store]\ncache_mib = 0\n", "store.cache_mib"),
             (
                 "[store]\ninjected_latency_median_ms = 5\ninjected_latency_p99_ms = 1\n",
                 "store.injected_latency_p99_ms",

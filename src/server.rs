@@ -21,7 +21,9 @@ use crate::clock::{VERSION_LEASE_MICROS, unix_micros};
 use crate::config::{Config, StoreBackend};
 use crate::flush::{FlushSettings, Flusher};
 use crate::metrics::{Metrics, serve_metrics};
-use crate::store::{DelayedStore, EmbeddedStore, MeteredStore, ScyllaStore, Store};
+use crate::store::{
+    DelayedStore, EmbeddedOptions, EmbeddedStore, MeteredStore, ScyllaStore, Store,
+};
 
 type ReadStatesServer = proto::read_states_server::ReadStatesServer<ReadStatesService>;
 
@@ -29,10 +31,11 @@ type ReadStatesServer = proto::read_states_server::ReadStatesServer<ReadStatesSe
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.store.backend {
         StoreBackend::Embedded => {
-            let store = EmbeddedStore::open_with_readers(
-                &config.store.data_dir,
-                config.store.reader_threads,
-            )
+            let store = EmbeddedStore::open_with(&EmbeddedOptions {
+                data_dir: config.store.data_dir.clone(),
+                reader_threads: config.store.reader_threads,
+                cache_mib: config.store.cache_mib,
+            })
             .with_context(|| {
                 format!(
                     "opening the embedded store in {}",

@@ -14,7 +14,7 @@ mod row;
 mod scylla;
 
 pub use delayed::DelayedStore;
-pub use embedded::{DEFAULT_READER_THREADS, EmbeddedStore};
+pub use embedded::{DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS, EmbeddedOptions, EmbeddedStore};
 pub use metered::MeteredStore;
 pub use migrate::{MigrateError, MigrationReport};
 pub use row::{RowDecodeError, decode_row, encode_row};

@@ -4,7 +4,7 @@
 //!
 //! Why not Tokio's blocking pool: it grows a thread per concurrent load, and
 //! a burst of cold loads (a fan-out to hundreds of uncached users) then puts
-//! dozens of CPU-bound LSM scans on the run queue beside the request
+//! dozens of CPU-bound range reads on the run queue beside the request
 //! workers, so every cached request waits its turn behind them. A fixed pool
 //! bounds the CPU that loads can take at once, and the priority order keeps
 //! a connecting user from queueing behind a fan-out's loads. The queue is

@@ -1,0 +1,271 @@
+//! Tests of the embedded store.
+
+use super::*;
+use crate::ids::MessageId;
+use crate::read_state::ReadState;
+
+fn state(channel: u64, last: u64, version: u64) -> ReadState {
+    ReadState {
+        last_message_id: MessageId::new(last).unwrap(),
+        version,
+        ..ReadState::empty(ChannelId::new(channel).unwrap())
+    }
+}
+
+fn write(user: u64, state: ReadState, deleted: bool) -> RowWrite {
+    RowWrite {
+        user_id: UserId::new(user).unwrap(),
+        state,
+        deleted,
+    }
+}
+
+#[tokio::test]
+async fn stale_writes_never_overwrite_newer_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let user = UserId::new(7).unwrap();
+    store
+        .write_batch(Arc::from(vec![write(7, state(1, 50, 10), false)]))
+        .await
+        .unwrap();
+    store
+        .write_batch(Arc::from(vec![write(7, state(1, 40, 9), false)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .load_user(user, LoadPriority::Urgent)
+            .await
+            .unwrap()
+            .states,
+        vec![state(1, 50, 10)]
+    );
+
+    store
+        .write_batch(Arc::from(vec![write(7, state(1, 0, 11), true)]))
+        .await
+        .unwrap();
+    store
+        .write_batch(Arc::from(vec![write(7, state(1, 60, 10), false)]))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .load_user(user, LoadPriority::Urgent)
+            .await
+            .unwrap()
+            .states
+            .is_empty(),
+        "delete wins over older write"
+    );
+
+    store
+        .write_batch(Arc::from(vec![write(7, state(1, 70, 12), false)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .load_user(user, LoadPriority::Urgent)
+            .await
+            .unwrap()
+            .states,
+        vec![state(1, 70, 12)]
+    );
+}
+
+#[tokio::test]
+async fn users_are_separate_prefixes_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let rows = vec![
+            write(1, state(5, 1, 1), false),
+            write(2, state(3, 2, 1), false),
+            write(2, state(4, 3, 1), false),
+            write(3, state(1, 4, 1), false),
+        ];
+        store.write_batch(Arc::from(rows)).await.unwrap();
+        store.record_version_floor(99).await.unwrap();
+        store.record_version_floor(50).await.unwrap();
+        store.sync().await.unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let user2 = store
+        .load_user(UserId::new(2).unwrap(), LoadPriority::Urgent)
+        .await
+        .unwrap()
+        .states;
+    assert_eq!(user2, vec![state(3, 2, 1), state(4, 3, 1)]);
+    assert_eq!(store.load_version_floor().await.unwrap(), 99);
+}
+
+#[tokio::test]
+async fn the_newest_duplicate_in_a_batch_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let rows = vec![
+        write(1, state(1, 9, 3), false),
+        write(1, state(1, 5, 2), false),
+    ];
+    store.write_batch(Arc::from(rows)).await.unwrap();
+    let loaded = store
+        .load_user(UserId::new(1).unwrap(), LoadPriority::Urgent)
+        .await
+        .unwrap()
+        .states;
+    assert_eq!(loaded, vec![state(1, 9, 3)]);
+}
+
+#[tokio::test]
+async fn a_committed_batch_is_on_disk_without_a_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store
+            .write_batch(Arc::from(vec![write(4, state(2, 8, 5), false)]))
+            .await
+            .unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let loaded = store
+        .load_user(UserId::new(4).unwrap(), LoadPriority::Urgent)
+        .await
+        .unwrap();
+    assert_eq!(loaded.states, vec![state(2, 8, 5)]);
+    assert_eq!(loaded.version, 5);
+}
+
+#[tokio::test]
+async fn concurrent_batches_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let writes = (1..=40u64).map(|user| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let rows = (1..=3).map(|channel| write(user, state(channel, user, user), false));
+            store.write_batch(Arc::from(rows.collect::<Vec<_>>())).await
+        })
+    });
+    for write in writes.collect::<Vec<_>>() {
+        write.await.unwrap().unwrap();
+    }
+    for user in 1..=40u64 {
+        let loaded = store
+            .load_user(UserId::new(user).unwrap(), LoadPriority::Background)
+            .await
+            .unwrap();
+        let expected: Vec<_> = (1..=3).map(|channel| state(channel, user, user)).collect();
+        assert_eq!(loaded.states, expected, "user {user}");
+    }
+}
+
+/// Writes rows the way the earlier LSM store laid them out.
+fn write_lsm_data_dir(dir: &std::path::Path, rows: &[RowWrite], floor: u64) {
+    let db = fjall::Database::builder(dir).open().unwrap();
+    let states = db
+        .keyspace("read_states", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
+    let meta = db
+        .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
+    let mut value = Vec::new();
+    for row in rows {
+        let mut key = row.user_id.get().to_be_bytes().to_vec();
+        key.extend_from_slice(&row.state.channel_id.get().to_be_bytes());
+        encode_row(&row.state, row.deleted, &mut value);
+        states.insert(key, value.as_slice()).unwrap();
+    }
+    meta.insert("version_floor", floor.to_le_bytes()).unwrap();
+    db.persist(fjall::PersistMode::SyncAll).unwrap();
+}
+
+#[tokio::test]
+async fn an_earlier_lsm_data_dir_is_imported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_lsm_data_dir(
+        dir.path(),
+        &[
+            write(9, state(1, 10, 3), false),
+            write(9, state(2, 0, 7), true),
+            write(10, state(1, 20, 4), false),
+        ],
+        1_000,
+    );
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let user9 = store
+        .load_user(UserId::new(9).unwrap(), LoadPriority::Urgent)
+        .await
+        .unwrap();
+    assert_eq!(user9.states, vec![state(1, 10, 3)]);
+    assert_eq!(user9.version, 7, "the tombstone's version is kept");
+    let user10 = store
+        .load_user(UserId::new(10).unwrap(), LoadPriority::Urgent)
+        .await
+        .unwrap();
+    assert_eq!(user10.states, vec![state(1, 20, 4)]);
+    assert_eq!(store.load_version_floor().await.unwrap(), 1_000);
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [legacy::LEGACY_DIR, DATABASE_FILE],
+        "the LSM files moved"
+    );
+    assert!(
+        dir.path()
+            .join(legacy::LEGACY_DIR)
+            .join("keyspaces")
+            .is_dir()
+    );
+
+    // A second open does not import again: a write made since stands.
+    store
+        .write_batch(Arc::from(vec![write(10, state(1, 30, 8), false)]))
+        .await
+        .unwrap();
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let user10 = store
+        .load_user(UserId::new(10).unwrap(), LoadPriority::Urgent)
+        .await
+        .unwrap();
+    assert_eq!(user10.states, vec![state(1, 30, 8)]);
+}
+
+#[test]
+fn the_writer_thread_runs_under_sched_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = EmbeddedStore::open(dir.path()).unwrap();
+    // Other tests start writers too: this looks for at least one, and
+    // requires every writer found to be in the idle class.
+    let mut writers = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != "store-writer" {
+            continue;
+        }
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+            continue;
+        };
+        // The writer sets its policy as it starts; give it a moment.
+        let mut policy = -1;
+        for _ in 0..200 {
+            // SAFETY: sched_getscheduler has no memory-safety preconditions.
+            policy = unsafe { libc::sched_getscheduler(tid) };
+            if policy == libc::SCHED_IDLE || policy == -1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if policy == -1 {
+            continue; // the thread ended meanwhile
+        }
+        assert_eq!(policy, libc::SCHED_IDLE, "writer thread {tid}");
+        writers += 1;
+    }
+    assert!(writers > 0, "no store writer thread found");
+}

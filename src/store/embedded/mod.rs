@@ -127,8 +127,17 @@ impl EmbeddedStore {
         std::fs::create_dir_all(data_dir).map_err(|error| {
             StoreError::Unavailable(format!("cannot create {}: {error}", data_dir.display()))
         })?;
+        // After a crash, redb walks the whole file to verify it and rebuild
+        // its free-space map before it opens; say so, or a large store's
+        // start looks like a hang.
         let db = Database::builder()
             .set_cache_size(options.cache_mib.saturating_mul(1 << 20))
+            .set_repair_callback(|session| {
+                tracing::info!(
+                    progress_pct = (session.progress() * 100.0).round(),
+                    "the embedded database was not closed cleanly; checking and repairing it"
+                );
+            })
             .create(data_dir.join(DATABASE_FILE))
             .map_err(redb_error)?;
         create_tables(&db)?;

@@ -254,11 +254,19 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<ReadStatesServer>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: much tooling (Python's grpcio-reflection,
+    // older grpcurl, Postman and Evans builds) speaks only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
-        .context("building the reflection service")?;
+        .context("building the reflection service (v1)")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
     let service = ReadStatesService::new(
         Arc::clone(&cache),
         Arc::clone(&store),
@@ -273,7 +281,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         .concurrency_limit_per_connection(config.server.max_concurrent_requests_per_connection)
         .load_shed(true)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(ReadStatesServer::new(service));
 
     let serve_shutdown = shutdown.clone();

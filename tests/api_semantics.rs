@@ -1107,50 +1107,62 @@ async fn health_reports_serving_for_the_service() {
     server.shutdown().await;
 }
 
-#[tokio::test]
-async fn reflection_lists_the_service() {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+/// Reflection answers in both protocol versions: v1, and v1alpha, which
+/// much tooling still speaks.
+macro_rules! reflection_test {
+    ($name:ident, $version:ident) => {
+        #[tokio::test]
+        async fn $name() {
+            use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+            use tonic_reflection::pb::$version::{
+                ServerReflectionRequest, ServerReflectionResponse,
+            };
 
-    let (_dir, server) = start().await;
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", server.running.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let mut reflection = ServerReflectionClient::new(channel);
-    let requests = [
-        MessageRequest::ListServices(String::new()),
-        MessageRequest::FileContainingSymbol("readstates.v1.ReadStates".to_owned()),
-    ]
-    .map(|request| ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(request),
-    });
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+            let (_dir, server) = start().await;
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", server.running.addr))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+            let mut reflection = ServerReflectionClient::new(channel);
+            let requests = [
+                MessageRequest::ListServices(String::new()),
+                MessageRequest::FileContainingSymbol("readstates.v1.ReadStates".to_owned()),
+            ]
+            .map(|request| ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(request),
+            });
+            let mut stream = reflection
+                .server_reflection_info(tokio_stream::iter(requests))
+                .await
+                .unwrap()
+                .into_inner();
 
-    let next = |response: Option<ServerReflectionResponse>| response.unwrap().message_response;
-    match next(stream.message().await.unwrap()) {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
-            assert!(names.contains(&"readstates.v1.ReadStates"), "{names:?}");
-            assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+            let next =
+                |response: Option<ServerReflectionResponse>| response.unwrap().message_response;
+            match next(stream.message().await.unwrap()) {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+                    assert!(names.contains(&"readstates.v1.ReadStates"), "{names:?}");
+                    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+                }
+                other => panic!("expected a service list, got {other:?}"),
+            }
+            match next(stream.message().await.unwrap()) {
+                Some(MessageResponse::FileDescriptorResponse(files)) => {
+                    assert!(!files.file_descriptor_proto.is_empty());
+                }
+                other => panic!("expected a file descriptor, got {other:?}"),
+            }
+            drop(stream);
+            server.shutdown().await;
         }
-        other => panic!("expected a service list, got {other:?}"),
-    }
-    match next(stream.message().await.unwrap()) {
-        Some(MessageResponse::FileDescriptorResponse(files)) => {
-            assert!(!files.file_descriptor_proto.is_empty());
-        }
-        other => panic!("expected a file descriptor, got {other:?}"),
-    }
-    drop(stream);
-    server.shutdown().await;
+    };
 }
+
+reflection_test!(reflection_v1_lists_the_service, v1);
+reflection_test!(reflection_v1alpha_lists_the_service, v1alpha);

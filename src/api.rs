@@ -132,20 +132,26 @@ impl ReadStatesService {
     }
 
     /// Runs one call in a tracing span and records its latency by status
-    /// code. (A call cancelled by its client is not recorded.)
+    /// code; a call whose future is dropped before it ends (its client went
+    /// away, or its `grpc-timeout` ran out) is recorded as `CANCELLED`.
     async fn observe<T>(
         &self,
         method: Method,
         span: tracing::Span,
         call: impl Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
-        let started = Instant::now();
+        let mut record = CallRecord {
+            metrics: &self.metrics,
+            method,
+            started: Instant::now(),
+            code: Code::Cancelled,
+        };
         let result = call.instrument(span).await;
-        let code = match &result {
+        record.code = match &result {
             Ok(_) => Code::Ok,
             Err(status) => status.code(),
         };
-        self.metrics.record_rpc(method, code, started.elapsed());
+        drop(record);
         result.map(Response::new)
     }
 
@@ -186,6 +192,23 @@ impl ReadStatesService {
             }
         }
         Ok(states)
+    }
+}
+
+/// Records one call's latency and status code when dropped: at the end of
+/// the call, or when the call's future is dropped unfinished.
+struct CallRecord<'a> {
+    metrics: &'a Metrics,
+    method: Method,
+    started: Instant,
+    /// `CANCELLED` until the call ends.
+    code: Code,
+}
+
+impl Drop for CallRecord<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .record_rpc(self.method, self.code, self.started.elapsed());
     }
 }
 

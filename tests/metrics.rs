@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::{
     InstrumentedStore, TestServer, ack_request, eventually, http_get, sample, stored, test_config,
 };
-use readstates::api::proto::{AddMentionsRequest, GetUserReadStatesRequest};
+use readstates::api::proto::{AddMentionsRequest, GetReadStateRequest, GetUserReadStatesRequest};
+use tonic::Code;
 
 #[tokio::test]
 async fn every_metric_family_shows_after_traffic() {
@@ -254,5 +255,47 @@ async fn injected_store_latency_delays_every_load() {
         "five loads took {} s in all",
         load("sum")
     );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_cut_short_by_its_grpc_timeout_is_counted_as_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // Every load takes 2 s, far past the client's 50 ms deadline.
+    config.store.injected_latency_median_ms = 2_000;
+    config.store.injected_latency_p99_ms = 2_000;
+    let store = InstrumentedStore::open(dir.path());
+    let mut server = TestServer::start(&config, store).await;
+    let metrics_addr = server.running.metrics_addr.unwrap();
+
+    let mut request = tonic::Request::new(GetReadStateRequest {
+        user_id: 7,
+        channel_id: 1,
+    });
+    request.set_timeout(Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    let status = server.client.get_read_state(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "the server held the call for {:?}",
+        started.elapsed()
+    );
+
+    let series = r#"readstates_rpc_duration_seconds_count{method="GetReadState",code="CANCELLED"}"#;
+    let mut counted = None;
+    for _ in 0..100 {
+        let text = http_get(metrics_addr, "/metrics").await.1;
+        counted = sample(&text, series);
+        if counted == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(counted, Some(1.0), "{series}");
     server.shutdown().await;
 }

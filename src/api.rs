@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
@@ -113,6 +114,8 @@ pub struct ReadStatesService {
     store: Arc<dyn Store>,
     limits: LimitsConfig,
     metrics: Arc<Metrics>,
+    /// Calls admitted and not yet ended, over all connections.
+    in_flight: AtomicUsize,
 }
 
 impl ReadStatesService {
@@ -128,12 +131,23 @@ impl ReadStatesService {
             store,
             limits,
             metrics,
+            in_flight: AtomicUsize::new(0),
         }
     }
 
-    /// Runs one call in a tracing span and records its latency by status
-    /// code; a call whose future is dropped before it ends (its client went
-    /// away, or its `grpc-timeout` ran out) is recorded as `CANCELLED`.
+    /// Admits a call if fewer than `limits.max_in_flight_calls` are in
+    /// flight; the call counts until the returned guard is dropped.
+    fn admit(&self) -> Option<InFlight<'_>> {
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(&self.in_flight);
+        (before < self.limits.max_in_flight_calls).then_some(guard)
+    }
+
+    /// Runs one call in a tracing span, if the global in-flight limit
+    /// admits it (past the limit it is refused at once with
+    /// `RESOURCE_EXHAUSTED`), and records its latency by status code; a
+    /// call whose future is dropped before it ends (its client went away,
+    /// or its `grpc-timeout` ran out) is recorded as `CANCELLED`.
     async fn observe<T>(
         &self,
         method: Method,
@@ -146,7 +160,13 @@ impl ReadStatesService {
             started: Instant::now(),
             code: Code::Cancelled,
         };
-        let result = call.instrument(span).await;
+        let result = match self.admit() {
+            Some(_admitted) => call.instrument(span).await,
+            None => Err(Status::resource_exhausted(format!(
+                "overloaded: {} calls already in flight (limits.max_in_flight_calls); retry with backoff",
+                self.limits.max_in_flight_calls
+            ))),
+        };
         record.code = match &result {
             Ok(_) => Code::Ok,
             Err(status) => status.code(),
@@ -192,6 +212,15 @@ impl ReadStatesService {
             }
         }
         Ok(states)
+    }
+}
+
+/// One admitted call; ends its count when dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -20,6 +20,9 @@ pub use scylla::{
 /// The environment variable prefix of overrides.
 pub const ENV_PREFIX: &str = "READSTATES_";
 
+/// `limits.max_in_flight_calls` when the configuration does not say.
+pub const DEFAULT_MAX_IN_FLIGHT_CALLS: usize = 10_000;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -131,6 +134,10 @@ pub struct LimitsConfig {
     pub max_bulk_acks: usize,
     /// Most channel ids in one DeleteReadStates.
     pub max_delete_channels: usize,
+    /// Most ReadStates calls in flight at once, over all connections; a
+    /// call past it is refused at once with `RESOURCE_EXHAUSTED` rather
+    /// than queued into a timeout. Health and reflection are not counted.
+    pub max_in_flight_calls: usize,
 }
 
 /// The Prometheus endpoint.
@@ -230,6 +237,7 @@ impl Default for LimitsConfig {
             max_mention_users: 10_000,
             max_bulk_acks: 1_000,
             max_delete_channels: 1_000,
+            max_in_flight_calls: DEFAULT_MAX_IN_FLIGHT_CALLS,
         }
     }
 }
@@ -332,7 +340,7 @@ impl Config {
 
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str, &'static str); 17] = [
+        let checks: [(bool, &'static str, &'static str); 18] = [
             (
                 self.store.injected_latency_median_ms > 0
                     && self.store.injected_latency_p99_ms < self.store.injected_latency_median_ms,
@@ -408,6 +416,11 @@ impl Config {
             (
                 self.limits.max_bulk_acks == 0,
                 "limits.max_bulk_acks",
+                "must be at least 1",
+            ),
+            (
+                self.limits.max_in_flight_calls == 0,
+                "limits.max_in_flight_calls",
                 "must be at least 1",
             ),
             (

@@ -1,0 +1,111 @@
+//! Overload: past `limits.max_in_flight_calls`, calls are refused at once
+//! with `RESOURCE_EXHAUSTED` (and counted), health stays reachable, and the
+//! limit frees again when admitted calls end, cancelled ones included.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{InstrumentedStore, TestServer, eventually, http_get, sample, test_config};
+use readstates::api::proto::GetReadStateRequest;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+fn get(user_id: u64) -> GetReadStateRequest {
+    GetReadStateRequest {
+        user_id,
+        channel_id: 1,
+    }
+}
+
+#[tokio::test]
+async fn calls_past_the_in_flight_limit_are_shed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.limits.max_in_flight_calls = 2;
+    let store = InstrumentedStore::open(dir.path());
+    // Loads of cold users hang for a minute: the first two calls stay in flight.
+    store.load_delay_ms.store(60_000, Ordering::SeqCst);
+    let mut server = TestServer::start(&config, store.clone()).await;
+    let metrics_addr = server.running.metrics_addr.unwrap();
+
+    let held: Vec<_> = (1..=2)
+        .map(|user| {
+            let mut client = server.client.clone();
+            tokio::spawn(async move { client.get_read_state(get(user)).await })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .loads
+            .load(Ordering::SeqCst)
+            == 2)
+        .await,
+        "the first two calls never reached the store"
+    );
+
+    let started = Instant::now();
+    let shed = server.client.get_read_state(get(3)).await.unwrap_err();
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    assert!(
+        shed.message().contains("limits.max_in_flight_calls"),
+        "{shed:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shed, not queued"
+    );
+    assert_eq!(
+        store.loads.load(Ordering::SeqCst),
+        2,
+        "a shed call does no work"
+    );
+
+    // Health is not counted against the limit.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.running.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "readstates.v1.ReadStates".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+
+    let text = http_get(metrics_addr, "/metrics").await.1;
+    let series =
+        r#"readstates_rpc_duration_seconds_count{method="GetReadState",code="RESOURCE_EXHAUSTED"}"#;
+    assert_eq!(sample(&text, series), Some(1.0), "{series}");
+
+    // The held calls' clients give up; their slots free, and calls are
+    // admitted again.
+    for call in held {
+        call.abort();
+    }
+    store.load_delay_ms.store(0, Ordering::SeqCst);
+    let mut admitted = false;
+    for _ in 0..200 {
+        match server.client.get_read_state(get(4)).await {
+            Ok(_) => {
+                admitted = true;
+                break;
+            }
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+    assert!(
+        admitted,
+        "the limit never freed after the held calls were cancelled"
+    );
+    server.shutdown().await;
+}

@@ -31,17 +31,23 @@ type ReadStatesServer = proto::read_states_server::ReadStatesServer<ReadStatesSe
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.store.backend {
         StoreBackend::Embedded => {
-            let store = EmbeddedStore::open_with(&EmbeddedOptions {
+            let options = EmbeddedOptions {
                 data_dir: config.store.data_dir.clone(),
                 reader_threads: config.store.reader_threads,
                 cache_mib: config.store.cache_mib,
-            })
-            .with_context(|| {
-                format!(
-                    "opening the embedded store in {}",
-                    config.store.data_dir.display()
-                )
-            })?;
+            };
+            // Opening may repair the file after a crash or import an LSM
+            // data dir, disk work that grows with the data: kept off the
+            // async workers.
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open_with(&options))
+                .await
+                .context("the embedded store's opening thread failed")?
+                .with_context(|| {
+                    format!(
+                        "opening the embedded store in {}",
+                        config.store.data_dir.display()
+                    )
+                })?;
             Ok(Arc::new(store))
         }
         StoreBackend::Scylla => {

@@ -138,6 +138,9 @@ pub struct LimitsConfig {
     /// call past it is refused at once with `RESOURCE_EXHAUSTED` rather
     /// than queued into a timeout. Health and reflection are not counted.
     pub max_in_flight_calls: usize,
+    /// Largest request message, in bytes; a larger one is refused with
+    /// `OUT_OF_RANGE` before it is decoded.
+    pub max_request_bytes: usize,
 }
 
 /// The Prometheus endpoint.
@@ -238,6 +241,7 @@ impl Default for LimitsConfig {
             max_bulk_acks: 1_000,
             max_delete_channels: 1_000,
             max_in_flight_calls: DEFAULT_MAX_IN_FLIGHT_CALLS,
+            max_request_bytes: 1 << 20,
         }
     }
 }
@@ -340,7 +344,7 @@ impl Config {
 
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str, &'static str); 18] = [
+        let checks: [(bool, &'static str, &'static str); 19] = [
             (
                 self.store.injected_latency_median_ms > 0
                     && self.store.injected_latency_p99_ms < self.store.injected_latency_median_ms,
@@ -422,6 +426,11 @@ impl Config {
                 self.limits.max_in_flight_calls == 0,
                 "limits.max_in_flight_calls",
                 "must be at least 1",
+            ),
+            (
+                self.limits.max_request_bytes < 1024,
+                "limits.max_request_bytes",
+                "must be at least 1024",
             ),
             (
                 self.limits.max_delete_channels == 0,

@@ -289,7 +289,10 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ReadStatesServer::new(service));
+        .add_service(
+            ReadStatesServer::new(service)
+                .max_decoding_message_size(config.limits.max_request_bytes),
+        );
 
     let serve_shutdown = shutdown.clone();
     let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);

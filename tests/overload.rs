@@ -1,6 +1,7 @@
 //! Overload: past `limits.max_in_flight_calls`, calls are refused at once
 //! with `RESOURCE_EXHAUSTED` (and counted), health stays reachable, and the
-//! limit frees again when admitted calls end, cancelled ones included.
+//! limit frees again when admitted calls end, cancelled ones included; a
+//! request over `limits.max_request_bytes` is refused before decoding.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{InstrumentedStore, TestServer, eventually, http_get, sample, test_config};
-use readstates::api::proto::GetReadStateRequest;
+use readstates::api::proto::{AddMentionsRequest, GetReadStateRequest};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -107,5 +108,45 @@ async fn calls_past_the_in_flight_limit_are_shed_at_once() {
         admitted,
         "the limit never freed after the held calls were cancelled"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_over_the_size_limit_is_refused_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.limits.max_request_bytes = 4096;
+    let store = InstrumentedStore::open(dir.path());
+    let mut server = TestServer::start(&config, store.clone()).await;
+
+    // 1,000 large ids take about 9 KB on the wire.
+    let user_ids: Vec<u64> = (0..1_000).map(|i| (1 << 62) + i).collect();
+    let status = server
+        .client
+        .add_mentions(AddMentionsRequest {
+            channel_id: 1,
+            message_id: 10,
+            user_ids,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(
+        store.loads.load(Ordering::SeqCst),
+        0,
+        "nothing was decoded or loaded"
+    );
+
+    let small = server
+        .client
+        .add_mentions(AddMentionsRequest {
+            channel_id: 1,
+            message_id: 10,
+            user_ids: vec![1 << 62],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(small.read_states.len(), 1);
     server.shutdown().await;
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use fjall::{Database as LsmDatabase, KeyspaceCreateOptions};
 use redb::{Database, Durability, ReadableTable};
 
-use super::{META, STATES, VERSION_FLOOR_KEY, redb_error};
+use super::{STATES, raise_version_floor, redb_error};
 use crate::ids::ChannelId;
 use crate::store::StoreError;
 use crate::store::row::decode_row;
@@ -93,20 +93,7 @@ fn import(data_dir: &Path, db: &Database) -> Result<usize, StoreError> {
         .map_err(lsm_error)?
         .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
         .map_or(0, u64::from_le_bytes);
-    let mut txn = db.begin_write().map_err(redb_error)?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(redb_error)?;
-    {
-        let mut table = txn.open_table(META).map_err(redb_error)?;
-        let current = table
-            .get(VERSION_FLOOR_KEY)
-            .map_err(redb_error)?
-            .map_or(0, |current| current.value());
-        if floor > current {
-            table.insert(VERSION_FLOOR_KEY, floor).map_err(redb_error)?;
-        }
-    }
-    txn.commit().map_err(redb_error)?;
+    raise_version_floor(db, floor)?;
     Ok(copied)
 }
 

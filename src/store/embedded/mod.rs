@@ -205,22 +205,7 @@ impl Store for EmbeddedStore {
     fn record_version_floor(&self, floor: u64) -> StoreFuture<'_, ()> {
         // redb runs one write transaction at a time: this waits for the
         // writer thread's commit in progress, if any, on the blocking pool.
-        self.blocking(move |db| {
-            let mut txn = db.begin_write().map_err(redb_error)?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(redb_error)?;
-            {
-                let mut meta = txn.open_table(META).map_err(redb_error)?;
-                let current = meta
-                    .get(VERSION_FLOOR_KEY)
-                    .map_err(redb_error)?
-                    .map_or(0, |current| current.value());
-                if floor > current {
-                    meta.insert(VERSION_FLOOR_KEY, floor).map_err(redb_error)?;
-                }
-            }
-            txn.commit().map_err(redb_error)
-        })
+        self.blocking(move |db| raise_version_floor(db, floor))
     }
 
     fn sync(&self) -> StoreFuture<'_, ()> {
@@ -228,6 +213,25 @@ impl Store for EmbeddedStore {
         // there is nothing buffered to sync.
         Box::pin(async { Ok(()) })
     }
+}
+
+/// Records `floor` as the version floor unless a higher one is recorded;
+/// commits with an fsync.
+fn raise_version_floor(db: &Database, floor: u64) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(redb_error)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(redb_error)?;
+    {
+        let mut meta = txn.open_table(META).map_err(redb_error)?;
+        let current = meta
+            .get(VERSION_FLOOR_KEY)
+            .map_err(redb_error)?
+            .map_or(0, |current| current.value());
+        if floor > current {
+            meta.insert(VERSION_FLOOR_KEY, floor).map_err(redb_error)?;
+        }
+    }
+    txn.commit().map_err(redb_error)
 }
 
 /// Creates the tables if the database is new, so that readers can open

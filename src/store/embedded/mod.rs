@@ -297,6 +297,15 @@ fn write_group(db: &Database, group: &[WriteJob]) -> Result<(), StoreError> {
     txn.commit().map_err(redb_error)
 }
 
+/// A group's failure, told to each of its batches (the message once, not
+/// wrapped again in "store unavailable").
+fn shared_failure(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Unavailable(message) => StoreError::Unavailable(message.clone()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
 fn writer_stopped() -> StoreError {
     StoreError::Worker("the store writer thread has stopped".to_owned())
 }
@@ -322,10 +331,7 @@ fn spawn_writer() -> Result<std::sync::mpsc::SyncSender<WriteJob>, StoreError> {
                     // The handle goes before the answer: a caller that drops
                     // its store on hearing it may reopen the file at once.
                     drop((db, rows));
-                    let _ = done.send(match &result {
-                        Ok(()) => Ok(()),
-                        Err(error) => Err(StoreError::Unavailable(error.to_string())),
-                    });
+                    let _ = done.send(result.as_ref().map_err(shared_failure).copied());
                 }
             }
         })

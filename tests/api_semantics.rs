@@ -1081,12 +1081,7 @@ async fn health_reports_serving_for_the_service() {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     let (_dir, server) = start().await;
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", server.running.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = common::channel(server.running.addr).await;
     let mut health = HealthClient::new(channel);
     let response = health
         .check(HealthCheckRequest {
@@ -1121,12 +1116,7 @@ macro_rules! reflection_test {
             };
 
             let (_dir, server) = start().await;
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", server.running.addr))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
+            let channel = common::channel(server.running.addr).await;
             let mut reflection = ServerReflectionClient::new(channel);
             let requests = [
                 MessageRequest::ListServices(String::new()),

@@ -65,12 +65,7 @@ async fn calls_past_the_in_flight_limit_are_shed_at_once() {
     );
 
     // Health is not counted against the limit.
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", server.running.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = common::channel(server.running.addr).await;
     let health = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: "readstates.v1.ReadStates".to_owned(),

@@ -149,10 +149,20 @@ impl TestServer {
 }
 
 pub async fn connect(addr: std::net::SocketAddr) -> Client {
+    ReadStatesClient::new(channel(addr).await)
+}
+
+/// A channel to the server at `addr`, for any of its services (retried
+/// while the server starts).
+pub async fn channel(addr: std::net::SocketAddr) -> Channel {
     let endpoint = format!("http://{addr}");
     for _ in 0..100 {
-        if let Ok(client) = ReadStatesClient::connect(endpoint.clone()).await {
-            return client;
+        if let Ok(channel) = Channel::from_shared(endpoint.clone())
+            .expect("a valid endpoint")
+            .connect()
+            .await
+        {
+            return channel;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

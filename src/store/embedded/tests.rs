@@ -20,6 +20,11 @@ fn write(user: u64, state: ReadState, deleted: bool) -> RowWrite {
     }
 }
 
+/// Loads a user, as a cache miss would.
+async fn load(store: &EmbeddedStore, user: UserId) -> UserRows {
+    store.load_user(user, LoadPriority::Urgent).await.unwrap()
+}
+
 #[tokio::test]
 async fn stale_writes_never_overwrite_newer_rows() {
     let dir = tempfile::tempdir().unwrap();
@@ -33,14 +38,7 @@ async fn stale_writes_never_overwrite_newer_rows() {
         .write_batch(Arc::from(vec![write(7, state(1, 40, 9), false)]))
         .await
         .unwrap();
-    assert_eq!(
-        store
-            .load_user(user, LoadPriority::Urgent)
-            .await
-            .unwrap()
-            .states,
-        vec![state(1, 50, 10)]
-    );
+    assert_eq!(load(&store, user).await.states, vec![state(1, 50, 10)]);
 
     store
         .write_batch(Arc::from(vec![write(7, state(1, 0, 11), true)]))
@@ -51,12 +49,7 @@ async fn stale_writes_never_overwrite_newer_rows() {
         .await
         .unwrap();
     assert!(
-        store
-            .load_user(user, LoadPriority::Urgent)
-            .await
-            .unwrap()
-            .states
-            .is_empty(),
+        load(&store, user).await.states.is_empty(),
         "delete wins over older write"
     );
 
@@ -64,14 +57,7 @@ async fn stale_writes_never_overwrite_newer_rows() {
         .write_batch(Arc::from(vec![write(7, state(1, 70, 12), false)]))
         .await
         .unwrap();
-    assert_eq!(
-        store
-            .load_user(user, LoadPriority::Urgent)
-            .await
-            .unwrap()
-            .states,
-        vec![state(1, 70, 12)]
-    );
+    assert_eq!(load(&store, user).await.states, vec![state(1, 70, 12)]);
 }
 
 #[tokio::test]
@@ -91,11 +77,7 @@ async fn users_are_separate_prefixes_and_survive_reopen() {
         store.sync().await.unwrap();
     }
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    let user2 = store
-        .load_user(UserId::new(2).unwrap(), LoadPriority::Urgent)
-        .await
-        .unwrap()
-        .states;
+    let user2 = load(&store, UserId::new(2).unwrap()).await.states;
     assert_eq!(user2, vec![state(3, 2, 1), state(4, 3, 1)]);
     assert_eq!(store.load_version_floor().await.unwrap(), 99);
 }
@@ -109,11 +91,7 @@ async fn the_newest_duplicate_in_a_batch_wins() {
         write(1, state(1, 5, 2), false),
     ];
     store.write_batch(Arc::from(rows)).await.unwrap();
-    let loaded = store
-        .load_user(UserId::new(1).unwrap(), LoadPriority::Urgent)
-        .await
-        .unwrap()
-        .states;
+    let loaded = load(&store, UserId::new(1).unwrap()).await.states;
     assert_eq!(loaded, vec![state(1, 9, 3)]);
 }
 
@@ -128,10 +106,7 @@ async fn a_committed_batch_is_on_disk_without_a_sync() {
             .unwrap();
     }
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    let loaded = store
-        .load_user(UserId::new(4).unwrap(), LoadPriority::Urgent)
-        .await
-        .unwrap();
+    let loaded = load(&store, UserId::new(4).unwrap()).await;
     assert_eq!(loaded.states, vec![state(2, 8, 5)]);
     assert_eq!(loaded.version, 5);
 }
@@ -151,10 +126,7 @@ async fn concurrent_batches_all_land() {
         write.await.unwrap().unwrap();
     }
     for user in 1..=40u64 {
-        let loaded = store
-            .load_user(UserId::new(user).unwrap(), LoadPriority::Background)
-            .await
-            .unwrap();
+        let loaded = load(&store, UserId::new(user).unwrap()).await;
         let expected: Vec<_> = (1..=3).map(|channel| state(channel, user, user)).collect();
         assert_eq!(loaded.states, expected, "user {user}");
     }
@@ -193,16 +165,10 @@ async fn an_earlier_lsm_data_dir_is_imported_once() {
         1_000,
     );
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    let user9 = store
-        .load_user(UserId::new(9).unwrap(), LoadPriority::Urgent)
-        .await
-        .unwrap();
+    let user9 = load(&store, UserId::new(9).unwrap()).await;
     assert_eq!(user9.states, vec![state(1, 10, 3)]);
     assert_eq!(user9.version, 7, "the tombstone's version is kept");
-    let user10 = store
-        .load_user(UserId::new(10).unwrap(), LoadPriority::Urgent)
-        .await
-        .unwrap();
+    let user10 = load(&store, UserId::new(10).unwrap()).await;
     assert_eq!(user10.states, vec![state(1, 20, 4)]);
     assert_eq!(store.load_version_floor().await.unwrap(), 1_000);
     let mut left: Vec<_> = std::fs::read_dir(dir.path())
@@ -229,10 +195,7 @@ async fn an_earlier_lsm_data_dir_is_imported_once() {
         .unwrap();
     drop(store);
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    let user10 = store
-        .load_user(UserId::new(10).unwrap(), LoadPriority::Urgent)
-        .await
-        .unwrap();
+    let user10 = load(&store, UserId::new(10).unwrap()).await;
     assert_eq!(user10.states, vec![state(1, 30, 8)]);
 }
 

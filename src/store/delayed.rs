@@ -71,6 +71,10 @@ impl Store for DelayedStore {
     fn sync(&self) -> StoreFuture<'_, ()> {
         self.inner.sync()
     }
+
+    fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize> {
+        self.inner.purge_tombstones(below, max)
+    }
 }
 
 /// A capped log-normal distribution of latencies, drawn with a lock-free

@@ -80,4 +80,8 @@ impl Store for MeteredStore {
     fn sync(&self) -> StoreFuture<'_, ()> {
         self.measure(StoreOperation::Sync, self.inner.sync())
     }
+
+    fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize> {
+        self.inner.purge_tombstones(below, max)
+    }
 }

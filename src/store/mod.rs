@@ -98,6 +98,13 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written so far durable (e.g. fsync); called on
     /// graceful shutdown.
     fn sync(&self) -> StoreFuture<'_, ()>;
+
+    /// Removes at most `max` deletion markers (tombstones) whose version is
+    /// below `below`, and returns how many it removed. The caller chooses
+    /// `below` so that no write older than it can still arrive: a tombstone
+    /// exists only to make such a stale write lose. A store whose database
+    /// expires tombstones itself returns 0.
+    fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize>;
 }
 
 /// Why a store operation failed.

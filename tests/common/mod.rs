@@ -127,6 +127,13 @@ impl Store for InstrumentedStore {
             self.inner.sync().await
         })
     }
+
+    fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.purge_tombstones(below, max).await
+        })
+    }
 }
 
 /// A server under test and a client connected to it.

@@ -213,6 +213,11 @@ impl Store for EmbeddedStore {
         // there is nothing buffered to sync.
         Box::pin(async { Ok(()) })
     }
+
+    fn purge_tombstones(&self, _below: u64, _max: usize) -> StoreFuture<'_, usize> {
+        // Not yet: tombstones are kept.
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// Records `floor` as the version floor unless a higher one is recorded;

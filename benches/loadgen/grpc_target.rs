@@ -154,6 +154,8 @@ impl GrpcTarget {
                 .await
                 .map(drop),
         };
-        result.map_err(|status| format!("grpc:{:?}", status.code()))
+        // The code, then (after a tab) the message, which the report keeps
+        // one sample of per code.
+        result.map_err(|status| format!("grpc:{:?}\t{}", status.code(), status.message()))
     }
 }

@@ -60,7 +60,8 @@ def read_series(label: str, path: str) -> Series:
         if not row:
             continue
         try:
-            values = dict(zip(HEADER, (int(cell) for cell in row), strict=True))
+            # A second with no successful call has empty latency cells.
+            values = dict(zip(HEADER, (int(cell) if cell else 0 for cell in row), strict=True))
         except ValueError as error:
             raise ValueError(f"{path}:{number}: {error}") from None
         series.seconds.append(values["second"])

@@ -37,6 +37,9 @@ pub struct Recorder {
     /// Open loop only: actual dispatch minus intended start.
     dispatch_lag: Histogram<u64>,
     errors: BTreeMap<(String, OpKind), u64>,
+    /// The first message seen of each error code (an error is reported as
+    /// its code, optionally followed by a tab and the message).
+    error_samples: BTreeMap<String, String>,
     /// Requests of the window still in flight when the run ended.
     unfinished: u64,
     ok: u64,
@@ -58,6 +61,7 @@ impl Recorder {
                 .collect::<anyhow::Result<_>>()?,
             dispatch_lag: new_histogram()?,
             errors: BTreeMap::new(),
+            error_samples: BTreeMap::new(),
             unfinished: 0,
             ok: 0,
         })
@@ -93,7 +97,14 @@ impl Recorder {
                     let _ = second.record(latency);
                 }
             }
-            Err(code) => *self.errors.entry((code, kind)).or_insert(0) += 1,
+            Err(error) => {
+                let (code, message) = error.split_once('\t').unwrap_or((error.as_str(), ""));
+                if !self.error_samples.contains_key(code) {
+                    self.error_samples
+                        .insert(code.to_owned(), message.to_owned());
+                }
+                *self.errors.entry((code.to_owned(), kind)).or_insert(0) += 1;
+            }
         }
     }
 
@@ -402,6 +413,11 @@ pub fn print(
                 "  unfinished (still in flight at the end): {}",
                 recorder.unfinished
             );
+        }
+        for (code, message) in &recorder.error_samples {
+            if !message.is_empty() {
+                let _ = writeln!(out, "  first {code} message: {message}");
+            }
         }
     }
     let _ = writeln!(

@@ -37,14 +37,25 @@ pub struct Config {
     pub scylla: ScyllaConfig,
 }
 
+/// The most calls one connection may have open. The HTTP/2 layer (h2) guards
+/// against floods of small DATA frames with a per-connection budget of about
+/// 512 KiB at the default window, charged about 230 bytes for each request
+/// not yet read; past it, it closes the connection (GOAWAY
+/// `ENHANCE_YOUR_CALM`) and every call on it fails. On an overloaded server,
+/// every open stream can hold an unread request, so the stream limit stays
+/// below that budget: 2048 streams are about 470 KiB.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 2048;
+
 /// The gRPC listener and request handling.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address the gRPC API listens on.
     pub listen_addr: SocketAddr,
-    /// Requests handled at once on one connection; further requests are
-    /// refused with `UNAVAILABLE` rather than queued without bound.
+    /// Calls open at once on one connection, advertised to clients as the
+    /// HTTP/2 stream limit: a client queues further calls until one ends
+    /// (one that ignores the limit gets `UNAVAILABLE`). At most
+    /// [`MAX_STREAMS_PER_CONNECTION`].
     pub max_concurrent_requests_per_connection: usize,
     /// A request running longer than this is cancelled (`CANCELLED`/deadline).
     pub request_timeout_ms: u64,
@@ -141,6 +152,10 @@ pub struct LimitsConfig {
     /// Largest request message, in bytes; a larger one is refused with
     /// `OUT_OF_RANGE` before it is decoded.
     pub max_request_bytes: usize,
+    /// While tasks wait longer than this for a runtime worker (the server
+    /// is short of CPU), new calls are refused at once with
+    /// `RESOURCE_EXHAUSTED`; 0 turns the check off. See `overload`.
+    pub max_queue_delay_ms: u64,
 }
 
 /// The Prometheus endpoint.
@@ -177,7 +192,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            max_concurrent_requests_per_connection: 4096,
+            max_concurrent_requests_per_connection: 1024,
             request_timeout_ms: 10_000,
             drain_timeout_ms: 10_000,
             shutdown_timeout_ms: 60_000,
@@ -242,6 +257,7 @@ impl Default for LimitsConfig {
             max_delete_channels: 1_000,
             max_in_flight_calls: DEFAULT_MAX_IN_FLIGHT_CALLS,
             max_request_bytes: 1 << 20,
+            max_queue_delay_ms: 0,
         }
     }
 }
@@ -344,7 +360,7 @@ impl Config {
 
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str, &'static str); 19] = [
+        let checks: [(bool, &'static str, &'static str); 20] = [
             (
                 self.store.injected_latency_median_ms > 0
                     && self.store.injected_latency_p99_ms < self.store.injected_latency_median_ms,
@@ -442,6 +458,12 @@ impl Config {
                 "server.max_concurrent_requests_per_connection",
                 "must be at least 1",
             ),
+            (
+                self.server.max_concurrent_requests_per_connection > MAX_STREAMS_PER_CONNECTION,
+                "server.max_concurrent_requests_per_connection",
+                "must be at most 2048: HTTP/2 closes a connection whose unread request frames \
+                 exceed its flood budget, failing every call on it",
+            ),
         ];
         match checks.into_iter().find(|(failed, _, _)| *failed) {
             Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
@@ -536,6 +558,10 @@ mod tests {
         for (text, field) in [
             ("[store]\nreader_threads = 0\n", "store.reader_threads"),
             ("[store]\ncache_mib = 0\n", "store.cache_mib"),
+            (
+                "[server]\nmax_concurrent_requests_per_connection = 4096\n",
+                "server.max_concurrent_requests_per_connection",
+            ),
             (
                 "[store]\ninjected_latency_median_ms = 5\ninjected_latency_p99_ms = 1\n",
                 "store.injected_latency_p99_ms",

@@ -21,6 +21,7 @@ use crate::clock::{VERSION_LEASE_MICROS, unix_micros};
 use crate::config::{Config, StoreBackend};
 use crate::flush::{FlushSettings, Flusher};
 use crate::metrics::{Metrics, serve_metrics};
+use crate::overload::QueueDelay;
 use crate::store::{
     DelayedStore, EmbeddedOptions, EmbeddedStore, MeteredStore, ScyllaStore, Store,
 };
@@ -273,17 +274,29 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .context("building the reflection service (v1alpha)")?;
-    let service = ReadStatesService::new(
+    let mut service = ReadStatesService::new(
         Arc::clone(&cache),
         Arc::clone(&store),
         config.limits.clone(),
         Arc::clone(&metrics),
     );
+    let probe_stop = CancellationToken::new();
+    if config.limits.max_queue_delay_ms > 0 {
+        let probe = QueueDelay::spawn(metrics.queue_delay.clone(), probe_stop.clone());
+        service = service.with_queue_delay(probe);
+    }
 
     let flush_shutdown = CancellationToken::new();
     let flusher_task = tokio::spawn(flusher.run(flush_shutdown.clone()));
     let router = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(config.server.request_timeout_ms))
+        // Advertised as the HTTP/2 stream limit, so clients queue past it
+        // instead of piling unread requests into the connection (see
+        // `MAX_STREAMS_PER_CONNECTION`); the layer below refuses a client
+        // that ignores it.
+        .max_concurrent_streams(
+            u32::try_from(config.server.max_concurrent_requests_per_connection).ok(),
+        )
         .concurrency_limit_per_connection(config.server.max_concurrent_requests_per_connection)
         .load_shed(true)
         .add_service(health_service)
@@ -322,6 +335,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         let flushed = flusher_task.await.context("flusher task failed")?;
         // Metrics stay up until the final flush is done, so it can be watched.
         metrics_shutdown.cancel();
+        probe_stop.cancel();
         if let Some(task) = metrics_task {
             task.await.context("metrics task failed")?;
         }

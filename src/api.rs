@@ -15,6 +15,7 @@ use crate::cache::{Cache, CacheError, StateView, UserTxn};
 use crate::config::LimitsConfig;
 use crate::ids::{ChannelId, IdError, MessageId, UserId};
 use crate::metrics::{Method, Metrics};
+use crate::overload::QueueDelay;
 use crate::store::{LoadPriority, Store};
 
 /// The generated protobuf and gRPC code of `readstates.v1`.
@@ -116,6 +117,8 @@ pub struct ReadStatesService {
     metrics: Arc<Metrics>,
     /// Calls admitted and not yet ended, over all connections.
     in_flight: AtomicUsize,
+    /// The workers' queueing delay, if `limits.max_queue_delay_ms` is set.
+    queue_delay: Option<Arc<QueueDelay>>,
 }
 
 impl ReadStatesService {
@@ -132,20 +135,44 @@ impl ReadStatesService {
             limits,
             metrics,
             in_flight: AtomicUsize::new(0),
+            queue_delay: None,
         }
     }
 
-    /// Admits a call if fewer than `limits.max_in_flight_calls` are in
-    /// flight; the call counts until the returned guard is dropped.
-    fn admit(&self) -> Option<InFlight<'_>> {
-        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let guard = InFlight(&self.in_flight);
-        (before < self.limits.max_in_flight_calls).then_some(guard)
+    /// Refuses calls while `delay` exceeds `limits.max_queue_delay_ms`.
+    pub fn with_queue_delay(mut self, delay: Arc<QueueDelay>) -> Self {
+        self.queue_delay = Some(delay);
+        self
     }
 
-    /// Runs one call in a tracing span, if the global in-flight limit
-    /// admits it (past the limit it is refused at once with
-    /// `RESOURCE_EXHAUSTED`), and records its latency by status code; a
+    /// Admits a call unless the server is overloaded: `limits.max_in_flight_calls`
+    /// calls are in flight already, or tasks wait longer than
+    /// `limits.max_queue_delay_ms` for a worker. The call counts as in
+    /// flight until the returned guard is dropped.
+    fn admit(&self) -> Result<InFlight<'_>, Status> {
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(&self.in_flight);
+        if before >= self.limits.max_in_flight_calls {
+            return Err(Status::resource_exhausted(format!(
+                "overloaded: {} calls already in flight (limits.max_in_flight_calls); retry with backoff",
+                self.limits.max_in_flight_calls
+            )));
+        }
+        if let Some(queue_delay) = &self.queue_delay {
+            let delay = queue_delay.get();
+            if delay.as_millis() > u128::from(self.limits.max_queue_delay_ms) {
+                return Err(Status::resource_exhausted(format!(
+                    "overloaded: tasks wait {} ms for a worker (limits.max_queue_delay_ms = {}); retry with backoff",
+                    delay.as_millis(),
+                    self.limits.max_queue_delay_ms
+                )));
+            }
+        }
+        Ok(guard)
+    }
+
+    /// Runs one call in a tracing span, if `admit` lets it in (otherwise it
+    /// is refused at once with `RESOURCE_EXHAUSTED`), and records its latency by status code; a
     /// call whose future is dropped before it ends (its client went away,
     /// or its `grpc-timeout` ran out) is recorded as `CANCELLED`.
     async fn observe<T>(
@@ -161,11 +188,8 @@ impl ReadStatesService {
             code: Code::Cancelled,
         };
         let result = match self.admit() {
-            Some(_admitted) => call.instrument(span).await,
-            None => Err(Status::resource_exhausted(format!(
-                "overloaded: {} calls already in flight (limits.max_in_flight_calls); retry with backoff",
-                self.limits.max_in_flight_calls
-            ))),
+            Ok(_admitted) => call.instrument(span).await,
+            Err(refused) => Err(refused),
         };
         record.code = match &result {
             Ok(_) => Code::Ok,

@@ -29,6 +29,7 @@ pub mod config;
 pub mod flush;
 pub mod ids;
 pub mod metrics;
+pub mod overload;
 pub mod read_state;
 pub mod server;
 pub mod store;

@@ -1,7 +1,9 @@
 //! Overload: past `limits.max_in_flight_calls`, calls are refused at once
 //! with `RESOURCE_EXHAUSTED` (and counted), health stays reachable, and the
 //! limit frees again when admitted calls end, cancelled ones included; a
-//! request over `limits.max_request_bytes` is refused before decoding.
+//! request over `limits.max_request_bytes` is refused before decoding; and
+//! while tasks wait longer than `limits.max_queue_delay_ms` for a worker,
+//! calls are refused too, until the workers catch up.
 
 mod common;
 
@@ -144,4 +146,71 @@ async fn a_request_over_the_size_limit_is_refused_before_decoding() {
         .into_inner();
     assert_eq!(small.read_states.len(), 1);
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_server_short_of_cpu_sheds_until_its_workers_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.limits.max_queue_delay_ms = 10;
+    let mut server = TestServer::start(&config, InstrumentedStore::open(dir.path())).await;
+    let metrics_addr = server.running.metrics_addr.unwrap();
+    let mention = |user_id| AddMentionsRequest {
+        channel_id: 1,
+        message_id: 100,
+        user_ids: vec![user_id],
+    };
+
+    let mut client = server.client.clone();
+    assert!(
+        eventually(Duration::from_secs(30), async || client
+            .add_mentions(mention(1))
+            .await
+            .is_ok())
+        .await,
+        "an idle server refuses calls"
+    );
+
+    // Starve the server of CPU: on this one-worker runtime, a task that
+    // holds the worker 40 ms at a time (a deliberate blocking sleep) makes
+    // every other task, the server's included, wait that long for it.
+    let hog = tokio::spawn(async {
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(40));
+            tokio::task::yield_now().await;
+        }
+    });
+    let mut shed = None;
+    for user_id in 2..200 {
+        if let Err(status) = server.client.add_mentions(mention(user_id)).await {
+            shed = Some(status);
+            break;
+        }
+    }
+    let shed = shed.expect("no call was refused while the workers were starved");
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    assert!(
+        shed.message().contains("limits.max_queue_delay_ms"),
+        "{shed:?}"
+    );
+    hog.await.unwrap();
+
+    let mut client = server.client.clone();
+    assert!(
+        eventually(Duration::from_secs(30), async || client
+            .add_mentions(mention(1))
+            .await
+            .is_ok())
+        .await,
+        "calls are still refused once the workers caught up"
+    );
+    let text = http_get(metrics_addr, "/metrics").await.1;
+    let series =
+        r#"readstates_rpc_duration_seconds_count{method="AddMentions",code="RESOURCE_EXHAUSTED"}"#;
+    assert!(sample(&text, series).unwrap_or(0.0) >= 1.0, "{text}");
+    assert!(
+        sample(&text, "readstates_runtime_queue_delay_seconds").is_some(),
+        "{text}"
+    );
 }

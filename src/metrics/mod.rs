@@ -125,6 +125,8 @@ pub struct Metrics {
     pub flush_rows_written: Counter,
     pub flush_batches: Counter,
     pub flush_retries: Counter,
+    /// How late the runtime's probe task last woke (see `overload`).
+    pub queue_delay: Gauge,
     cache: CacheMetrics,
     process_resident_memory: Gauge,
     /// Start times of batch writes not yet done (retries included), by id.
@@ -323,6 +325,11 @@ impl Metrics {
                 "readstates_flush_retries_total",
                 None,
                 "Failed batch writes that were retried.",
+            ),
+            queue_delay: gauge(
+                "readstates_runtime_queue_delay_seconds",
+                Some(Unit::Seconds),
+                "How long a task last waited for a runtime worker (the overload signal of limits.max_queue_delay_ms).",
             ),
             cache,
             process_resident_memory: gauge(

@@ -9,16 +9,14 @@
 mod delayed;
 mod embedded;
 mod metered;
-mod migrate;
 mod row;
 mod scylla;
 
 pub use delayed::DelayedStore;
 pub use embedded::{DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS, EmbeddedOptions, EmbeddedStore};
 pub use metered::MeteredStore;
-pub use migrate::{MigrateError, MigrationReport};
 pub use row::{RowDecodeError, decode_row, encode_row};
-pub use scylla::{ScyllaError, ScyllaStore};
+pub use scylla::{MigrateError, MigrationReport, ScyllaError, ScyllaStore};
 
 use std::future::Future;
 use std::pin::Pin;

@@ -25,7 +25,11 @@
 //! Writes are acknowledged at the configured consistency, so `sync` has
 //! nothing left to do.
 
+#[cfg(test)]
+mod bind_check;
+mod consistency;
 mod cql;
+mod migrate;
 mod session;
 
 use std::ops::ControlFlow;
@@ -39,10 +43,11 @@ use ::scylla::statement::prepared::PreparedStatement;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
+use self::consistency::consistency;
 use self::cql::{StatementTexts, StoredRow, UserBatch, WriteValues};
-use super::migrate::{self, MigrateError, MigrationReport};
+pub use self::migrate::{MigrateError, MigrationReport};
 use super::{LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows};
-use crate::config::{Consistency, ScyllaConfig};
+use crate::config::ScyllaConfig;
 use crate::ids::UserId;
 
 /// Why the Scylla store could not be opened or migrated.
@@ -331,22 +336,6 @@ async fn prepare(
         })
 }
 
-/// Maps a configured consistency to the driver's.
-pub(super) fn consistency(level: Consistency) -> ::scylla::statement::Consistency {
-    use ::scylla::statement::Consistency as Driver;
-    match level {
-        Consistency::Any => Driver::Any,
-        Consistency::One => Driver::One,
-        Consistency::Two => Driver::Two,
-        Consistency::Three => Driver::Three,
-        Consistency::Quorum => Driver::Quorum,
-        Consistency::All => Driver::All,
-        Consistency::LocalQuorum => Driver::LocalQuorum,
-        Consistency::EachQuorum => Driver::EachQuorum,
-        Consistency::LocalOne => Driver::LocalOne,
-    }
-}
-
 /// A failed request: the driver's message names the failure (timeout,
 /// unavailable replicas, overloaded node, broken connection) and the nodes,
 /// never credentials, which the driver does not put in its errors.
@@ -364,29 +353,5 @@ fn log_report(report: &MigrationReport, keyspace: &str) {
             already_applied = ?report.already_applied,
             "migrations applied"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_consistency_maps_to_the_drivers() {
-        use ::scylla::statement::Consistency as Driver;
-        let pairs = [
-            (Consistency::Any, Driver::Any),
-            (Consistency::One, Driver::One),
-            (Consistency::Two, Driver::Two),
-            (Consistency::Three, Driver::Three),
-            (Consistency::Quorum, Driver::Quorum),
-            (Consistency::All, Driver::All),
-            (Consistency::LocalQuorum, Driver::LocalQuorum),
-            (Consistency::EachQuorum, Driver::EachQuorum),
-            (Consistency::LocalOne, Driver::LocalOne),
-        ];
-        for (ours, theirs) in pairs {
-            assert_eq!(consistency(ours), theirs);
-        }
     }
 }

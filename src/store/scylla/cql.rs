@@ -323,7 +323,7 @@ mod tests {
     use ::scylla::deserialize::row::DeserializeRow;
 
     use super::*;
-    use crate::store::migrate::schema_check::{markers, schema_types, serializes, specs};
+    use crate::store::scylla::bind_check::{markers, schema_types, serializes, specs};
 
     fn state(channel: u64, version: u64) -> ReadState {
         ReadState {

@@ -29,6 +29,7 @@
 mod bind_check;
 mod consistency;
 mod cql;
+mod error;
 mod migrate;
 mod session;
 
@@ -45,45 +46,12 @@ use tokio::sync::Semaphore;
 
 use self::consistency::consistency;
 use self::cql::{StatementTexts, StoredRow, UserBatch, WriteValues};
+pub use self::error::ScyllaError;
+use self::error::{request_failed, result_unreadable};
 pub use self::migrate::{MigrateError, MigrationReport};
 use super::{LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows};
 use crate::config::ScyllaConfig;
 use crate::ids::UserId;
-
-/// Why the Scylla store could not be opened or migrated.
-#[derive(Debug, thiserror::Error)]
-pub enum ScyllaError {
-    /// No contact point answered, or authentication failed.
-    #[error(
-        "cannot connect to the cluster at {contact_points}: {message}; check \
-         scylla.contact_points, the credentials and that the cluster is up"
-    )]
-    Connect {
-        contact_points: String,
-        message: String,
-    },
-    /// `scylla.local_datacenter` names no datacenter of the cluster.
-    #[error(
-        "scylla.local_datacenter is {local:?}, but the cluster's datacenters are [{known}]; \
-         set it to the datacenter of this service"
-    )]
-    LocalDatacenter { local: String, known: String },
-    /// The TLS settings could not be turned into a client configuration.
-    #[error("TLS setup failed: {0}")]
-    Tls(String),
-    /// The schema is missing, behind, or not ours.
-    #[error(transparent)]
-    Schema(#[from] MigrateError),
-    /// A statement could not be prepared.
-    #[error(
-        "preparing the {statement} statement failed: {message}; is the keyspace migrated \
-         (`readstates migrate`)?"
-    )]
-    Prepare {
-        statement: &'static str,
-        message: String,
-    },
-}
 
 /// The store on a ScyllaDB or Cassandra cluster.
 pub struct ScyllaStore {
@@ -166,7 +134,7 @@ impl ScyllaStore {
         self.session
             .batch(&statement, &batch.writes)
             .await
-            .map_err(|error| unavailable("writing read states", error))?;
+            .map_err(|error| request_failed("writing read states", &error))?;
         Ok(())
     }
 
@@ -179,16 +147,16 @@ impl ScyllaStore {
                 .session
                 .execute_single_page(&self.statements.load_user, key, paging_state)
                 .await
-                .map_err(|error| unavailable("reading a user's read states", error))?;
+                .map_err(|error| request_failed("reading a user's read states", &error))?;
             let page = result
                 .into_rows_result()
-                .map_err(|error| unavailable("reading a user's read states", error))?;
+                .map_err(|error| result_unreadable("reading a user's read states", error))?;
             let page_rows = page
                 .rows::<StoredRow>()
-                .map_err(|error| unavailable("decoding a user's read states", error))?;
+                .map_err(|error| result_unreadable("decoding a user's read states", error))?;
             for row in page_rows {
                 let row =
-                    row.map_err(|error| unavailable("decoding a user's read states", error))?;
+                    row.map_err(|error| result_unreadable("decoding a user's read states", error))?;
                 cql::accumulate(&mut rows, row).map_err(|source| StoreError::Corrupt {
                     user_id: user_id.get(),
                     source,
@@ -235,12 +203,12 @@ impl Store for ScyllaStore {
                     (cql::VERSION_FLOOR_KEY,),
                 )
                 .await
-                .map_err(|error| unavailable("reading the version floor", error))?;
+                .map_err(|error| request_failed("reading the version floor", &error))?;
             let row = result
                 .into_rows_result()
-                .map_err(|error| unavailable("reading the version floor", error))?
+                .map_err(|error| result_unreadable("reading the version floor", error))?
                 .maybe_first_row::<(Option<i64>,)>()
-                .map_err(|error| unavailable("decoding the version floor", error))?;
+                .map_err(|error| result_unreadable("decoding the version floor", error))?;
             Ok(cql::version_floor(row.and_then(|(floor,)| floor)))
         })
     }
@@ -255,7 +223,7 @@ impl Store for ScyllaStore {
                     (cql::VERSION_FLOOR_KEY, floor, floor),
                 )
                 .await
-                .map_err(|error| unavailable("recording the version floor", error))?;
+                .map_err(|error| request_failed("recording the version floor", &error))?;
             Ok(())
         })
     }
@@ -334,13 +302,6 @@ async fn prepare(
             statement,
             message: error.to_string(),
         })
-}
-
-/// A failed request: the driver's message names the failure (timeout,
-/// unavailable replicas, overloaded node, broken connection) and the nodes,
-/// never credentials, which the driver does not put in its errors.
-fn unavailable(action: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("scylla: {action}: {error}"))
 }
 
 fn log_report(report: &MigrationReport, keyspace: &str) {

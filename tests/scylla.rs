@@ -408,6 +408,69 @@ async fn a_tampered_newer_or_foreign_schema_is_refused() {
     cluster.drop_keyspace(&foreign).await;
 }
 
+#[tokio::test]
+async fn a_table_or_column_changed_by_hand_is_refused() {
+    let Some(cluster) = Cluster::from_env("a_table_or_column_changed_by_hand_is_refused").await
+    else {
+        return;
+    };
+    let settings = cluster.migrated().await;
+    let keyspace = &settings.keyspace;
+    let refused = async |settings: &ScyllaConfig| {
+        let error = ScyllaStore::open(settings).await.err().unwrap();
+        assert!(
+            matches!(
+                error,
+                ScyllaError::Schema(MigrateError::SchemaMismatch { .. })
+            ),
+            "{error:?}"
+        );
+        let migrate_error = ScyllaStore::migrate(settings).await.unwrap_err();
+        assert!(
+            matches!(
+                migrate_error,
+                ScyllaError::Schema(MigrateError::SchemaMismatch { .. })
+            ),
+            "{migrate_error:?}"
+        );
+        error.to_string()
+    };
+
+    // The history is complete, but a column was dropped and another added.
+    cluster
+        .query(format!(
+            "ALTER TABLE {keyspace}.read_states DROP untracked_until"
+        ))
+        .await;
+    cluster
+        .query(format!("ALTER TABLE {keyspace}.read_states ADD note text"))
+        .await;
+    let message = refused(&settings).await;
+    assert!(
+        message.contains("column read_states.untracked_until (bigint) is missing"),
+        "{message}"
+    );
+    assert!(
+        message.contains("column read_states.note (text) is not created by the migrations"),
+        "{message}"
+    );
+
+    // A dropped table, and a table of someone else's.
+    cluster.drop_keyspace(&settings).await;
+    let settings = cluster.migrated().await;
+    let keyspace = &settings.keyspace;
+    cluster.query(format!("DROP TABLE {keyspace}.meta")).await;
+    cluster
+        .query(format!(
+            "CREATE TABLE {keyspace}.theirs (id int PRIMARY KEY)"
+        ))
+        .await;
+    let message = refused(&settings).await;
+    assert!(message.contains("table meta is missing"), "{message}");
+    assert!(message.contains("table theirs is not created"), "{message}");
+    cluster.drop_keyspace(&settings).await;
+}
+
 // ---------------------------------------------------------------------------
 // The store itself
 // ---------------------------------------------------------------------------

@@ -10,43 +10,27 @@ use ::scylla::serialize::SerializationError;
 use ::scylla::serialize::row::{RowSerializationContext, SerializeRow};
 use ::scylla::serialize::writers::RowWriter;
 
-/// The CQL type of every column, read from the migrations' `CREATE
-/// TABLE` statements, so these tests check the statements and the Rust
-/// value types against the schema the cluster will really have.
+/// The CQL type of every column, as `table.column`, from the schema the
+/// migrations create (the one the start-up check holds the cluster to), so
+/// these tests check the statements and the Rust value types against the
+/// schema the cluster will really have.
 pub fn schema_types() -> HashMap<String, ColumnType<'static>> {
+    let schema = super::migrate::schema::expected(&super::migrate::migrations().unwrap()).unwrap();
     let mut types = HashMap::new();
-    for migration in super::migrate::migrations().unwrap() {
-        for statement in migration.statements("ks", "{'class': 'SimpleStrategy'}") {
-            let Some((head, body)) = statement.split_once('(') else {
-                continue;
+    for (table, columns) in &schema {
+        for (column, definition) in columns {
+            let typ = match definition.cql_type.as_str() {
+                "bigint" => ColumnType::Native(NativeType::BigInt),
+                "int" => ColumnType::Native(NativeType::Int),
+                "text" => ColumnType::Native(NativeType::Text),
+                "timestamp" => ColumnType::Native(NativeType::Timestamp),
+                "frozen<list<bigint>>" => ColumnType::Collection {
+                    frozen: true,
+                    typ: CollectionType::List(Box::new(ColumnType::Native(NativeType::BigInt))),
+                },
+                other => panic!("add {other} to this test"),
             };
-            let Some(table) = head.trim().strip_prefix("CREATE TABLE IF NOT EXISTS ks.") else {
-                continue;
-            };
-            for line in body.lines() {
-                if line.trim().starts_with(')') {
-                    break; // the table options
-                }
-                let mut words = line.trim().trim_end_matches(',').split_whitespace();
-                let (Some(column), Some(typ)) = (words.next(), words.next()) else {
-                    continue;
-                };
-                if column == "PRIMARY" {
-                    continue;
-                }
-                let typ = match typ {
-                    "bigint" => ColumnType::Native(NativeType::BigInt),
-                    "int" => ColumnType::Native(NativeType::Int),
-                    "text" => ColumnType::Native(NativeType::Text),
-                    "timestamp" => ColumnType::Native(NativeType::Timestamp),
-                    "frozen<list<bigint>>" => ColumnType::Collection {
-                        frozen: true,
-                        typ: CollectionType::List(Box::new(ColumnType::Native(NativeType::BigInt))),
-                    },
-                    other => panic!("add {other} to this test"),
-                };
-                types.insert(format!("{table}.{column}"), typ);
-            }
+            types.insert(format!("{table}.{column}"), typ);
         }
     }
     // A USING TIMESTAMP marker is a bigint.

@@ -1,15 +1,18 @@
 //! Schema migrations of the Scylla store: the migration files
 //! ([`files`]), applied in order and recorded in the keyspace's history
-//! table ([`history`]). Statements are written to be re-runnable (`IF NOT
-//! EXISTS`), so a run interrupted between a statement and its record is
-//! finished by the next run. Replication of an existing keyspace is an
-//! operator's `ALTER`.
+//! table ([`history`]), then the tables themselves checked ([`verify`])
+//! against the schema the migrations create ([`schema`]). Statements are
+//! written to be re-runnable (`IF NOT EXISTS`), so a run interrupted between
+//! a statement and its record is finished by the next run. Replication of
+//! an existing keyspace is an operator's `ALTER`.
 //!
 //! The store calls [`apply`] or [`check`] before it prepares its
 //! statements; nothing here uses the store.
 
 mod files;
 mod history;
+pub(super) mod schema;
+mod verify;
 
 use std::time::Duration;
 
@@ -67,6 +70,18 @@ pub enum MigrateError {
          not created by `readstates migrate`; refusing to change it (choose another scylla.keyspace)"
     )]
     Unmanaged { keyspace: String, tables: String },
+    /// The history is complete, but the tables or columns are not the ones
+    /// the migrations create: they were changed by hand.
+    #[error(
+        "keyspace {keyspace} has every migration applied, but its tables differ from the ones \
+         they create: {differences}. It was changed outside `readstates migrate`: restore those \
+         tables and columns as migrations/ defines them, or point scylla.keyspace at a new \
+         keyspace and migrate it"
+    )]
+    SchemaMismatch {
+        keyspace: String,
+        differences: String,
+    },
     /// The schema is behind this build.
     #[error(
         "keyspace {keyspace} lacks migrations {pending}: run `readstates migrate --config <file>` \
@@ -118,16 +133,20 @@ pub async fn apply(
         history::record(session, config, migration).await?;
         report.applied_now.push(migration.version);
     }
+    // `IF NOT EXISTS` keeps a table that was there already, whatever its
+    // columns: check what the statements left.
+    verify::verify(session, &config.keyspace, &schema::expected(&known)?).await?;
     Ok(report)
 }
 
-/// Succeeds when every migration of this build is applied, and nothing else.
+/// Succeeds when every migration of this build is applied, and nothing
+/// else, and the tables and columns are exactly the ones they create.
 pub async fn check(session: &Session, config: &ScyllaConfig) -> Result<(), MigrateError> {
     let known = migrations()?;
     let applied = history::applied_migrations(session, config).await?;
     let pending = history::plan(&known, &applied)?;
     if pending.is_empty() {
-        return Ok(());
+        return verify::verify(session, &config.keyspace, &schema::expected(&known)?).await;
     }
     Err(MigrateError::Pending {
         keyspace: config.keyspace.clone(),

@@ -16,7 +16,7 @@ use crate::config::LimitsConfig;
 use crate::ids::{ChannelId, IdError, MessageId, UserId};
 use crate::metrics::{Method, Metrics};
 use crate::overload::QueueDelay;
-use crate::store::{LoadPriority, Store};
+use crate::store::{ErrorClass, LoadPriority, Store};
 
 /// The generated protobuf and gRPC code of `readstates.v1`.
 pub mod proto {
@@ -50,10 +50,22 @@ impl From<ApiError> for Status {
             ApiError::Cache(CacheError::Backlog { .. }) => Status::unavailable(
                 "write backlog full: the store is not keeping up; retry with backoff",
             ),
-            ApiError::Cache(CacheError::Load(store_error)) => {
-                tracing::warn!(error = %store_error, "store load failed");
-                Status::unavailable("the read-state store is unavailable; retry with backoff")
-            }
+            ApiError::Cache(CacheError::Load(store_error)) => match store_error.class() {
+                ErrorClass::Retryable => {
+                    tracing::warn!(error = %store_error, "store load failed");
+                    Status::unavailable("the read-state store is unavailable; retry with backoff")
+                }
+                // INTERNAL, not FAILED_PRECONDITION: the fault is in the
+                // service's own store (a damaged row, an altered schema, a
+                // revoked permission), which nothing the caller does can fix.
+                ErrorClass::Permanent => {
+                    tracing::error!(error = %store_error, "store load failed, not retryable");
+                    Status::internal(
+                        "the read-state store failed in a way retrying will not fix; do not \
+                         retry: the operator must repair the store",
+                    )
+                }
+            },
         }
     }
 }

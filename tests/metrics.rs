@@ -109,7 +109,7 @@ async fn every_metric_family_shows_after_traffic() {
     );
     assert_eq!(
         value(
-            r#"readstates_store_errors_total{operation="write_batch",backend="instrumented-embedded"}"#
+            r#"readstates_store_errors_total{operation="write_batch",backend="instrumented-embedded",class="retryable"}"#
         ),
         0.0
     );
@@ -146,7 +146,7 @@ async fn store_errors_and_retries_are_counted() {
             let (_, text) = http_get(metrics_addr, "/metrics").await;
             sample(&text, "readstates_flush_retries_total").unwrap_or(0.0) >= 2.0
                 && sample(&text, "readstates_flush_lag_seconds").unwrap_or(0.0) > 0.0
-                && sample(&text, r#"readstates_store_errors_total{operation="write_batch",backend="instrumented-embedded"}"#)
+                && sample(&text, r#"readstates_store_errors_total{operation="write_batch",backend="instrumented-embedded",class="retryable"}"#)
                     .unwrap_or(0.0)
                     >= 2.0
         })

@@ -13,7 +13,9 @@
 //!
 //! The outage test routes the store through a TCP proxy in the test and
 //! cuts it; it needs a single-node cluster (with more nodes the driver
-//! would reach the others directly) and skips otherwise.
+//! would reach the others directly) and skips otherwise. An address
+//! translator sends the driver to the proxy whatever address the node
+//! advertises.
 
 mod common;
 
@@ -37,6 +39,8 @@ use readstates::store::{
 };
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::TranslationError;
+use scylla::policies::address_translator::{AddressTranslator, UntranslatedPeer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tonic::Code;
@@ -406,6 +410,69 @@ async fn a_tampered_newer_or_foreign_schema_is_refused() {
     );
     assert!(error.to_string().contains("theirs"), "{error}");
     cluster.drop_keyspace(&foreign).await;
+}
+
+#[tokio::test]
+async fn a_table_or_column_changed_by_hand_is_refused() {
+    let Some(cluster) = Cluster::from_env("a_table_or_column_changed_by_hand_is_refused").await
+    else {
+        return;
+    };
+    let settings = cluster.migrated().await;
+    let keyspace = &settings.keyspace;
+    let refused = async |settings: &ScyllaConfig| {
+        let error = ScyllaStore::open(settings).await.err().unwrap();
+        assert!(
+            matches!(
+                error,
+                ScyllaError::Schema(MigrateError::SchemaMismatch { .. })
+            ),
+            "{error:?}"
+        );
+        let migrate_error = ScyllaStore::migrate(settings).await.unwrap_err();
+        assert!(
+            matches!(
+                migrate_error,
+                ScyllaError::Schema(MigrateError::SchemaMismatch { .. })
+            ),
+            "{migrate_error:?}"
+        );
+        error.to_string()
+    };
+
+    // The history is complete, but a column was dropped and another added.
+    cluster
+        .query(format!(
+            "ALTER TABLE {keyspace}.read_states DROP untracked_until"
+        ))
+        .await;
+    cluster
+        .query(format!("ALTER TABLE {keyspace}.read_states ADD note text"))
+        .await;
+    let message = refused(&settings).await;
+    assert!(
+        message.contains("column read_states.untracked_until (bigint) is missing"),
+        "{message}"
+    );
+    assert!(
+        message.contains("column read_states.note (text) is not created by the migrations"),
+        "{message}"
+    );
+
+    // A dropped table, and a table of someone else's.
+    cluster.drop_keyspace(&settings).await;
+    let settings = cluster.migrated().await;
+    let keyspace = &settings.keyspace;
+    cluster.query(format!("DROP TABLE {keyspace}.meta")).await;
+    cluster
+        .query(format!(
+            "CREATE TABLE {keyspace}.theirs (id int PRIMARY KEY)"
+        ))
+        .await;
+    let message = refused(&settings).await;
+    assert!(message.contains("table meta is missing"), "{message}");
+    assert!(message.contains("table theirs is not created"), "{message}");
+    cluster.drop_keyspace(&settings).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -866,6 +933,24 @@ impl Proxy {
     }
 }
 
+/// Sends every connection to the proxy. The driver dials a node at the
+/// address the node advertises (its `rpc_address` in `system.local`, with
+/// the contact point's port), not at the contact point: without this it
+/// would reach the proxy only where that address is 127.0.0.1, and fail
+/// with "No connections in the pool" elsewhere (a container, a remote
+/// node). With a single node, every node is the proxied one.
+struct ThroughProxy(SocketAddr);
+
+#[async_trait::async_trait]
+impl AddressTranslator for ThroughProxy {
+    async fn translate_address(
+        &self,
+        _untranslated_peer: &UntranslatedPeer,
+    ) -> Result<SocketAddr, TranslationError> {
+        Ok(self.0)
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_cluster_gives_unavailable_and_recovers() {
     let Some(cluster) =
@@ -891,9 +976,13 @@ async fn an_unreachable_cluster_gives_unavailable_and_recovers() {
         ..settings.clone()
     };
     // Shard-aware connections would go to the node's own port, around the proxy.
-    let store = ScyllaStore::open_with(&proxied, |builder| builder.disallow_shard_aware_port(true))
-        .await
-        .unwrap();
+    let store = ScyllaStore::open_with(&proxied, |builder| {
+        builder
+            .disallow_shard_aware_port(true)
+            .address_translator(Arc::new(ThroughProxy(proxy.addr)))
+    })
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = service_config(dir.path(), &proxied);
     config.flush.delay_ms = 200;

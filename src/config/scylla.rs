@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::ConfigError;
 
 /// The ScyllaDB / Cassandra store, used when `store.backend = "scylla"`.
-/// The schema is created by `readstates migrate` (see `store::migrate`).
+/// The schema is created by `readstates migrate` (see `store::scylla::migrate`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScyllaConfig {

@@ -31,6 +31,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tonic::Code;
 
 use crate::cache::Cache;
+use crate::store::ErrorClass;
 
 const METADATA: Metadata<'static> = Metadata::new("readstates", Level::INFO, Some(module_path!()));
 
@@ -104,6 +105,9 @@ impl StoreOperation {
     }
 }
 
+/// The store error classes, in declaration order (the counters' index).
+const ERROR_CLASSES: [ErrorClass; 2] = [ErrorClass::Retryable, ErrorClass::Permanent];
+
 /// The gRPC status codes, 0 to 16.
 const CODES: usize = 17;
 
@@ -120,6 +124,7 @@ pub struct Metrics {
     /// Indexed by `method * CODES + code`.
     rpc_durations: Box<[AtomicHistogram]>,
     store_durations: Box<[AtomicHistogram]>,
+    /// Indexed by `operation * ERROR_CLASSES.len() + class`.
     store_errors: Box<[Counter]>,
     flush_batch_rows: AtomicHistogram,
     pub flush_rows_written: Counter,
@@ -182,14 +187,17 @@ impl Metrics {
         recorder.describe_counter(
             "readstates_store_errors_total".into(),
             None,
-            "Failed store operations, by operation and backend.".into(),
+            "Failed store operations, by operation, backend and class (retryable or permanent)."
+                .into(),
         );
         let store_errors = StoreOperation::ALL
             .iter()
-            .map(|operation| {
+            .flat_map(|operation| ERROR_CLASSES.map(|class| (operation, class)))
+            .map(|(operation, class)| {
                 let labels = vec![
                     Label::new("operation", operation.name()),
                     Label::new("backend", store_backend),
+                    Label::new("class", class.name()),
                 ];
                 recorder.register_counter(
                     &Key::from_parts("readstates_store_errors_total", labels),
@@ -349,11 +357,18 @@ impl Metrics {
         self.rpc_durations[method as usize * CODES + code_index].record_duration(elapsed);
     }
 
-    /// Records one store operation.
-    pub fn record_store(&self, operation: StoreOperation, elapsed: Duration, failed: bool) {
+    /// Records one store operation, and its failure's class if it failed.
+    pub fn record_store(
+        &self,
+        operation: StoreOperation,
+        elapsed: Duration,
+        failure: Option<ErrorClass>,
+    ) {
         self.store_durations[operation as usize].record_duration(elapsed);
-        if failed {
-            self.store_errors[operation as usize].increment(1);
+        if let Some(class) = failure {
+            debug_assert_eq!(ERROR_CLASSES[class as usize], class);
+            let index = operation as usize * ERROR_CLASSES.len() + class as usize;
+            self.store_errors[index].increment(1);
         }
     }
 

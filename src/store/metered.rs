@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows};
+use super::{ErrorClass, LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows};
 use crate::ids::UserId;
 use crate::metrics::{Metrics, StoreOperation};
 
@@ -36,7 +36,7 @@ impl MeteredStore {
                 let started = Instant::now();
                 let result = call.await;
                 self.metrics
-                    .record_store(operation, started.elapsed(), result.is_err());
+                    .record_store(operation, started.elapsed(), failure_class(&result));
                 if let Err(error) = &result {
                     tracing::debug!(%error, "store operation failed");
                 }
@@ -45,6 +45,10 @@ impl MeteredStore {
             .instrument(span),
         )
     }
+}
+
+fn failure_class<T>(result: &Result<T, StoreError>) -> Option<ErrorClass> {
+    result.as_ref().err().map(StoreError::class)
 }
 
 impl Store for MeteredStore {

@@ -9,16 +9,14 @@
 mod delayed;
 mod embedded;
 mod metered;
-mod migrate;
 mod row;
 mod scylla;
 
 pub use delayed::DelayedStore;
 pub use embedded::{DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS, EmbeddedOptions, EmbeddedStore};
 pub use metered::MeteredStore;
-pub use migrate::{MigrateError, MigrationReport};
 pub use row::{RowDecodeError, decode_row, encode_row};
-pub use scylla::{ScyllaError, ScyllaStore};
+pub use scylla::{MigrateError, MigrationReport, ScyllaError, ScyllaStore};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -107,6 +105,28 @@ pub trait Store: Send + Sync + 'static {
     fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize>;
 }
 
+/// Whether retrying a failed store operation can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The database was unreachable, overloaded or too slow: the same
+    /// operation may succeed later.
+    Retryable,
+    /// The operation cannot succeed until someone changes something (the
+    /// data, the schema, a permission, the build): retrying repeats the
+    /// failure.
+    Permanent,
+}
+
+impl ErrorClass {
+    /// Returns the class's name, for metric labels and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorClass::Retryable => "retryable",
+            ErrorClass::Permanent => "permanent",
+        }
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -114,6 +134,11 @@ pub enum StoreError {
     /// later may succeed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The database refused the operation in a way retrying will not fix: a
+    /// missing or altered table, a permission, a damaged file, a statement
+    /// or value it rejects.
+    #[error("store failed, not retryable: {0}")]
+    Permanent(String),
     /// A stored row could not be decoded; the data is damaged or was written
     /// by an incompatible version.
     #[error("stored row for user {user_id} is damaged: {source}")]
@@ -125,4 +150,18 @@ pub enum StoreError {
     /// The blocking store worker was cancelled or panicked.
     #[error("store worker failed: {0}")]
     Worker(String),
+}
+
+impl StoreError {
+    /// Returns whether retrying the operation can succeed. A damaged row
+    /// reads the same on every try, and a store worker that stopped does
+    /// not come back without a restart: both are permanent.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::Unavailable(_) => ErrorClass::Retryable,
+            StoreError::Permanent(_) | StoreError::Corrupt { .. } | StoreError::Worker(_) => {
+                ErrorClass::Permanent
+            }
+        }
+    }
 }

@@ -25,7 +25,12 @@
 //! Writes are acknowledged at the configured consistency, so `sync` has
 //! nothing left to do.
 
+#[cfg(test)]
+mod bind_check;
+mod consistency;
 mod cql;
+mod error;
+mod migrate;
 mod session;
 
 use std::ops::ControlFlow;
@@ -39,46 +44,14 @@ use ::scylla::statement::prepared::PreparedStatement;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
+use self::consistency::consistency;
 use self::cql::{StatementTexts, StoredRow, UserBatch, WriteValues};
-use super::migrate::{self, MigrateError, MigrationReport};
+pub use self::error::ScyllaError;
+use self::error::{request_failed, result_unreadable};
+pub use self::migrate::{MigrateError, MigrationReport};
 use super::{LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows};
-use crate::config::{Consistency, ScyllaConfig};
+use crate::config::ScyllaConfig;
 use crate::ids::UserId;
-
-/// Why the Scylla store could not be opened or migrated.
-#[derive(Debug, thiserror::Error)]
-pub enum ScyllaError {
-    /// No contact point answered, or authentication failed.
-    #[error(
-        "cannot connect to the cluster at {contact_points}: {message}; check \
-         scylla.contact_points, the credentials and that the cluster is up"
-    )]
-    Connect {
-        contact_points: String,
-        message: String,
-    },
-    /// `scylla.local_datacenter` names no datacenter of the cluster.
-    #[error(
-        "scylla.local_datacenter is {local:?}, but the cluster's datacenters are [{known}]; \
-         set it to the datacenter of this service"
-    )]
-    LocalDatacenter { local: String, known: String },
-    /// The TLS settings could not be turned into a client configuration.
-    #[error("TLS setup failed: {0}")]
-    Tls(String),
-    /// The schema is missing, behind, or not ours.
-    #[error(transparent)]
-    Schema(#[from] MigrateError),
-    /// A statement could not be prepared.
-    #[error(
-        "preparing the {statement} statement failed: {message}; is the keyspace migrated \
-         (`readstates migrate`)?"
-    )]
-    Prepare {
-        statement: &'static str,
-        message: String,
-    },
-}
 
 /// The store on a ScyllaDB or Cassandra cluster.
 pub struct ScyllaStore {
@@ -161,7 +134,7 @@ impl ScyllaStore {
         self.session
             .batch(&statement, &batch.writes)
             .await
-            .map_err(|error| unavailable("writing read states", error))?;
+            .map_err(|error| request_failed("writing read states", &error))?;
         Ok(())
     }
 
@@ -174,16 +147,16 @@ impl ScyllaStore {
                 .session
                 .execute_single_page(&self.statements.load_user, key, paging_state)
                 .await
-                .map_err(|error| unavailable("reading a user's read states", error))?;
+                .map_err(|error| request_failed("reading a user's read states", &error))?;
             let page = result
                 .into_rows_result()
-                .map_err(|error| unavailable("reading a user's read states", error))?;
+                .map_err(|error| result_unreadable("reading a user's read states", error))?;
             let page_rows = page
                 .rows::<StoredRow>()
-                .map_err(|error| unavailable("decoding a user's read states", error))?;
+                .map_err(|error| result_unreadable("decoding a user's read states", error))?;
             for row in page_rows {
                 let row =
-                    row.map_err(|error| unavailable("decoding a user's read states", error))?;
+                    row.map_err(|error| result_unreadable("decoding a user's read states", error))?;
                 cql::accumulate(&mut rows, row).map_err(|source| StoreError::Corrupt {
                     user_id: user_id.get(),
                     source,
@@ -230,12 +203,12 @@ impl Store for ScyllaStore {
                     (cql::VERSION_FLOOR_KEY,),
                 )
                 .await
-                .map_err(|error| unavailable("reading the version floor", error))?;
+                .map_err(|error| request_failed("reading the version floor", &error))?;
             let row = result
                 .into_rows_result()
-                .map_err(|error| unavailable("reading the version floor", error))?
+                .map_err(|error| result_unreadable("reading the version floor", error))?
                 .maybe_first_row::<(Option<i64>,)>()
-                .map_err(|error| unavailable("decoding the version floor", error))?;
+                .map_err(|error| result_unreadable("decoding the version floor", error))?;
             Ok(cql::version_floor(row.and_then(|(floor,)| floor)))
         })
     }
@@ -250,7 +223,7 @@ impl Store for ScyllaStore {
                     (cql::VERSION_FLOOR_KEY, floor, floor),
                 )
                 .await
-                .map_err(|error| unavailable("recording the version floor", error))?;
+                .map_err(|error| request_failed("recording the version floor", &error))?;
             Ok(())
         })
     }
@@ -331,29 +304,6 @@ async fn prepare(
         })
 }
 
-/// Maps a configured consistency to the driver's.
-pub(super) fn consistency(level: Consistency) -> ::scylla::statement::Consistency {
-    use ::scylla::statement::Consistency as Driver;
-    match level {
-        Consistency::Any => Driver::Any,
-        Consistency::One => Driver::One,
-        Consistency::Two => Driver::Two,
-        Consistency::Three => Driver::Three,
-        Consistency::Quorum => Driver::Quorum,
-        Consistency::All => Driver::All,
-        Consistency::LocalQuorum => Driver::LocalQuorum,
-        Consistency::EachQuorum => Driver::EachQuorum,
-        Consistency::LocalOne => Driver::LocalOne,
-    }
-}
-
-/// A failed request: the driver's message names the failure (timeout,
-/// unavailable replicas, overloaded node, broken connection) and the nodes,
-/// never credentials, which the driver does not put in its errors.
-fn unavailable(action: &str, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("scylla: {action}: {error}"))
-}
-
 fn log_report(report: &MigrationReport, keyspace: &str) {
     if report.applied_now.is_empty() {
         tracing::info!(keyspace, applied = ?report.already_applied, "schema up to date");
@@ -364,29 +314,5 @@ fn log_report(report: &MigrationReport, keyspace: &str) {
             already_applied = ?report.already_applied,
             "migrations applied"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_consistency_maps_to_the_drivers() {
-        use ::scylla::statement::Consistency as Driver;
-        let pairs = [
-            (Consistency::Any, Driver::Any),
-            (Consistency::One, Driver::One),
-            (Consistency::Two, Driver::Two),
-            (Consistency::Three, Driver::Three),
-            (Consistency::Quorum, Driver::Quorum),
-            (Consistency::All, Driver::All),
-            (Consistency::LocalQuorum, Driver::LocalQuorum),
-            (Consistency::EachQuorum, Driver::EachQuorum),
-            (Consistency::LocalOne, Driver::LocalOne),
-        ];
-        for (ours, theirs) in pairs {
-            assert_eq!(consistency(ours), theirs);
-        }
     }
 }

@@ -41,12 +41,16 @@ use std::sync::Arc;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+mod error;
 mod legacy;
 mod readers;
 
 use super::row::{Row, decode_row, encode_row};
-use super::{LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows, newest_per_key};
+use super::{
+    ErrorClass, LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows, newest_per_key,
+};
 use crate::ids::{ChannelId, UserId};
+use error::redb_error;
 use readers::Readers;
 
 /// The read states, keyed by (user id, channel id).
@@ -302,12 +306,16 @@ fn write_group(db: &Database, group: &[WriteJob]) -> Result<(), StoreError> {
     txn.commit().map_err(redb_error)
 }
 
-/// A group's failure, told to each of its batches (the message once, not
-/// wrapped again in "store unavailable").
+/// A group's failure, told to each of its batches with its class (the
+/// message once, not wrapped again in "store unavailable").
 fn shared_failure(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::Unavailable(message) => StoreError::Unavailable(message.clone()),
-        other => StoreError::Unavailable(other.to_string()),
+    let message = match error {
+        StoreError::Unavailable(message) | StoreError::Permanent(message) => message.clone(),
+        other => other.to_string(),
+    };
+    match error.class() {
+        ErrorClass::Retryable => StoreError::Unavailable(message),
+        ErrorClass::Permanent => StoreError::Permanent(message),
     }
 }
 
@@ -359,10 +367,6 @@ fn run_in_the_background() {
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WRITER_NICE) } != 0 {
         tracing::debug!("could not lower the store writer's priority");
     }
-}
-
-fn redb_error(error: impl Into<redb::Error>) -> StoreError {
-    StoreError::Unavailable(format!("embedded database: {}", error.into()))
 }
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::{ScyllaError, consistency};
+use super::consistency::consistency;
+use super::error::ScyllaError;
 use crate::config::{RetryPolicyKind, ScyllaConfig, SpeculativeExecution};
 
 /// Connects to the cluster. `customize` may adjust the builder last (the

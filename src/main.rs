@@ -1,5 +1,6 @@
 //! The readstates server binary: parses arguments and configuration, sets
-//! up logging, runs the server, reloads the configuration on SIGHUP, and
+//! up logging, runs the server, reloads the configuration and the bearer
+//! tokens file on SIGHUP, and
 //! shuts down gracefully on SIGTERM or SIGINT. `readstates migrate` applies
 //! the Scylla store's schema migrations instead, and exits.
 
@@ -104,7 +105,12 @@ async fn run(
                 tracing::info!("received SIGINT");
                 break;
             }
-            _ = hangup.recv() => reload(config_path, &running, log_reload),
+            _ = hangup.recv() => {
+                reload(config_path, &running, log_reload);
+                // The tokens file named at start is re-read even when the
+                // configuration is not (it logs its own outcome).
+                let _ = running.reload_tokens().await;
+            }
         }
     }
     let timeout = Duration::from_millis(config.server.shutdown_timeout_ms);

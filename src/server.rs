@@ -14,8 +14,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::api::{ReadStatesService, proto};
+use crate::auth::{AuthError, Security, tls_incoming};
 use crate::cache::{Cache, CacheSettings};
 use crate::clock::{VERSION_LEASE_MICROS, unix_micros};
 use crate::config::{Config, StoreBackend};
@@ -26,6 +28,11 @@ use crate::store::{
 };
 
 type ReadStatesServer = proto::read_states_server::ReadStatesServer<ReadStatesService>;
+
+/// The gRPC server's run, over plaintext or TLS connections.
+type ServeFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'a>,
+>;
 
 /// Opens the store the configuration names.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -74,6 +81,7 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The configuration in force (live changes included).
     config: Mutex<Config>,
+    security: Arc<Security>,
     batch_size: Arc<AtomicUsize>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -156,6 +164,8 @@ impl Running {
             (new.limits != current.limits, "limits"),
             (new.metrics != current.metrics, "metrics"),
             (new.scylla != current.scylla, "scylla"),
+            (new.tls != current.tls, "tls"),
+            (new.auth != current.auth, "auth"),
         ];
         for (changed, name) in restart_only {
             if changed {
@@ -167,6 +177,12 @@ impl Running {
             }
         }
         need_restart
+    }
+
+    /// Re-reads the bearer tokens file (`auth.tokens_file`), if one is
+    /// configured; on an error the tokens in force are kept.
+    pub async fn reload_tokens(&self) -> Result<(), AuthError> {
+        self.security.reload_tokens().await
     }
 
     /// Returns a token that starts the shutdown when cancelled.
@@ -183,6 +199,13 @@ impl Running {
 /// Starts serving `config` over `store`.
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
     let metrics = Metrics::new(store.backend());
+    // First, so that a missing or bad file stops the start before the
+    // store is touched.
+    let security = Arc::new(
+        Security::from_config(config, &metrics)
+            .await
+            .context("setting up TLS and authentication")?,
+    );
     let store: Arc<dyn Store> = match config.store.injected_latency() {
         Some((median, p99)) => {
             tracing::warn!(
@@ -289,11 +312,16 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
+        // Only ReadStates calls are checked: health and reflection stay
+        // open to load balancers and tools (TLS, when on, covers them all).
+        .add_service(InterceptedService::new(
             ReadStatesServer::new(service)
                 .max_decoding_message_size(config.limits.max_request_bytes),
-        );
+            security.authenticator.clone(),
+        ));
 
+    let tls = security.tls.clone();
+    let handshake_failures = metrics.tls_handshake_failures.clone();
     let serve_shutdown = shutdown.clone();
     let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);
     let task = tokio::spawn(async move {
@@ -302,7 +330,20 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             tracing::info!("shutting down: finishing calls in flight");
             health_reporter.set_not_serving::<ReadStatesServer>().await;
         };
-        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping);
+        let (serve, handshakes): (ServeFuture<'_>, _) = match tls {
+            Some(tls) => {
+                let (incoming, handshakes) = tls_incoming(listener, tls, handshake_failures);
+                let serve = router.serve_with_incoming_shutdown(incoming, stopping);
+                (Box::pin(serve), Some(handshakes))
+            }
+            None => {
+                let incoming = TcpListenerStream::new(listener);
+                (
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, stopping)),
+                    None,
+                )
+            }
+        };
         // A client that never lets its connection close must not keep the
         // final flush from running: past the drain timeout, connections are
         // dropped (their unfinished calls were never acknowledged).
@@ -317,6 +358,10 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
                 Ok(())
             }
         };
+        // The accepting task ends with the server's incoming stream.
+        if let Some(handshakes) = handshakes {
+            handshakes.await.context("TLS accepting task failed")?;
+        }
         tracing::info!("calls finished: flushing dirty read states");
         flush_shutdown.cancel();
         let flushed = flusher_task.await.context("flusher task failed")?;
@@ -333,13 +378,21 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     if let Some(metrics_addr) = metrics_addr {
         tracing::info!(%metrics_addr, "serving /metrics");
     }
-    tracing::info!(grpc_addr = %addr, store = store.backend(), "readstates listening");
+    tracing::info!(
+        grpc_addr = %addr,
+        store = store.backend(),
+        tls = config.tls.enabled(),
+        client_certificates = config.tls.client_ca_file.is_some(),
+        bearer_tokens = config.auth.tokens_file.is_some(),
+        "readstates listening"
+    );
     Ok(Running {
         addr,
         metrics_addr,
         cache,
         metrics,
         config: Mutex::new(config.clone()),
+        security,
         batch_size,
         shutdown,
         task,

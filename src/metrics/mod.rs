@@ -125,6 +125,11 @@ pub struct Metrics {
     pub flush_rows_written: Counter,
     pub flush_batches: Counter,
     pub flush_retries: Counter,
+    /// ReadStates calls refused by the authentication check, by reason.
+    pub auth_refused_unauthenticated: Counter,
+    pub auth_refused_permission_denied: Counter,
+    /// TLS handshakes on the gRPC port that failed or timed out.
+    pub tls_handshake_failures: Counter,
     cache: CacheMetrics,
     process_resident_memory: Gauge,
     /// Start times of batch writes not yet done (retries included), by id.
@@ -206,6 +211,20 @@ impl Metrics {
                 &Key::from_parts(
                     "readstates_cache_evictions_total",
                     vec![Label::new("dirty", dirty)],
+                ),
+                &METADATA,
+            )
+        };
+        recorder.describe_counter(
+            "readstates_auth_refused_total".into(),
+            None,
+            "ReadStates calls refused by the authentication check: reason=\"unauthenticated\" (no or bad credentials), \"permission_denied\" (a caller not allowed).".into(),
+        );
+        let auth_refused = |reason: &'static str| {
+            recorder.register_counter(
+                &Key::from_parts(
+                    "readstates_auth_refused_total",
+                    vec![Label::new("reason", reason)],
                 ),
                 &METADATA,
             )
@@ -323,6 +342,13 @@ impl Metrics {
                 "readstates_flush_retries_total",
                 None,
                 "Failed batch writes that were retried.",
+            ),
+            auth_refused_unauthenticated: auth_refused("unauthenticated"),
+            auth_refused_permission_denied: auth_refused("permission_denied"),
+            tls_handshake_failures: counter(
+                "readstates_tls_handshake_failures_total",
+                None,
+                "TLS handshakes on the gRPC port that failed (plaintext, a certificate from another CA) or timed out.",
             ),
             cache,
             process_resident_memory: gauge(

@@ -385,6 +385,62 @@ async fn client_certificates_admit_listed_identities_only() {
     running.shutdown().await.unwrap();
 }
 
+/// The README's certificates: `ops/make-certs.sh` (openssl) makes a CA, a
+/// server certificate and a caller's, and they work as documented.
+#[tokio::test]
+async fn certificates_made_by_openssl_with_the_ops_script_work() {
+    let openssl = std::process::Command::new("openssl")
+        .arg("version")
+        .output();
+    if !openssl.is_ok_and(|output| output.status.success()) {
+        eprintln!("skipped: openssl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let made = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/make-certs.sh"))
+        .arg(&certs)
+        .args(["readstates.internal", "orders.internal", "search.internal"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+
+    let mut config = test_config(&dir.path().join("data"));
+    config.tls.cert_file = Some(certs.join("server.pem"));
+    config.tls.key_file = Some(certs.join("server.key"));
+    config.tls.client_ca_file = Some(certs.join("ca.pem"));
+    config.auth.allowed_callers = vec!["orders.internal".to_owned()];
+    let running = start(&config, dir.path()).await;
+
+    let ca = std::fs::read_to_string(certs.join("ca.pem")).unwrap();
+    let channel_as = async |caller: &str| {
+        let identity = Identity::from_pem(
+            std::fs::read_to_string(certs.join(format!("{caller}.pem"))).unwrap(),
+            std::fs::read_to_string(certs.join(format!("{caller}.key"))).unwrap(),
+        );
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca))
+            .domain_name("readstates.internal")
+            .identity(identity);
+        Channel::from_shared(format!("https://{}", running.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    };
+    ack(&channel_as("orders.internal").await, 1, None)
+        .await
+        .unwrap();
+    let refused = ack(&channel_as("search.internal").await, 2, None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    running.shutdown().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // Bearer tokens
 // ---------------------------------------------------------------------------
@@ -574,4 +630,84 @@ async fn a_missing_or_bad_file_stops_the_start_and_names_its_path() {
             "{setting}: {error}"
         );
     }
+}
+
+/// Kills the server process if a test ends early.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn sighup_makes_the_binary_reload_its_tokens_file() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    write_tokens(&tokens, &format!("orders {ORDERS_TOKEN}\n"));
+    let config = dir.path().join("readstates.toml");
+    let text = format!(
+        "[server]\nlisten_addr = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n\
+         [store]\ndata_dir = \"{}\"\n[auth]\ntokens_file = \"{}\"\n",
+        dir.path().join("data").display(),
+        tokens.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_readstates"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("grpc_addr=").nth(1) {
+                let addr = addr.split_whitespace().next().unwrap_or_default();
+                let _ = sender.send(addr.to_owned());
+            }
+        }
+    });
+    let addr: SocketAddr = receiver
+        .recv_timeout(HANG_GUARD)
+        .expect("the server never logged its address")
+        .parse()
+        .unwrap();
+    let channel = common::channel(addr).await;
+    let old = format!("Bearer {ORDERS_TOKEN}");
+    let new = format!("Bearer {BATCH_TOKEN}");
+    ack(&channel, 1, Some(&old)).await.unwrap();
+
+    write_tokens(&tokens, &format!("batch {BATCH_TOKEN}\n"));
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(
+        common::eventually(HANG_GUARD, async || ack(&channel, 2, Some(&new))
+            .await
+            .is_ok())
+        .await,
+        "the new token was never accepted"
+    );
+    let refused = ack(&channel, 3, Some(&old)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    drop(channel);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let exited = common::eventually(HANG_GUARD, async || {
+        child
+            .0
+            .try_wait()
+            .unwrap()
+            .is_some_and(|status| status.success())
+    })
+    .await;
+    assert!(exited, "the server did not stop cleanly on SIGTERM");
 }

@@ -1,8 +1,8 @@
 //! The readstates server binary: parses arguments and configuration, sets
 //! up logging, runs the server, reloads the configuration and the bearer
-//! tokens file on SIGHUP, and
-//! shuts down gracefully on SIGTERM or SIGINT. `readstates migrate` applies
-//! the Scylla store's schema migrations instead, and exits.
+//! tokens file on SIGHUP, and shuts down gracefully on SIGTERM or SIGINT.
+//! `readstates migrate` applies the Scylla store's schema migrations
+//! instead, and exits.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

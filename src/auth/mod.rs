@@ -74,22 +74,22 @@ impl Security {
     pub async fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, AuthError> {
         let tls = tls::server_config(&config.tls).await?;
         let allowed: HashSet<String> = config.auth.allowed_callers.iter().cloned().collect();
-        let (check, tokens) = match (&config.tls.client_ca_file, &config.auth.tokens_file) {
-            (Some(_), _) => (Check::ClientCertificates { allowed }, None),
+        let (requirement, tokens) = match (&config.tls.client_ca_file, &config.auth.tokens_file) {
+            (Some(_), _) => (Requirement::ClientCertificates { allowed }, None),
             (None, Some(path)) => {
                 let file = Arc::new(TokenFile::open(path).await?);
-                let check = Check::Tokens {
+                let requirement = Requirement::Tokens {
                     file: Arc::clone(&file),
                     allowed,
                 };
-                (check, Some(file))
+                (requirement, Some(file))
             }
-            (None, None) => (Check::Open, None),
+            (None, None) => (Requirement::Open, None),
         };
         Ok(Self {
             tls,
             authenticator: Authenticator {
-                check: Arc::new(check),
+                requirement: Arc::new(requirement),
                 metrics: Arc::clone(metrics),
             },
             tokens,
@@ -116,7 +116,7 @@ impl Security {
 }
 
 /// What a ReadStates call must show.
-enum Check {
+enum Requirement {
     /// Nothing: no authentication configured.
     Open,
     /// A verified client certificate naming an allowed identity.
@@ -158,7 +158,7 @@ impl From<Refusal> for Status {
 /// The check on ReadStates calls, as a tonic interceptor.
 #[derive(Clone)]
 pub struct Authenticator {
-    check: Arc<Check>,
+    requirement: Arc<Requirement>,
     metrics: Arc<Metrics>,
 }
 
@@ -181,9 +181,9 @@ impl Interceptor for Authenticator {
 
 impl Authenticator {
     fn check(&self, request: &Request<()>) -> Result<(), Refusal> {
-        match self.check.as_ref() {
-            Check::Open => Ok(()),
-            Check::ClientCertificates { allowed } => {
+        match self.requirement.as_ref() {
+            Requirement::Open => Ok(()),
+            Requirement::ClientCertificates { allowed } => {
                 // rustls verified the chain in the handshake; the leaf
                 // comes first.
                 let certificates = request.peer_certs().ok_or(Refusal::NoCertificate)?;
@@ -196,7 +196,7 @@ impl Authenticator {
                     Err(Refusal::NotAllowed)
                 }
             }
-            Check::Tokens { file, allowed } => {
+            Requirement::Tokens { file, allowed } => {
                 let token = bearer_token(request).ok_or(Refusal::NoToken)?;
                 let caller = file
                     .current()

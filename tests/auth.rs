@@ -279,6 +279,13 @@ async fn tls_serves_every_service_and_refuses_plaintext() {
     );
     assert_nothing_reached_the_cache(&running);
 
+    // Clients that connect and never start their handshake hold up no one
+    // else: each handshake runs on its own (were they run in turn, these
+    // five would hold the next one up for 50 s, past the hang guard).
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(tokio::net::TcpStream::connect(running.addr).await.unwrap());
+    }
     let channel = tls_channel(running.addr, &pki, None).await.unwrap();
     ack(&channel, 1, None).await.unwrap();
     let state = ReadStatesClient::new(channel.clone())
@@ -293,7 +300,7 @@ async fn tls_serves_every_service_and_refuses_plaintext() {
         .unwrap();
     assert_eq!(state.last_message_id, 10);
     health_and_reflection_answer(&channel).await;
-    drop(channel);
+    drop((channel, silent));
     running.shutdown().await.unwrap();
 }
 

@@ -1,6 +1,6 @@
 //! The readstates server binary: parses arguments and configuration, sets
-//! up logging, runs the server, reloads the configuration and the bearer
-//! tokens file on SIGHUP, and shuts down gracefully on SIGTERM or SIGINT.
+//! up logging, runs the server, reloads the configuration, certificates and
+//! bearer tokens on SIGHUP, and shuts down gracefully on SIGTERM or SIGINT.
 //! `readstates migrate` applies the Scylla store's schema migrations
 //! instead, and exits.
 
@@ -107,9 +107,9 @@ async fn run(
             }
             _ = hangup.recv() => {
                 reload(config_path, &running, log_reload);
-                // The tokens file named at start is re-read even when the
-                // configuration is not (it logs its own outcome).
-                let _ = running.reload_tokens().await;
+                // The TLS and tokens files named at start are re-read even
+                // when the configuration is not (this logs its own outcome).
+                let _ = running.reload_credentials().await;
             }
         }
     }

@@ -179,10 +179,10 @@ impl Running {
         need_restart
     }
 
-    /// Re-reads the bearer tokens file (`auth.tokens_file`), if one is
-    /// configured; on an error the tokens in force are kept.
-    pub async fn reload_tokens(&self) -> Result<(), AuthError> {
-        self.security.reload_tokens().await
+    /// Re-reads the files of `[tls]` and `auth.tokens_file`, those
+    /// configured; a file refused keeps what it would have replaced.
+    pub async fn reload_credentials(&self) -> Result<(), AuthError> {
+        self.security.reload().await
     }
 
     /// Returns a token that starts the shutdown when cancelled.

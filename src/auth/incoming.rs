@@ -16,6 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
+
+use super::ServerTls;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -36,18 +38,17 @@ pub type TlsIncoming = ReceiverStream<std::io::Result<TlsStream<TcpStream>>>;
 /// (the server stopped), its handshakes in progress with it.
 pub fn tls_incoming(
     listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
+    tls: Arc<ServerTls>,
     handshake_failures: Counter,
 ) -> (TlsIncoming, JoinHandle<()>) {
     let (ready, receiver) = mpsc::channel(READY_QUEUE);
-    let acceptor = TlsAcceptor::from(config);
-    let task = tokio::spawn(accept_loop(listener, acceptor, ready, handshake_failures));
+    let task = tokio::spawn(accept_loop(listener, tls, ready, handshake_failures));
     (ReceiverStream::new(receiver), task)
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<ServerTls>,
     ready: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
     handshake_failures: Counter,
 ) {
@@ -68,8 +69,10 @@ async fn accept_loop(
         while handshakes.try_join_next().is_some() {}
         match accepted {
             Ok((stream, peer)) => {
+                // The configuration in force now: a reload applies to the
+                // connections accepted after it.
                 let handshake = handshake(
-                    acceptor.clone(),
+                    TlsAcceptor::from(tls.current()),
                     stream,
                     peer,
                     ready.clone(),

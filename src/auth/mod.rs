@@ -23,6 +23,7 @@ mod tokens;
 
 pub use identity::certificate_names;
 pub use incoming::{TlsIncoming, tls_incoming};
+pub use tls::ServerTls;
 pub use tokens::{MIN_TOKEN_CHARS, TokenFile, TokenSet};
 
 use std::collections::HashSet;
@@ -59,10 +60,10 @@ pub enum AuthError {
 }
 
 /// The security of a running server: its TLS configuration, the check on
-/// ReadStates calls, and the tokens file that SIGHUP re-reads.
+/// ReadStates calls, and the tokens file; SIGHUP re-reads the files.
 pub struct Security {
     /// The port's TLS configuration; `None` serves plaintext.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<Arc<ServerTls>>,
     /// The check on ReadStates calls.
     pub authenticator: Authenticator,
     tokens: Option<Arc<TokenFile>>,
@@ -72,7 +73,7 @@ impl Security {
     /// Reads the files the `[tls]` and `[auth]` sections name. The
     /// configuration has been validated.
     pub async fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, AuthError> {
-        let tls = tls::server_config(&config.tls).await?;
+        let tls = ServerTls::open(&config.tls).await?.map(Arc::new);
         let allowed: HashSet<String> = config.auth.allowed_callers.iter().cloned().collect();
         let (requirement, tokens) = match (&config.tls.client_ca_file, &config.auth.tokens_file) {
             (Some(_), _) => (Requirement::ClientCertificates { allowed }, None),
@@ -96,22 +97,37 @@ impl Security {
         })
     }
 
-    /// Re-reads the tokens file, if one is configured; on an error the
-    /// tokens in force are kept. Logs the outcome.
-    pub async fn reload_tokens(&self) -> Result<(), AuthError> {
-        let Some(file) = &self.tokens else {
-            return Ok(());
+    /// Re-reads the TLS files and the tokens file, those configured; a
+    /// file refused keeps what it would have replaced in force. Logs the
+    /// outcome, and returns the first error.
+    pub async fn reload(&self) -> Result<(), AuthError> {
+        let tls = match &self.tls {
+            Some(tls) => match tls.reload().await {
+                Ok(()) => {
+                    tracing::info!("tls certificates reloaded");
+                    Ok(())
+                }
+                Err(error) => {
+                    tracing::error!(%error, "tls files rejected; keeping the certificates in force");
+                    Err(error)
+                }
+            },
+            None => Ok(()),
         };
-        match file.reload().await {
-            Ok(count) => {
-                tracing::info!(tokens = count, "bearer tokens reloaded");
-                Ok(())
-            }
-            Err(error) => {
-                tracing::error!(%error, "bearer tokens file rejected; keeping the tokens in force");
-                Err(error)
-            }
-        }
+        let tokens = match &self.tokens {
+            Some(file) => match file.reload().await {
+                Ok(count) => {
+                    tracing::info!(tokens = count, "bearer tokens reloaded");
+                    Ok(())
+                }
+                Err(error) => {
+                    tracing::error!(%error, "bearer tokens file rejected; keeping the tokens in force");
+                    Err(error)
+                }
+            },
+            None => Ok(()),
+        };
+        tls.and(tokens)
     }
 }
 

@@ -1,6 +1,8 @@
 //! The rustls configuration of the gRPC port, built from the `[tls]` files:
 //! the server's certificate chain and key, and, for mutual TLS, the CAs
-//! that sign callers' certificates.
+//! that sign callers' certificates. The files are re-read on SIGHUP, so
+//! renewed certificates need no restart: new connections take the new
+//! configuration, open ones keep theirs.
 //!
 //! The ring provider is named here rather than taken from the process
 //! default: the driver's rustls dependency also compiles aws-lc-rs, and with
@@ -9,6 +11,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use parking_lot::RwLock;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -20,12 +23,48 @@ use crate::config::TlsConfig;
 /// The ALPN protocol of gRPC.
 const ALPN_H2: &[u8] = b"h2";
 
+/// The TLS configuration in force, and the settings naming its files.
+#[derive(Debug)]
+pub struct ServerTls {
+    settings: TlsConfig,
+    /// Swapped whole on reload; each accepted connection clones the `Arc`.
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl ServerTls {
+    /// Reads the files `settings` names; `None` when the port serves
+    /// plaintext.
+    pub async fn open(settings: &TlsConfig) -> Result<Option<Self>, AuthError> {
+        let Some(config) = server_config(settings).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            settings: settings.clone(),
+            current: RwLock::new(config),
+        }))
+    }
+
+    /// Re-reads the files and puts them in force for new connections; on
+    /// an error the configuration in force is kept.
+    pub async fn reload(&self) -> Result<(), AuthError> {
+        if let Some(config) = server_config(&self.settings).await? {
+            *self.current.write() = config;
+        }
+        Ok(())
+    }
+
+    /// Returns the configuration in force.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.current.read())
+    }
+}
+
 /// Returns the server's TLS configuration, or `None` when the port serves
 /// plaintext. With `client_ca_file`, a client certificate is verified when
 /// presented (one from another CA fails the handshake) but not required:
 /// health checks connect without one, and the ReadStates service refuses
 /// calls that lack one.
-pub async fn server_config(tls: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, AuthError> {
+async fn server_config(tls: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, AuthError> {
     let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) else {
         return Ok(None);
     };

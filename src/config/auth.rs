@@ -13,7 +13,8 @@ use super::scylla::list_or_comma_separated;
 
 /// TLS on the gRPC port. With nothing set (the default) the port speaks
 /// plaintext; with `cert_file` and `key_file` every service on it, health
-/// and reflection included, is served over TLS only.
+/// and reflection included, is served over TLS only. The files are re-read
+/// on SIGHUP; the paths themselves change only with a restart.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {

@@ -201,3 +201,37 @@ async fn certificates_made_by_openssl_with_the_ops_script_work() {
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_reload_puts_renewed_certificates_in_force_and_a_bad_file_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Pki::new(dir.path());
+    let mut config = test_config(&dir.path().join("data"));
+    old.serve_tls(&mut config);
+    let running = start(&config, dir.path()).await;
+    let opened_before = tls_channel(running.addr, &old, None).await.unwrap();
+    ack(&opened_before, 1, None).await.unwrap();
+
+    // A bad key file is refused; new connections still get the old
+    // certificate.
+    std::fs::write(&old.key_file, "not a key\n").unwrap();
+    let error = running.reload_credentials().await.unwrap_err();
+    assert!(error.to_string().contains("tls.key_file"), "{error}");
+    let channel = tls_channel(running.addr, &old, None).await.unwrap();
+    ack(&channel, 2, None).await.unwrap();
+
+    // Renewed under a new CA, in the same files.
+    let new = Pki::new(dir.path());
+    running.reload_credentials().await.unwrap();
+    let channel = tls_channel(running.addr, &new, None).await.unwrap();
+    ack(&channel, 3, None).await.unwrap();
+    let stale = match tls_channel(running.addr, &old, None).await {
+        Ok(channel) => ack(&channel, 4, None).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(stale, "a client trusting only the old CA still got in");
+    // A connection opened before the reload keeps its session.
+    ack(&opened_before, 5, None).await.unwrap();
+    drop((opened_before, channel));
+    running.shutdown().await.unwrap();
+}

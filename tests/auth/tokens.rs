@@ -102,7 +102,7 @@ async fn a_reload_swaps_the_tokens_and_a_bad_file_keeps_them() {
 
     // A bad file is refused, and the old token still works.
     write_tokens(&tokens, &format!("orders {ORDERS_TOKEN} extra\n"));
-    let error = server.running.reload_tokens().await.unwrap_err();
+    let error = server.running.reload_credentials().await.unwrap_err();
     assert!(error.to_string().contains("line 1"), "{error}");
     assert!(
         !error.to_string().contains(ORDERS_TOKEN),
@@ -111,7 +111,7 @@ async fn a_reload_swaps_the_tokens_and_a_bad_file_keeps_them() {
     ack(&channel, 2, Some(&old)).await.unwrap();
 
     write_tokens(&tokens, &format!("batch {BATCH_TOKEN}\n"));
-    server.running.reload_tokens().await.unwrap();
+    server.running.reload_credentials().await.unwrap();
     let refused = ack(&channel, 3, Some(&old)).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     ack(&channel, 4, Some(&new)).await.unwrap();

@@ -144,7 +144,7 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
 fn reload(config_path: Option<&Path>, running: &Running, log_reload: &LogReload) {
     let Some(path) = config_path else {
         tracing::warn!(
-            "received SIGHUP, but the server was started without --config: nothing to reload"
+            "received SIGHUP, but the server was started without --config: no configuration to reload"
         );
         return;
     };

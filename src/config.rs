@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod auth;
 mod scylla;
 
+pub use auth::{AuthConfig, TlsConfig};
 pub use scylla::{
     Consistency, RetryPolicyKind, ScyllaConfig, Secret, SpeculativeExecution, is_cql_identifier,
 };
@@ -35,6 +37,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub scylla: ScyllaConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
 }
 
 /// The most calls one connection may have open. The HTTP/2 layer (h2) guards
@@ -295,8 +299,8 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 8] = [
-    "server", "store", "cache", "flush", "limits", "metrics", "log", "scylla",
+const SECTIONS: [&str; 10] = [
+    "server", "store", "cache", "flush", "limits", "metrics", "log", "scylla", "tls", "auth",
 ];
 
 /// Settings whose environment overrides are taken verbatim as strings: a
@@ -467,7 +471,10 @@ impl Config {
         ];
         match checks.into_iter().find(|(failed, _, _)| *failed) {
             Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
-            None => self.scylla.validate(),
+            None => {
+                self.scylla.validate()?;
+                auth::validate(&self.tls, &self.auth)
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 //! Module map, from the edge inwards:
 //! - [`api`]: the `readstates.v1` gRPC service; request validation and the
 //!   mapping of errors to status codes.
+//! - [`auth`]: TLS on the gRPC port; client certificates or bearer tokens
+//!   checked before a ReadStates call runs.
 //! - [`cache`]: partitioned LRU of users' states; single-flight loads,
 //!   eviction, dirty tracking and the flush timer buckets.
 //! - [`read_state`]: one state's semantics (acks, mentions, pins).
@@ -23,6 +25,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;

@@ -1,7 +1,8 @@
 //! The readstates server binary: parses arguments and configuration, sets
-//! up logging, runs the server, reloads the configuration on SIGHUP, and
-//! shuts down gracefully on SIGTERM or SIGINT. `readstates migrate` applies
-//! the Scylla store's schema migrations instead, and exits.
+//! up logging, runs the server, reloads the configuration, certificates and
+//! bearer tokens on SIGHUP, and shuts down gracefully on SIGTERM or SIGINT.
+//! `readstates migrate` applies the Scylla store's schema migrations
+//! instead, and exits.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -104,7 +105,12 @@ async fn run(
                 tracing::info!("received SIGINT");
                 break;
             }
-            _ = hangup.recv() => reload(config_path, &running, log_reload),
+            _ = hangup.recv() => {
+                reload(config_path, &running, log_reload);
+                // The TLS and tokens files named at start are re-read even
+                // when the configuration is not (this logs its own outcome).
+                let _ = running.reload_credentials().await;
+            }
         }
     }
     let timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
@@ -138,7 +144,7 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
 fn reload(config_path: Option<&Path>, running: &Running, log_reload: &LogReload) {
     let Some(path) = config_path else {
         tracing::warn!(
-            "received SIGHUP, but the server was started without --config: nothing to reload"
+            "received SIGHUP, but the server was started without --config: no configuration to reload"
         );
         return;
     };

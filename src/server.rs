@@ -14,8 +14,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::api::{ReadStatesService, proto};
+use crate::auth::{AuthError, Security, tls_incoming};
 use crate::cache::{Cache, CacheSettings};
 use crate::clock::{VERSION_LEASE_MICROS, unix_micros};
 use crate::config::{Config, StoreBackend};
@@ -27,6 +29,11 @@ use crate::store::{
 };
 
 type ReadStatesServer = proto::read_states_server::ReadStatesServer<ReadStatesService>;
+
+/// The gRPC server's run, over plaintext or TLS connections.
+type ServeFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'a>,
+>;
 
 /// Opens the store the configuration names.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -75,6 +82,7 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The configuration in force (live changes included).
     config: Mutex<Config>,
+    security: Arc<Security>,
     batch_size: Arc<AtomicUsize>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -157,6 +165,8 @@ impl Running {
             (new.limits != current.limits, "limits"),
             (new.metrics != current.metrics, "metrics"),
             (new.scylla != current.scylla, "scylla"),
+            (new.tls != current.tls, "tls"),
+            (new.auth != current.auth, "auth"),
         ];
         for (changed, name) in restart_only {
             if changed {
@@ -168,6 +178,12 @@ impl Running {
             }
         }
         need_restart
+    }
+
+    /// Re-reads the files of `[tls]` and `auth.tokens_file`, those
+    /// configured; a file refused keeps what it would have replaced.
+    pub async fn reload_credentials(&self) -> Result<(), AuthError> {
+        self.security.reload().await
     }
 
     /// Returns a token that starts the shutdown when cancelled.
@@ -184,6 +200,13 @@ impl Running {
 /// Starts serving `config` over `store`.
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
     let metrics = Metrics::new(store.backend());
+    // First, so that a missing or bad file stops the start before the
+    // store is touched.
+    let security = Arc::new(
+        Security::from_config(config, &metrics)
+            .await
+            .context("setting up TLS and authentication")?,
+    );
     let store: Arc<dyn Store> = match config.store.injected_latency() {
         Some((median, p99)) => {
             tracing::warn!(
@@ -302,11 +325,16 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
+        // Only ReadStates calls are checked: health and reflection stay
+        // open to load balancers and tools (TLS, when on, covers them all).
+        .add_service(InterceptedService::new(
             ReadStatesServer::new(service)
                 .max_decoding_message_size(config.limits.max_request_bytes),
-        );
+            security.authenticator.clone(),
+        ));
 
+    let tls = security.tls.clone();
+    let handshake_failures = metrics.tls_handshake_failures.clone();
     let serve_shutdown = shutdown.clone();
     let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);
     let task = tokio::spawn(async move {
@@ -315,7 +343,20 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             tracing::info!("shutting down: finishing calls in flight");
             health_reporter.set_not_serving::<ReadStatesServer>().await;
         };
-        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping);
+        let (serve, handshakes): (ServeFuture<'_>, _) = match tls {
+            Some(tls) => {
+                let (incoming, handshakes) = tls_incoming(listener, tls, handshake_failures);
+                let serve = router.serve_with_incoming_shutdown(incoming, stopping);
+                (Box::pin(serve), Some(handshakes))
+            }
+            None => {
+                let incoming = TcpListenerStream::new(listener);
+                (
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, stopping)),
+                    None,
+                )
+            }
+        };
         // A client that never lets its connection close must not keep the
         // final flush from running: past the drain timeout, connections are
         // dropped (their unfinished calls were never acknowledged).
@@ -330,6 +371,10 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
                 Ok(())
             }
         };
+        // The accepting task ends with the server's incoming stream.
+        if let Some(handshakes) = handshakes {
+            handshakes.await.context("TLS accepting task failed")?;
+        }
         tracing::info!("calls finished: flushing dirty read states");
         flush_shutdown.cancel();
         let flushed = flusher_task.await.context("flusher task failed")?;
@@ -347,13 +392,21 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     if let Some(metrics_addr) = metrics_addr {
         tracing::info!(%metrics_addr, "serving /metrics");
     }
-    tracing::info!(grpc_addr = %addr, store = store.backend(), "readstates listening");
+    tracing::info!(
+        grpc_addr = %addr,
+        store = store.backend(),
+        tls = config.tls.enabled(),
+        client_certificates = config.tls.client_ca_file.is_some(),
+        bearer_tokens = config.auth.tokens_file.is_some(),
+        "readstates listening"
+    );
     Ok(Running {
         addr,
         metrics_addr,
         cache,
         metrics,
         config: Mutex::new(config.clone()),
+        security,
         batch_size,
         shutdown,
         task,

@@ -299,7 +299,7 @@ pub fn is_cql_identifier(name: &str) -> bool {
 
 /// Accepts a TOML list of strings, or one string of comma-separated items
 /// (how an environment override spells a list).
-fn list_or_comma_separated<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
+pub(super) fn list_or_comma_separated<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {

@@ -132,6 +132,11 @@ pub struct Metrics {
     pub flush_retries: Counter,
     /// How late the runtime's probe task last woke (see `overload`).
     pub queue_delay: Gauge,
+    /// ReadStates calls refused by the authentication check, by reason.
+    pub auth_refused_unauthenticated: Counter,
+    pub auth_refused_permission_denied: Counter,
+    /// TLS handshakes on the gRPC port that failed or timed out.
+    pub tls_handshake_failures: Counter,
     cache: CacheMetrics,
     process_resident_memory: Gauge,
     /// Start times of batch writes not yet done (retries included), by id.
@@ -216,6 +221,20 @@ impl Metrics {
                 &Key::from_parts(
                     "readstates_cache_evictions_total",
                     vec![Label::new("dirty", dirty)],
+                ),
+                &METADATA,
+            )
+        };
+        recorder.describe_counter(
+            "readstates_auth_refused_total".into(),
+            None,
+            "ReadStates calls refused by the authentication check: reason=\"unauthenticated\" (no or bad credentials), \"permission_denied\" (a caller not allowed).".into(),
+        );
+        let auth_refused = |reason: &'static str| {
+            recorder.register_counter(
+                &Key::from_parts(
+                    "readstates_auth_refused_total",
+                    vec![Label::new("reason", reason)],
                 ),
                 &METADATA,
             )
@@ -338,6 +357,13 @@ impl Metrics {
                 "readstates_runtime_queue_delay_seconds",
                 Some(Unit::Seconds),
                 "How long a task last waited for a runtime worker (the overload signal of limits.max_queue_delay_ms).",
+            ),
+            auth_refused_unauthenticated: auth_refused("unauthenticated"),
+            auth_refused_permission_denied: auth_refused("permission_denied"),
+            tls_handshake_failures: counter(
+                "readstates_tls_handshake_failures_total",
+                None,
+                "TLS handshakes on the gRPC port that failed (plaintext, a certificate from another CA) or timed out.",
             ),
             cache,
             process_resident_memory: gauge(

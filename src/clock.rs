@@ -16,9 +16,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How far ahead of the clock the recorded version lease runs.
-pub const VERSION_LEASE_MICROS: u64 = 120_000_000;
-
 /// How long before the lease's end changes are already refused: covers the
 /// moment between the check and the version's clock read.
 const LEASE_MARGIN_MICROS: u64 = 100_000;

@@ -119,9 +119,14 @@ pub struct FlushConfig {
     /// Dirty states held before writes are refused with `UNAVAILABLE`
     /// (the store is not keeping up, or is down).
     pub max_dirty_states: usize,
-    /// First and largest wait between retries of a failed write.
+    /// First and largest wait between retries of a failed write (and of a
+    /// failed renewal of the version lease).
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    /// How far ahead of the clock the version lease recorded in the store
+    /// runs; it is renewed when half is left. If the store cannot record a
+    /// new lease before it runs out, writes get `UNAVAILABLE`.
+    pub version_lease_ms: u64,
 }
 
 /// Request size limits.
@@ -230,6 +235,7 @@ impl Default for FlushConfig {
             max_dirty_states: 1_000_000,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
+            version_lease_ms: 120_000,
         }
     }
 }
@@ -344,7 +350,7 @@ impl Config {
 
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str, &'static str); 19] = [
+        let checks: [(bool, &'static str, &'static str); 20] = [
             (
                 self.store.injected_latency_median_ms > 0
                     && self.store.injected_latency_p99_ms < self.store.injected_latency_median_ms,
@@ -413,6 +419,11 @@ impl Config {
                 "must be at least flush.retry_initial_ms, which must be at least 1",
             ),
             (
+                self.flush.version_lease_ms < 1_000,
+                "flush.version_lease_ms",
+                "must be at least 1000",
+            ),
+            (
                 self.limits.max_mention_users == 0,
                 "limits.max_mention_users",
                 "must be at least 1",
@@ -459,6 +470,11 @@ impl FlushConfig {
     /// Returns the flush timer granularity.
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.tick_ms)
+    }
+
+    /// Returns how far ahead of the clock the version lease runs.
+    pub fn version_lease(&self) -> Duration {
+        Duration::from_millis(self.version_lease_ms)
     }
 }
 

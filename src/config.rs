@@ -127,6 +127,11 @@ pub struct FlushConfig {
     /// runs; it is renewed when half is left. If the store cannot record a
     /// new lease before it runs out, writes get `UNAVAILABLE`.
     pub version_lease_ms: u64,
+    /// How often deletion tombstones are purged from the store.
+    pub purge_interval_ms: u64,
+    /// A tombstone is purged only once it is older than this (and older
+    /// than every write not yet landed); at least `delay_ms`.
+    pub tombstone_grace_ms: u64,
 }
 
 /// Request size limits.
@@ -236,6 +241,8 @@ impl Default for FlushConfig {
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
             version_lease_ms: 120_000,
+            purge_interval_ms: 60_000,
+            tombstone_grace_ms: 600_000,
         }
     }
 }
@@ -350,7 +357,7 @@ impl Config {
 
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str, &'static str); 20] = [
+        let checks: [(bool, &'static str, &'static str); 22] = [
             (
                 self.store.injected_latency_median_ms > 0
                     && self.store.injected_latency_p99_ms < self.store.injected_latency_median_ms,
@@ -422,6 +429,16 @@ impl Config {
                 self.flush.version_lease_ms < 1_000,
                 "flush.version_lease_ms",
                 "must be at least 1000",
+            ),
+            (
+                self.flush.purge_interval_ms == 0,
+                "flush.purge_interval_ms",
+                "must be at least 1",
+            ),
+            (
+                self.flush.tombstone_grace_ms < self.flush.delay_ms,
+                "flush.tombstone_grace_ms",
+                "must be at least flush.delay_ms",
             ),
             (
                 self.limits.max_mention_users == 0,
@@ -555,6 +572,18 @@ mod tests {
             (
                 "[store]\ninjected_latency_median_ms = 5\ninjected_latency_p99_ms = 1\n",
                 "store.injected_latency_p99_ms",
+            ),
+            (
+                "[flush]\nversion_lease_ms = 999\n",
+                "flush.version_lease_ms",
+            ),
+            (
+                "[flush]\npurge_interval_ms = 0\n",
+                "flush.purge_interval_ms",
+            ),
+            (
+                "[flush]\ndelay_ms = 60000\ntombstone_grace_ms = 59999\n",
+                "flush.tombstone_grace_ms",
             ),
         ] {
             let error = Config::from_toml_and_env(text, env(&[])).unwrap_err();

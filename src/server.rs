@@ -159,6 +159,11 @@ impl Running {
                 new.flush.version_lease_ms != current.flush.version_lease_ms,
                 "flush.version_lease_ms",
             ),
+            (
+                new.flush.purge_interval_ms != current.flush.purge_interval_ms
+                    || new.flush.tombstone_grace_ms != current.flush.tombstone_grace_ms,
+                "flush.purge_interval_ms, flush.tombstone_grace_ms",
+            ),
             (new.limits != current.limits, "limits"),
             (new.metrics != current.metrics, "metrics"),
             (new.scylla != current.scylla, "scylla"),
@@ -237,6 +242,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             retry_initial: Duration::from_millis(config.flush.retry_initial_ms),
             retry_max: Duration::from_millis(config.flush.retry_max_ms),
             version_lease: config.flush.version_lease(),
+            purge_interval: Duration::from_millis(config.flush.purge_interval_ms),
+            tombstone_grace: Duration::from_millis(config.flush.tombstone_grace_ms),
         },
         lease,
     );

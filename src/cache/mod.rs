@@ -478,6 +478,11 @@ impl Cache {
             .store(duration_millis(delay), Ordering::Relaxed);
     }
 
+    /// Returns the flush delay in force.
+    pub fn flush_delay(&self) -> Duration {
+        Duration::from_millis(self.flush_delay_ms.load(Ordering::Relaxed))
+    }
+
     /// Returns the cache's counters and sizes, locking each partition
     /// briefly in turn.
     pub fn stats(&self) -> CacheStats {

@@ -16,8 +16,9 @@
 //! backlog is full. After a write, the cache clears only the dirty marks of
 //! states that did not change meanwhile.
 //!
-//! Beside the coordinator runs the version lease's keeper (`lease`), on its
-//! own task, so neither a hung store call nor a busy flush delays it.
+//! Beside the coordinator run the version lease's keeper (`lease`) and the
+//! tombstone purge trigger (`purge`), each on its own task, so neither a
+//! hung store call nor a busy flush delays the other.
 //!
 //! On shutdown the flusher writes the batches queued and in flight, then
 //! every dirty state left, and syncs the store. It keeps retrying until the
@@ -25,7 +26,9 @@
 //! stops and reports the dirty states it could not write.
 
 mod backoff;
+mod in_flight;
 mod lease;
+mod purge;
 mod writer;
 
 use std::collections::VecDeque;
@@ -42,7 +45,9 @@ use crate::cache::{Cache, FlushJob};
 use crate::metrics::Metrics;
 use crate::store::{RowWrite, Store, StoreError};
 use backoff::Backoff;
+use in_flight::InFlight;
 use lease::LeaseKeeper;
+use purge::Purger;
 use writer::{Batch, Outcome, write_until_done};
 
 /// How long the flusher waits after an eviction for more before writing.
@@ -63,6 +68,8 @@ pub struct FlushSettings {
     pub retry_max: Duration,
     /// How far ahead of the clock the version lease runs.
     pub version_lease: Duration,
+    pub purge_interval: Duration,
+    pub tombstone_grace: Duration,
 }
 
 /// Why the final flush did not complete.
@@ -90,6 +97,7 @@ pub struct Flusher {
     writers: TaskTracker,
     /// Batches waiting for a permit, oldest first.
     queue: VecDeque<Batch>,
+    in_flight: Arc<InFlight>,
     /// The partition the next round starts at: a round cut short by a full
     /// queue resumes where it stopped, so every partition gets its turn.
     next_partition: usize,
@@ -118,6 +126,7 @@ impl Flusher {
             batch_done: Arc::new(Notify::new()),
             writers: TaskTracker::new(),
             queue: VecDeque::new(),
+            in_flight: Arc::new(InFlight::default()),
             next_partition: 0,
             round_unfinished: false,
             lease,
@@ -141,6 +150,17 @@ impl Flusher {
                 self.backoff(),
                 self.lease,
             )
+            .run(shutdown.clone()),
+        );
+        helpers.spawn(
+            Purger {
+                store: Arc::clone(&self.store),
+                cache: Arc::clone(&self.cache),
+                metrics: Arc::clone(&self.metrics),
+                in_flight: Arc::clone(&self.in_flight),
+                interval: self.settings.purge_interval,
+                grace: self.settings.tombstone_grace,
+            }
             .run(shutdown.clone()),
         );
         helpers.close();
@@ -275,9 +295,11 @@ impl Flusher {
     }
 
     fn enqueue(&mut self, rows: Vec<RowWrite>) {
+        let in_flight = self.in_flight.register(&rows);
         self.queue.push_back(Batch {
             rows: rows.into(),
             queued_at: Instant::now(),
+            in_flight,
         });
     }
 

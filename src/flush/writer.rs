@@ -7,6 +7,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
+use super::in_flight::InFlightBatch;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::store::{RowWrite, Store};
@@ -16,6 +17,8 @@ use crate::store::{RowWrite, Store};
 pub(super) struct Batch {
     pub(super) rows: Arc<[RowWrite]>,
     pub(super) queued_at: Instant,
+    /// Keeps the batch's versions in the purge's view until it is done.
+    pub(super) in_flight: InFlightBatch,
 }
 
 /// Whether a batch landed.
@@ -36,7 +39,11 @@ pub(super) async fn write_until_done(
     mut backoff: Backoff,
     give_up: &CancellationToken,
 ) -> Outcome {
-    let Batch { rows, queued_at } = batch;
+    let Batch {
+        rows,
+        queued_at,
+        in_flight,
+    } = batch;
     let _unfinished = metrics.write_started(queued_at);
     let mut attempt: u32 = 1;
     loop {
@@ -46,6 +53,8 @@ pub(super) async fn write_until_done(
         };
         let error = match written {
             Ok(()) => {
+                // Landed: these rows can no longer arrive stale.
+                drop(in_flight);
                 cache.mark_written(&rows);
                 metrics.record_flush_batch(rows.len());
                 return Outcome::Written;

@@ -127,6 +127,7 @@ pub struct Metrics {
     pub flush_batches: Counter,
     pub flush_retries: Counter,
     pub lease_renewal_failures: Counter,
+    pub tombstones_purged: Counter,
     lease_remaining: Gauge,
     cache: CacheMetrics,
     process_resident_memory: Gauge,
@@ -331,6 +332,11 @@ impl Metrics {
                 "readstates_version_lease_renewal_failures_total",
                 None,
                 "Failed or timed-out renewals of the version lease in the store (retried with backoff).",
+            ),
+            tombstones_purged: counter(
+                "readstates_tombstones_purged_total",
+                None,
+                "Deletion tombstones purged from the store.",
             ),
             lease_remaining: gauge(
                 "readstates_version_lease_remaining_seconds",

@@ -345,8 +345,9 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         };
         tracing::info!("calls finished: flushing dirty read states");
         flush_shutdown.cancel();
-        let flushed = flusher_task.await.context("flusher task failed")?;
+        let flushed = flusher_task.await;
         deadline.abort();
+        let flushed = flushed.context("flusher task failed")?;
         // Metrics stay up until the final flush is done, so it can be watched.
         metrics_shutdown.cancel();
         if let Some(task) = metrics_task {

@@ -50,6 +50,10 @@ impl From<ApiError> for Status {
             ApiError::Cache(CacheError::Backlog { .. }) => Status::unavailable(
                 "write backlog full: the store is not keeping up; retry with backoff",
             ),
+            // The flusher logs the lease's expiry once; not one log a call.
+            ApiError::Cache(CacheError::LeaseExpired(_)) => Status::unavailable(
+                "the read-state store has not confirmed new versions; retry with backoff",
+            ),
             ApiError::Cache(CacheError::Load(store_error)) => match store_error.class() {
                 ErrorClass::Retryable => {
                     tracing::warn!(error = %store_error, "store load failed");

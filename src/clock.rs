@@ -7,25 +7,76 @@
 //! server never hands out a version at or below one it handed out before,
 //! even after a crash. Taking the wall clock on each change keeps the hot
 //! path free of shared atomics.
+//!
+//! The lease is also a limit on this server: versions recorded as possibly
+//! handed out stop at the lease, so once the clock reaches it (the store
+//! could not be told of a new lease in time) changes must wait. The clock
+//! says when that is; the cache refuses writes then.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How far ahead of the clock the recorded version lease runs.
-pub const VERSION_LEASE_MICROS: u64 = 120_000_000;
+/// How long before the lease's end changes are already refused: covers the
+/// moment between the check and the version's clock read.
+const LEASE_MARGIN_MICROS: u64 = 100_000;
 
 /// Hands out versions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct VersionClock {
     floor: AtomicU64,
+    /// Versions below this may be handed out (recorded in the store).
+    lease: AtomicU64,
+}
+
+impl Default for VersionClock {
+    /// Returns a clock with no floor and no lease limit.
+    fn default() -> Self {
+        Self::with_floor(0)
+    }
+}
+
+/// The version lease ran out: no version may be handed out until the store
+/// records a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the version lease ran out at {lease} (the store could not record a new one)")]
+pub struct LeaseExpired {
+    pub lease: u64,
 }
 
 impl VersionClock {
-    /// Returns a clock that never hands out a version at or below `floor`.
+    /// Returns a clock that never hands out a version at or below `floor`,
+    /// with no lease limit until [`VersionClock::extend_lease`].
     pub fn with_floor(floor: u64) -> Self {
         Self {
             floor: AtomicU64::new(floor),
+            lease: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Records that the store now holds `lease`: versions below it may be
+    /// handed out. Set at start-up, then only by the task that renews it.
+    pub fn set_lease(&self, lease: u64) {
+        self.lease.store(lease, Ordering::Relaxed);
+    }
+
+    /// Returns the lease in force (`u64::MAX` without one).
+    pub fn lease(&self) -> u64 {
+        self.lease.load(Ordering::Relaxed)
+    }
+
+    /// Returns how long after `now_micros` versions may still be handed out.
+    pub fn lease_left_at(&self, now_micros: u64) -> Duration {
+        let end = self.lease().saturating_sub(LEASE_MARGIN_MICROS);
+        Duration::from_micros(end.saturating_sub(now_micros))
+    }
+
+    /// Checks that a version may be handed out at `now_micros`.
+    pub fn check_lease_at(&self, now_micros: u64) -> Result<(), LeaseExpired> {
+        let lease = self.lease();
+        if now_micros.saturating_add(LEASE_MARGIN_MICROS) >= lease {
+            return Err(LeaseExpired { lease });
+        }
+        Ok(())
     }
 
     /// Returns the version of a change that follows `previous`.
@@ -61,5 +112,24 @@ mod tests {
         assert!(clock.next_version(first) > first);
         let now = unix_micros();
         assert!(VersionClock::default().next_version(0) >= now);
+    }
+
+    #[test]
+    fn versions_are_refused_once_the_lease_runs_out() {
+        let clock = VersionClock::default();
+        assert_eq!(clock.check_lease_at(unix_micros()), Ok(()), "no lease yet");
+        clock.set_lease(10_000_000);
+        assert_eq!(clock.check_lease_at(9_000_000), Ok(()));
+        assert_eq!(
+            clock.check_lease_at(10_000_000),
+            Err(LeaseExpired { lease: 10_000_000 })
+        );
+        assert_eq!(clock.lease_left_at(10_000_000), Duration::ZERO);
+        clock.set_lease(20_000_000);
+        assert_eq!(clock.check_lease_at(10_000_000), Ok(()));
+        assert_eq!(
+            clock.lease_left_at(10_000_000),
+            Duration::from_micros(9_900_000)
+        );
     }
 }

@@ -134,9 +134,19 @@ pub struct FlushConfig {
     /// Dirty states held before writes are refused with `UNAVAILABLE`
     /// (the store is not keeping up, or is down).
     pub max_dirty_states: usize,
-    /// First and largest wait between retries of a failed write.
+    /// First and largest wait between retries of a failed write (and of a
+    /// failed renewal of the version lease).
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    /// How far ahead of the clock the version lease recorded in the store
+    /// runs; it is renewed when half is left. If the store cannot record a
+    /// new lease before it runs out, writes get `UNAVAILABLE`.
+    pub version_lease_ms: u64,
+    /// How often deletion tombstones are purged from the store.
+    pub purge_interval_ms: u64,
+    /// A tombstone is purged only once it is older than this (and older
+    /// than every write not yet landed); at least `delay_ms`.
+    pub tombstone_grace_ms: u64,
 }
 
 /// Request size limits.
@@ -249,6 +259,9 @@ impl Default for FlushConfig {
             max_dirty_states: 1_000_000,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
+            version_lease_ms: 120_000,
+            purge_interval_ms: 60_000,
+            tombstone_grace_ms: 600_000,
         }
     }
 }
@@ -364,7 +377,7 @@ impl Config {
 
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str, &'static str); 20] = [
+        let checks: [(bool, &'static str, &'static str); 23] = [
             (
                 self.store.injected_latency_median_ms > 0
                     && self.store.injected_latency_p99_ms < self.store.injected_latency_median_ms,
@@ -433,6 +446,21 @@ impl Config {
                 "must be at least flush.retry_initial_ms, which must be at least 1",
             ),
             (
+                self.flush.version_lease_ms < 1_000,
+                "flush.version_lease_ms",
+                "must be at least 1000",
+            ),
+            (
+                self.flush.purge_interval_ms == 0,
+                "flush.purge_interval_ms",
+                "must be at least 1",
+            ),
+            (
+                self.flush.tombstone_grace_ms < self.flush.delay_ms,
+                "flush.tombstone_grace_ms",
+                "must be at least flush.delay_ms",
+            ),
+            (
                 self.limits.max_mention_users == 0,
                 "limits.max_mention_users",
                 "must be at least 1",
@@ -488,6 +516,11 @@ impl FlushConfig {
     /// Returns the flush timer granularity.
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.tick_ms)
+    }
+
+    /// Returns how far ahead of the clock the version lease runs.
+    pub fn version_lease(&self) -> Duration {
+        Duration::from_millis(self.version_lease_ms)
     }
 }
 
@@ -572,6 +605,18 @@ mod tests {
             (
                 "[store]\ninjected_latency_median_ms = 5\ninjected_latency_p99_ms = 1\n",
                 "store.injected_latency_p99_ms",
+            ),
+            (
+                "[flush]\nversion_lease_ms = 999\n",
+                "flush.version_lease_ms",
+            ),
+            (
+                "[flush]\npurge_interval_ms = 0\n",
+                "flush.purge_interval_ms",
+            ),
+            (
+                "[flush]\ndelay_ms = 60000\ntombstone_grace_ms = 59999\n",
+                "flush.tombstone_grace_ms",
             ),
         ] {
             let error = Config::from_toml_and_env(text, env(&[])).unwrap_err();

@@ -39,6 +39,10 @@ enum Command {
     Migrate,
 }
 
+/// How long past `server.shutdown_timeout_ms` the process waits for the
+/// server to stop before it exits anyway.
+const SHUTDOWN_BACKSTOP: Duration = Duration::from_secs(5);
+
 /// Changes the log filter of the running process.
 type LogReload = reload::Handle<EnvFilter, Registry>;
 
@@ -113,7 +117,9 @@ async fn run(
             }
         }
     }
-    let timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
+    // The server gives up its final flush at the shutdown timeout and says
+    // what was left; this bound only catches anything else that hangs.
+    let timeout = Duration::from_millis(config.server.shutdown_timeout_ms) + SHUTDOWN_BACKSTOP;
     let cache = std::sync::Arc::clone(&running.cache);
     match tokio::time::timeout(timeout, running.shutdown()).await {
         Ok(result) => result,

@@ -19,7 +19,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::api::{ReadStatesService, proto};
 use crate::auth::{AuthError, Security, tls_incoming};
 use crate::cache::{Cache, CacheSettings};
-use crate::clock::{VERSION_LEASE_MICROS, unix_micros};
+use crate::clock::unix_micros;
 use crate::config::{Config, StoreBackend};
 use crate::flush::{FlushSettings, Flusher};
 use crate::metrics::{Metrics, serve_metrics};
@@ -89,7 +89,9 @@ pub struct Running {
 }
 
 impl Running {
-    /// Shuts down gracefully and waits until every dirty state is written.
+    /// Shuts down gracefully and waits until every dirty state is written,
+    /// or until `server.shutdown_timeout_ms` has passed (then it returns an
+    /// error that says how many dirty states were not written).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.task.await.context("server task failed")?
@@ -162,6 +164,15 @@ impl Running {
                     || new.flush.retry_max_ms != current.flush.retry_max_ms,
                 "flush.retry_*",
             ),
+            (
+                new.flush.version_lease_ms != current.flush.version_lease_ms,
+                "flush.version_lease_ms",
+            ),
+            (
+                new.flush.purge_interval_ms != current.flush.purge_interval_ms
+                    || new.flush.tombstone_grace_ms != current.flush.tombstone_grace_ms,
+                "flush.purge_interval_ms, flush.tombstone_grace_ms",
+            ),
             (new.limits != current.limits, "limits"),
             (new.metrics != current.metrics, "metrics"),
             (new.scylla != current.scylla, "scylla"),
@@ -224,9 +235,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         .load_version_floor()
         .await
         .context("reading the version floor from the store")?;
-    let lease = floor
-        .max(unix_micros())
-        .saturating_add(VERSION_LEASE_MICROS);
+    let lease_micros = u64::try_from(config.flush.version_lease().as_micros()).unwrap_or(u64::MAX);
+    let lease = floor.max(unix_micros()).saturating_add(lease_micros);
     store
         .record_version_floor(lease)
         .await
@@ -243,6 +253,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         },
         floor,
     ));
+    cache.clock().set_lease(lease);
     let batch_size = Arc::new(AtomicUsize::new(config.flush.batch_size));
     let flusher = Flusher::new(
         Arc::clone(&cache),
@@ -254,6 +265,9 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             batch_size: Arc::clone(&batch_size),
             retry_initial: Duration::from_millis(config.flush.retry_initial_ms),
             retry_max: Duration::from_millis(config.flush.retry_max_ms),
+            version_lease: config.flush.version_lease(),
+            purge_interval: Duration::from_millis(config.flush.purge_interval_ms),
+            tombstone_grace: Duration::from_millis(config.flush.tombstone_grace_ms),
         },
         lease,
     );
@@ -310,7 +324,19 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     }
 
     let flush_shutdown = CancellationToken::new();
-    let flusher_task = tokio::spawn(flusher.run(flush_shutdown.clone()));
+    // The shutdown deadline: past it the final flush stops retrying a store
+    // that fails or hangs, and the shutdown reports what was not written.
+    let give_up = CancellationToken::new();
+    let deadline = tokio::spawn({
+        let (shutdown, give_up) = (shutdown.clone(), give_up.clone());
+        let timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(timeout).await;
+            give_up.cancel();
+        }
+    });
+    let flusher_task = tokio::spawn(flusher.run(flush_shutdown.clone(), give_up));
     let router = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(config.server.request_timeout_ms))
         // Advertised as the HTTP/2 stream limit, so clients queue past it
@@ -377,7 +403,9 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         }
         tracing::info!("calls finished: flushing dirty read states");
         flush_shutdown.cancel();
-        let flushed = flusher_task.await.context("flusher task failed")?;
+        let flushed = flusher_task.await;
+        deadline.abort();
+        let flushed = flushed.context("flusher task failed")?;
         // Metrics stay up until the final flush is done, so it can be watched.
         metrics_shutdown.cancel();
         probe_stop.cancel();

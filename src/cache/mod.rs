@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::clock::VersionClock;
+use crate::clock::{LeaseExpired, VersionClock, unix_micros};
 use crate::ids::UserId;
 use crate::store::{LoadPriority, Store, StoreError};
 use entry::UserEntry;
@@ -48,6 +48,10 @@ pub enum CacheError {
     /// Too many states wait to be written; the store is slow or down.
     #[error("write backlog full: {dirty} dirty read states wait for the store")]
     Backlog { dirty: usize },
+    /// No version may be handed out: the store has not recorded a new
+    /// version lease in time.
+    #[error(transparent)]
+    LeaseExpired(#[from] LeaseExpired),
 }
 
 /// Cache settings.
@@ -200,7 +204,8 @@ impl Cache {
     }
 
     /// Runs `change` on the user's states, loading them first if needed.
-    /// Refused while the dirty backlog is full.
+    /// Refused while the dirty backlog is full or the version lease has run
+    /// out.
     pub async fn write<R>(
         &self,
         store: &dyn Store,
@@ -222,7 +227,14 @@ impl Cache {
         change: impl FnOnce(&mut UserTxn<'_>) -> R,
     ) -> Result<R, CacheError> {
         self.check_backlog()?;
-        self.access(store, user_id, priority, change).await
+        // The lease is checked when the change is applied, after any load,
+        // under the partition lock: that is when versions are handed out.
+        let clock = &self.clock;
+        let checked = |txn: &mut UserTxn<'_>| -> Result<R, CacheError> {
+            clock.check_lease_at(unix_micros())?;
+            Ok(change(txn))
+        };
+        self.access(store, user_id, priority, checked).await?
     }
 
     /// Runs `read` on the user's states, loading them first if needed.
@@ -244,6 +256,7 @@ impl Cache {
     {
         self.check_backlog()?;
         let mut partition = self.partition(user_id).lock();
+        self.clock.check_lease_at(unix_micros())?;
         Ok(self.try_apply(&mut partition, user_id, work, Use::Uncounted))
     }
 
@@ -465,6 +478,11 @@ impl Cache {
             .store(duration_millis(delay), Ordering::Relaxed);
     }
 
+    /// Returns the flush delay in force.
+    pub fn flush_delay(&self) -> Duration {
+        Duration::from_millis(self.flush_delay_ms.load(Ordering::Relaxed))
+    }
+
     /// Returns the cache's counters and sizes, locking each partition
     /// briefly in turn.
     pub fn stats(&self) -> CacheStats {
@@ -642,6 +660,38 @@ mod tests {
             .read(&store, user(1), |txn| txn.view(channel(1)))
             .await;
         assert_eq!(read.unwrap().last_message_id.get(), 1, "reads still work");
+    }
+
+    #[tokio::test]
+    async fn writes_are_refused_once_the_version_lease_has_run_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let cache = Cache::new(&settings(100), 0);
+        let ack = |txn: &mut UserTxn<'_>| txn.ack(channel(1), MessageId::new(5).unwrap());
+        cache.write(&store, user(1), ack).await.unwrap();
+
+        cache.clock().set_lease(unix_micros());
+        let refused = cache.write(&store, user(1), ack).await;
+        assert!(
+            matches!(refused, Err(CacheError::LeaseExpired(_))),
+            "{refused:?}"
+        );
+        let refused = cache.write(&store, user(2), ack).await;
+        assert!(
+            matches!(refused, Err(CacheError::LeaseExpired(_))),
+            "checked after the load too: {refused:?}"
+        );
+        assert!(matches!(
+            cache.try_write(user(1), ack),
+            Err(CacheError::LeaseExpired(_))
+        ));
+        let read = cache
+            .read(&store, user(1), |txn| txn.view(channel(1)))
+            .await;
+        assert_eq!(read.unwrap().last_message_id.get(), 5, "reads still work");
+
+        cache.clock().set_lease(unix_micros() + 60_000_000);
+        cache.write(&store, user(1), ack).await.unwrap();
     }
 
     #[tokio::test]

@@ -31,6 +31,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tonic::Code;
 
 use crate::cache::Cache;
+use crate::clock::unix_micros;
 use crate::store::ErrorClass;
 
 const METADATA: Metadata<'static> = Metadata::new("readstates", Level::INFO, Some(module_path!()));
@@ -137,6 +138,9 @@ pub struct Metrics {
     pub auth_refused_permission_denied: Counter,
     /// TLS handshakes on the gRPC port that failed or timed out.
     pub tls_handshake_failures: Counter,
+    pub lease_renewal_failures: Counter,
+    pub tombstones_purged: Counter,
+    lease_remaining: Gauge,
     cache: CacheMetrics,
     process_resident_memory: Gauge,
     /// Start times of batch writes not yet done (retries included), by id.
@@ -365,6 +369,21 @@ impl Metrics {
                 None,
                 "TLS handshakes on the gRPC port that failed (plaintext, a certificate from another CA) or timed out.",
             ),
+            lease_renewal_failures: counter(
+                "readstates_version_lease_renewal_failures_total",
+                None,
+                "Failed or timed-out renewals of the version lease in the store (retried with backoff).",
+            ),
+            tombstones_purged: counter(
+                "readstates_tombstones_purged_total",
+                None,
+                "Deletion tombstones purged from the store.",
+            ),
+            lease_remaining: gauge(
+                "readstates_version_lease_remaining_seconds",
+                Some(Unit::Seconds),
+                "Time left on the version lease recorded in the store; at 0, writes get UNAVAILABLE until it is renewed.",
+            ),
             cache,
             process_resident_memory: gauge(
                 "readstates_process_resident_memory_bytes",
@@ -398,13 +417,13 @@ impl Metrics {
         }
     }
 
-    /// Marks the start of a batch write; the flush lag counts it until the
-    /// returned guard is dropped.
-    pub fn write_started(&self) -> UnfinishedWrite<'_> {
+    /// Marks the start of a batch write, queued since `queued_at`; the flush
+    /// lag counts it from then until the returned guard is dropped.
+    pub fn write_started(&self, queued_at: Instant) -> UnfinishedWrite<'_> {
         let mut writes = self.unfinished_writes.lock();
         let id = writes.0;
         writes.0 += 1;
-        writes.1.insert(id, Instant::now());
+        writes.1.insert(id, queued_at);
         UnfinishedWrite { metrics: self, id }
     }
 
@@ -448,6 +467,8 @@ impl Metrics {
         let write_lag = oldest_write.map_or(Duration::ZERO, |started| started.elapsed());
         c.flush_lag
             .set(stats.flush_lag.max(write_lag).as_secs_f64());
+        let lease_left = cache.clock().lease_left_at(unix_micros());
+        self.lease_remaining.set(lease_left.as_secs_f64());
         if let Some(bytes) = resident_memory_bytes() {
             self.process_resident_memory.set(bytes as f64);
         }

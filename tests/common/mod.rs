@@ -1,7 +1,10 @@
 //! Shared harness of the integration tests: a real server on 127.0.0.1:0
 //! over a real embedded store in a temporary directory, a gRPC client, and a
-//! store wrapper that counts writes and can simulate an outage.
+//! store wrapper that counts writes and can simulate an outage; `faults`
+//! has a store whose operations fail, slow down or hang on demand.
 #![allow(dead_code)]
+
+pub mod faults;
 
 use std::path::Path;
 use std::sync::Arc;

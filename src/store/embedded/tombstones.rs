@@ -105,10 +105,8 @@ pub fn purge(
     let max = max.min(MAX_PURGE);
     let mut due = Vec::with_capacity(max);
     for entry in index.range(..(below, 0, 0)).map_err(redb_error)?.take(max) {
-        let (key, ()) = entry
-            .map(|(key, value)| (key.value(), value.value()))
-            .map_err(redb_error)?;
-        due.push(key);
+        let (key, _) = entry.map_err(redb_error)?;
+        due.push(key.value());
     }
     let mut purged = 0;
     for (version, user, channel) in due {

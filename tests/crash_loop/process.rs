@@ -30,7 +30,15 @@ impl Process {
     pub fn start(dir: &Path, settings: &Settings) -> Self {
         let config = dir.join("readstates.toml");
         std::fs::write(&config, config_text(dir, settings)).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_readstates"))
+        let binary = dir.join("readstates");
+        if !binary.exists() {
+            // A copy, so that every restart runs the build under test even
+            // if the shared target directory is rebuilt meanwhile.
+            let built = std::env::var_os("READSTATES_CRASH_LOOP_BINARY")
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_readstates").into());
+            std::fs::copy(&built, &binary).unwrap();
+        }
+        let mut child = Command::new(&binary)
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")

@@ -32,11 +32,14 @@ impl Process {
         std::fs::write(&config, config_text(dir, settings)).unwrap();
         let binary = dir.join("readstates");
         if !binary.exists() {
-            // A copy, so that every restart runs the build under test even
-            // if the shared target directory is rebuilt meanwhile.
+            // A link (or a copy), so that every restart runs the build under
+            // test even if the target directory is rebuilt meanwhile: a new
+            // build is a new file, and the link keeps the old one.
             let built = std::env::var_os("READSTATES_CRASH_LOOP_BINARY")
                 .unwrap_or_else(|| env!("CARGO_BIN_EXE_readstates").into());
-            std::fs::copy(&built, &binary).unwrap();
+            std::fs::hard_link(&built, &binary)
+                .or_else(|_| std::fs::copy(&built, &binary).map(drop))
+                .unwrap();
         }
         let mut child = Command::new(&binary)
             .arg("--config")

@@ -27,7 +27,9 @@ use crate::clock::unix_micros;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-/// Tombstones removed per store call; a full call is followed by another.
+/// Tombstones asked for per store call. A store may remove fewer per call
+/// (the embedded one bounds its writer's work), so calls go on until one
+/// removes nothing.
 const PURGE_MAX: usize = 10_000;
 
 /// Store calls per purge round at most, so one round stays short.
@@ -69,7 +71,7 @@ impl Purger {
                 Ok(count) => {
                     purged += count;
                     self.metrics.tombstones_purged.increment(count as u64);
-                    if count < PURGE_MAX {
+                    if count == 0 {
                         break;
                     }
                 }

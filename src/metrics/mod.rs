@@ -177,6 +177,7 @@ struct CacheMetrics {
     scheduled_users: Gauge,
     evicting_users: Gauge,
     flush_lag: Gauge,
+    flush_write_age: Gauge,
 }
 
 impl Metrics {
@@ -316,6 +317,11 @@ impl Metrics {
                 "readstates_flush_lag_seconds",
                 Some(Unit::Seconds),
                 "Age of the oldest change waiting in a flush timer bucket, or of the oldest batch write not yet done.",
+            ),
+            flush_write_age: gauge(
+                "readstates_flush_write_age_seconds",
+                Some(Unit::Seconds),
+                "Age of the oldest batch write not yet done (0 when none is): the store's part of the flush lag.",
             ),
         };
 
@@ -467,6 +473,7 @@ impl Metrics {
         let write_lag = oldest_write.map_or(Duration::ZERO, |started| started.elapsed());
         c.flush_lag
             .set(stats.flush_lag.max(write_lag).as_secs_f64());
+        c.flush_write_age.set(write_lag.as_secs_f64());
         let lease_left = cache.clock().lease_left_at(unix_micros());
         self.lease_remaining.set(lease_left.as_secs_f64());
         if let Some(bytes) = resident_memory_bytes() {

@@ -11,12 +11,13 @@
 use std::path::Path;
 
 use fjall::{Database as LsmDatabase, KeyspaceCreateOptions};
-use redb::{Database, Durability, ReadableTable};
+use redb::{Database, Durability};
 
+use super::tombstones::{self, RowBytes, TOMBSTONES};
 use super::{STATES, raise_version_floor, redb_error};
 use crate::ids::ChannelId;
 use crate::store::StoreError;
-use crate::store::row::decode_row;
+use crate::store::row::{Row, decode_row};
 
 /// The files and folders the LSM store kept under `data_dir`, beside its
 /// journal files (`<n>.jnl`).
@@ -97,31 +98,35 @@ fn import(data_dir: &Path, db: &Database) -> Result<usize, StoreError> {
     Ok(copied)
 }
 
-/// Writes the rows of `chunk` that are newer than the stored ones, and
-/// empties it; returns how many were written.
+/// Writes the rows of `chunk` that are newer than the stored ones (keeping
+/// the tombstone index in step, as a batch does), and empties it; returns
+/// how many were written.
 fn write_chunk(db: &Database, chunk: &mut Vec<((u64, u64), Vec<u8>)>) -> Result<usize, StoreError> {
     let mut written = 0;
     let mut txn = db.begin_write().map_err(redb_error)?;
     txn.set_durability(Durability::Immediate)
         .map_err(redb_error)?;
     {
-        let mut table = txn.open_table(STATES).map_err(redb_error)?;
-        for (key, value) in chunk.drain(..) {
-            let Ok(channel_id) = ChannelId::new(key.1) else {
+        let mut states = txn.open_table(STATES).map_err(redb_error)?;
+        let mut index = txn.open_table(TOMBSTONES).map_err(redb_error)?;
+        for ((user, channel), value) in chunk.drain(..) {
+            let Ok(channel_id) = ChannelId::new(channel) else {
                 continue;
             };
-            let version = |bytes: &[u8]| {
-                decode_row(channel_id, bytes)
-                    .map(|row| row.version())
-                    .unwrap_or(0)
+            // A damaged row counts as version 0: it lands only where
+            // nothing is stored.
+            let (version, deleted) = match decode_row(channel_id, &value) {
+                Ok(row) => (row.version(), matches!(row, Row::Tombstone { .. })),
+                Err(_) => (0, false),
             };
-            if let Some(stored) = table.get(key).map_err(redb_error)?
-                && version(stored.value()) >= version(&value)
-            {
-                continue;
+            let row = RowBytes {
+                version,
+                deleted,
+                bytes: &value,
+            };
+            if tombstones::upsert(&mut states, &mut index, user, channel_id, &row)? {
+                written += 1;
             }
-            table.insert(key, value.as_slice()).map_err(redb_error)?;
-            written += 1;
         }
     }
     txn.commit().map_err(redb_error)?;

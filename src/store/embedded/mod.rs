@@ -34,6 +34,10 @@
 //!
 //! A data directory written by the earlier LSM store is imported once, on
 //! first open (see `legacy`).
+//!
+//! Tombstones have an index by version, so the oldest can be purged without
+//! a scan once no stale write can arrive (see `tombstones`). A purge is one
+//! more job for the writer thread, committed in the group it lands in.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,14 +48,17 @@ use tokio::sync::oneshot;
 mod error;
 mod legacy;
 mod readers;
+mod tombstones;
 
 use super::row::{Row, decode_row, encode_row};
 use super::{
     ErrorClass, LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows, newest_per_key,
 };
+use crate::clock::unix_micros;
 use crate::ids::{ChannelId, UserId};
 use error::redb_error;
 use readers::Readers;
+use tombstones::{RowBytes, TOMBSTONES};
 
 /// The read states, keyed by (user id, channel id).
 const STATES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("read_states");
@@ -100,13 +107,27 @@ impl EmbeddedOptions {
     }
 }
 
-/// One batch for the writer thread. The job carries the database handle, so
+/// One job for the writer thread. The job carries the database handle, so
 /// the thread holds none between jobs and the database closes as soon as
 /// the last store handle is dropped.
 struct WriteJob {
     db: Arc<Database>,
-    rows: Arc<[RowWrite]>,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    work: Work,
+}
+
+/// What a writer job does, and where its answer goes.
+enum Work {
+    /// Writes a batch of rows.
+    Batch {
+        rows: Arc<[RowWrite]>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Removes tombstones older than `below`; answers how many.
+    Purge {
+        below: u64,
+        max: usize,
+        done: oneshot::Sender<Result<usize, StoreError>>,
+    },
 }
 
 /// The embedded redb store.
@@ -145,11 +166,29 @@ impl EmbeddedStore {
             .create(data_dir.join(DATABASE_FILE))
             .map_err(redb_error)?;
         create_tables(&db)?;
+        tombstones::index_if_missing(&db)?;
         legacy::import_if_present(data_dir, &db)?;
         Ok(Self {
             db: Arc::new(db),
             writer: spawn_writer()?,
             readers: Arc::new(Readers::start(options.reader_threads)?),
+        })
+    }
+
+    /// Queues `work` for the writer thread. The queue is bounded and the
+    /// writer drains it; a full queue waits on the blocking pool, never on
+    /// an async worker.
+    fn queue(&self, work: Work) -> StoreFuture<'static, ()> {
+        let job = WriteJob {
+            db: Arc::clone(&self.db),
+            work,
+        };
+        let writer = self.writer.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || writer.send(job))
+                .await
+                .map_err(|error| StoreError::Worker(error.to_string()))?
+                .map_err(|_| writer_stopped())
         })
     }
 
@@ -180,19 +219,9 @@ impl Store for EmbeddedStore {
 
     fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
         let (done, result) = oneshot::channel();
-        let job = WriteJob {
-            db: Arc::clone(&self.db),
-            rows,
-            done,
-        };
-        let writer = self.writer.clone();
+        let queued = self.queue(Work::Batch { rows, done });
         Box::pin(async move {
-            // The queue is bounded and the writer drains it; a full queue
-            // waits on the blocking pool, never on an async worker.
-            tokio::task::spawn_blocking(move || writer.send(job))
-                .await
-                .map_err(|error| StoreError::Worker(error.to_string()))?
-                .map_err(|_| writer_stopped())?;
+            queued.await?;
             result.await.map_err(|_| writer_stopped())?
         })
     }
@@ -218,9 +247,24 @@ impl Store for EmbeddedStore {
         Box::pin(async { Ok(()) })
     }
 
-    fn purge_tombstones(&self, _below: u64, _max: usize) -> StoreFuture<'_, usize> {
-        // Not yet: tombstones are kept.
-        Box::pin(async { Ok(0) })
+    /// Removes at most `max` (and [`tombstones::MAX_PURGE`]) of the oldest
+    /// tombstones below `below`, in one fsynced commit on the writer thread.
+    ///
+    /// `below` is also held to the wall clock. A reloaded user's version is
+    /// the highest among its rows, so purging the newest row of a user
+    /// lowers it; what keeps the user's next version above the purged one
+    /// is that every version is at least the clock (`clock`). Right after a
+    /// restart, versions run ahead of the clock (up to the version lease),
+    /// and a tombstone written then is purged only once the clock has
+    /// passed it.
+    fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize> {
+        let below = below.min(unix_micros());
+        let (done, result) = oneshot::channel();
+        let queued = self.queue(Work::Purge { below, max, done });
+        Box::pin(async move {
+            queued.await?;
+            result.await.map_err(|_| writer_stopped())?
+        })
     }
 }
 
@@ -249,6 +293,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(redb_error)?;
     txn.open_table(STATES).map_err(redb_error)?;
     txn.open_table(META).map_err(redb_error)?;
+    txn.open_table(TOMBSTONES).map_err(redb_error)?;
     txn.commit().map_err(redb_error)
 }
 
@@ -277,33 +322,47 @@ fn load_user(db: &Database, user_id: UserId) -> Result<UserRows, StoreError> {
     Ok(rows)
 }
 
-/// Writes the batches of a group in one transaction, each row only if it is
-/// newer than the stored one, and commits with an fsync.
-fn write_group(db: &Database, group: &[WriteJob]) -> Result<(), StoreError> {
+/// Runs the jobs of a group in one transaction, in order: each batch row
+/// only if it is newer than the stored one, each purge as asked. Commits
+/// with an fsync; returns the tombstones each job purged (0 for a batch).
+fn write_group(db: &Database, group: &[WriteJob]) -> Result<Vec<usize>, StoreError> {
+    let mut purged = Vec::with_capacity(group.len());
     let mut txn = db.begin_write().map_err(redb_error)?;
     txn.set_durability(Durability::Immediate)
         .map_err(redb_error)?;
     {
         let mut states = txn.open_table(STATES).map_err(redb_error)?;
+        let mut index = txn.open_table(TOMBSTONES).map_err(redb_error)?;
         let mut value = Vec::with_capacity(64);
         for job in group {
-            for row in newest_per_key(&job.rows) {
-                let key = (row.user_id.get(), row.state.channel_id.get());
-                if let Some(stored) = states.get(key).map_err(redb_error)? {
-                    let stored_version = decode_row(row.state.channel_id, stored.value())
-                        .map(|stored| stored.version())
-                        // A damaged row is replaced by the newer write.
-                        .unwrap_or(0);
-                    if stored_version >= row.state.version {
-                        continue;
+            match &job.work {
+                Work::Batch { rows, .. } => {
+                    for row in newest_per_key(rows) {
+                        encode_row(&row.state, row.deleted, &mut value);
+                        let bytes = RowBytes {
+                            version: row.state.version,
+                            deleted: row.deleted,
+                            bytes: &value,
+                        };
+                        let user = row.user_id.get();
+                        tombstones::upsert(
+                            &mut states,
+                            &mut index,
+                            user,
+                            row.state.channel_id,
+                            &bytes,
+                        )?;
                     }
+                    purged.push(0);
                 }
-                encode_row(&row.state, row.deleted, &mut value);
-                states.insert(key, value.as_slice()).map_err(redb_error)?;
+                Work::Purge { below, max, .. } => {
+                    purged.push(tombstones::purge(&mut states, &mut index, *below, *max)?);
+                }
             }
         }
     }
-    txn.commit().map_err(redb_error)
+    txn.commit().map_err(redb_error)?;
+    Ok(purged)
 }
 
 /// A group's failure, told to each of its batches with its class (the
@@ -340,11 +399,23 @@ fn spawn_writer() -> Result<std::sync::mpsc::SyncSender<WriteJob>, StoreError> {
                 let db = Arc::clone(&group[0].db);
                 let result = write_group(&db, &group);
                 drop(db);
-                for WriteJob { db, rows, done } in group.drain(..) {
+                for (position, WriteJob { db, work }) in group.drain(..).enumerate() {
                     // The handle goes before the answer: a caller that drops
                     // its store on hearing it may reopen the file at once.
-                    drop((db, rows));
-                    let _ = done.send(result.as_ref().map_err(shared_failure).copied());
+                    drop(db);
+                    let purged = result
+                        .as_ref()
+                        .map(|purged| purged.get(position).copied().unwrap_or(0))
+                        .map_err(shared_failure);
+                    match work {
+                        Work::Batch { rows, done } => {
+                            drop(rows);
+                            let _ = done.send(purged.map(|_| ()));
+                        }
+                        Work::Purge { done, .. } => {
+                            let _ = done.send(purged);
+                        }
+                    }
                 }
             }
         })
@@ -371,3 +442,5 @@ fn run_in_the_background() {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tombstone_tests;

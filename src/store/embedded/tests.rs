@@ -4,7 +4,7 @@ use super::*;
 use crate::ids::MessageId;
 use crate::read_state::ReadState;
 
-fn state(channel: u64, last: u64, version: u64) -> ReadState {
+pub(super) fn state(channel: u64, last: u64, version: u64) -> ReadState {
     ReadState {
         last_message_id: MessageId::new(last).unwrap(),
         version,
@@ -12,7 +12,7 @@ fn state(channel: u64, last: u64, version: u64) -> ReadState {
     }
 }
 
-fn write(user: u64, state: ReadState, deleted: bool) -> RowWrite {
+pub(super) fn write(user: u64, state: ReadState, deleted: bool) -> RowWrite {
     RowWrite {
         user_id: UserId::new(user).unwrap(),
         state,
@@ -21,7 +21,7 @@ fn write(user: u64, state: ReadState, deleted: bool) -> RowWrite {
 }
 
 /// Loads a user, as a cache miss would.
-async fn load(store: &EmbeddedStore, user: UserId) -> UserRows {
+pub(super) async fn load(store: &EmbeddedStore, user: UserId) -> UserRows {
     store.load_user(user, LoadPriority::Urgent).await.unwrap()
 }
 
@@ -133,7 +133,7 @@ async fn concurrent_batches_all_land() {
 }
 
 /// Writes rows the way the earlier LSM store laid them out.
-fn write_lsm_data_dir(dir: &std::path::Path, rows: &[RowWrite], floor: u64) {
+pub(super) fn write_lsm_data_dir(dir: &std::path::Path, rows: &[RowWrite], floor: u64) {
     let db = fjall::Database::builder(dir).open().unwrap();
     let states = db
         .keyspace("read_states", fjall::KeyspaceCreateOptions::default)

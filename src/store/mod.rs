@@ -17,7 +17,7 @@ pub use delayed::DelayedStore;
 pub use embedded::{DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS, EmbeddedOptions, EmbeddedStore};
 pub use metered::MeteredStore;
 pub use migrate::{MigrateError, MigrationReport};
-pub use row::{RowDecodeError, decode_row, encode_row};
+pub use row::{Row, RowDecodeError, decode_row, encode_row};
 pub use scylla::{ScyllaError, ScyllaStore};
 
 use std::future::Future;

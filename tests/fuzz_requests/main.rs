@@ -18,6 +18,7 @@ mod model;
 mod rows;
 mod strategies;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -327,4 +328,30 @@ fn arbitrary_field_values_into_every_rpc() {
         refused > 0 && answered > 0,
         "cases refused, answered: {refused}, {answered}"
     );
+}
+
+/// Replays what a run of the `rpc` fuzz target kept (`fuzz/corpus/rpc`, the
+/// inputs that reached new code; first byte the RPC, as there) over real
+/// gRPC, judged by this suite's stricter model. Skipped, with a message,
+/// where no fuzzing run left a corpus (as in CI).
+#[test]
+fn the_rpc_fuzz_corpus_replays_over_grpc() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/rpc");
+    let Ok(entries) = std::fs::read_dir(&corpus) else {
+        eprintln!("skipped: no fuzz corpus in {}", corpus.display());
+        return;
+    };
+    let target = Target::start();
+    for entry in entries {
+        let path = entry.unwrap().path();
+        let input = std::fs::read(&path).unwrap();
+        let Some((&rpc, bytes)) = input.split_first() else {
+            continue;
+        };
+        if let Err(error) = target.case(usize::from(rpc) % RPCS.len(), bytes.to_vec()) {
+            panic!("{}: {error}", path.display());
+        }
+    }
+    let [undecodable, refused, answered] = target.finish();
+    eprintln!("corpus inputs undecodable, refused, answered: {undecodable}, {refused}, {answered}");
 }

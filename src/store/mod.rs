@@ -15,7 +15,7 @@ mod scylla;
 pub use delayed::DelayedStore;
 pub use embedded::{DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS, EmbeddedOptions, EmbeddedStore};
 pub use metered::MeteredStore;
-pub use row::{RowDecodeError, decode_row, encode_row};
+pub use row::{Row, RowDecodeError, decode_row, encode_row};
 pub use scylla::{MigrateError, MigrationReport, ScyllaError, ScyllaStore};
 
 use std::future::Future;

@@ -29,6 +29,7 @@ pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod engine;
 pub mod flush;
 pub mod ids;
 pub mod metrics;

@@ -1,4 +1,4 @@
-//! Wiring: opens the store, builds the cache and the flusher, serves the
+//! Wiring: opens the store, builds the engine (cache and flusher), serves the
 //! gRPC API (with health checking and reflection) and `/metrics`, applies
 //! configuration changes on a running server, and shuts down in order: stop
 //! accepting, finish calls in flight, flush every dirty state, sync.
@@ -18,15 +18,12 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::api::{ReadStatesService, proto};
 use crate::auth::{AuthError, Security, tls_incoming};
-use crate::cache::{Cache, CacheSettings};
-use crate::clock::unix_micros;
+use crate::cache::Cache;
 use crate::config::{Config, StoreBackend};
-use crate::flush::{FlushSettings, Flusher};
+use crate::engine::Engine;
 use crate::metrics::{Metrics, serve_metrics};
 use crate::overload::QueueDelay;
-use crate::store::{
-    DelayedStore, EmbeddedOptions, EmbeddedStore, MeteredStore, ScyllaStore, Store,
-};
+use crate::store::{EmbeddedOptions, EmbeddedStore, ScyllaStore, Store};
 
 type ReadStatesServer = proto::read_states_server::ReadStatesServer<ReadStatesService>;
 
@@ -218,59 +215,12 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             .await
             .context("setting up TLS and authentication")?,
     );
-    let store: Arc<dyn Store> = match config.store.injected_latency() {
-        Some((median, p99)) => {
-            tracing::warn!(
-                median_ms = median.as_millis() as u64,
-                p99_ms = p99.as_millis() as u64,
-                "store latency injected (a benchmark setting)"
-            );
-            Arc::new(DelayedStore::new(store, median, p99))
-        }
-        None => store,
-    };
-    // Metered outermost: the store metrics include any injected latency.
-    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
-    let floor = store
-        .load_version_floor()
-        .await
-        .context("reading the version floor from the store")?;
-    let lease_micros = u64::try_from(config.flush.version_lease().as_micros()).unwrap_or(u64::MAX);
-    let lease = floor.max(unix_micros()).saturating_add(lease_micros);
-    store
-        .record_version_floor(lease)
-        .await
-        .context("recording the version lease in the store")?;
-
-    let cache = Arc::new(Cache::new(
-        &CacheSettings {
-            capacity: config.cache.capacity,
-            partitions: config.cache.partitions,
-            max_tracked_mentions: config.cache.max_tracked_mentions,
-            max_dirty_states: config.flush.max_dirty_states,
-            flush_delay: config.flush.delay(),
-            flush_tick: config.flush.tick(),
-        },
-        floor,
-    ));
-    cache.clock().set_lease(lease);
-    let batch_size = Arc::new(AtomicUsize::new(config.flush.batch_size));
-    let flusher = Flusher::new(
-        Arc::clone(&cache),
-        Arc::clone(&store),
-        Arc::clone(&metrics),
-        FlushSettings {
-            tick: config.flush.tick(),
-            concurrency: config.flush.concurrency,
-            batch_size: Arc::clone(&batch_size),
-            retry_initial: Duration::from_millis(config.flush.retry_initial_ms),
-            retry_max: Duration::from_millis(config.flush.retry_max_ms),
-            version_lease: config.flush.version_lease(),
-            purge_interval: Duration::from_millis(config.flush.purge_interval_ms),
-            tombstone_grace: Duration::from_millis(config.flush.tombstone_grace_ms),
-        },
-        lease,
-    );
+    let Engine {
+        store,
+        cache,
+        flusher,
+        batch_size,
+    } = Engine::open(config, store, Arc::clone(&metrics)).await?;
 
     let listener = TcpListener::bind(config.server.listen_addr)
         .await

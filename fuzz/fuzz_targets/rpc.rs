@@ -17,13 +17,11 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use readstates::api::ReadStatesService;
 use readstates::api::proto::{self, read_states_server::ReadStates};
-use readstates::cache::{Cache, CacheSettings};
-use readstates::clock::{VERSION_LEASE_MICROS, unix_micros};
 use readstates::config::Config;
-use readstates::flush::{FlushSettings, Flusher};
+use readstates::engine::Engine;
 use readstates::ids::MAX_ID;
 use readstates::metrics::Metrics;
-use readstates::store::{EmbeddedStore, MeteredStore, Store};
+use readstates::store::{EmbeddedStore, Store};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
@@ -38,9 +36,10 @@ struct Harness {
 static HARNESS: OnceLock<Harness> = OnceLock::new();
 
 impl Harness {
-    /// Wires the service as `server::start` does, without the network: a
-    /// small cache (so evictions and reloads happen) and a short flush delay
-    /// (so the flusher writes and the store is read back).
+    /// Wires the service as `server::start` does (the same `Engine`),
+    /// without the network: a small cache (so evictions and reloads happen)
+    /// and a short flush delay (so the flusher writes and the store is read
+    /// back).
     fn start() -> Self {
         let data_dir = tempfile::tempdir().expect("a temporary directory");
         let mut config = Config::default();
@@ -56,43 +55,16 @@ impl Harness {
         let service = runtime.block_on(async {
             let store = EmbeddedStore::open(data_dir.path()).expect("the embedded store opens");
             let metrics = Metrics::new(store.backend());
-            let store: Arc<dyn Store> =
-                Arc::new(MeteredStore::new(Arc::new(store), Arc::clone(&metrics)));
-            let floor = store.load_version_floor().await.expect("a version floor");
-            let lease = floor
-                .max(unix_micros())
-                .saturating_add(VERSION_LEASE_MICROS);
-            store
-                .record_version_floor(lease)
+            let engine = Engine::open(&config, Arc::new(store), Arc::clone(&metrics))
                 .await
-                .expect("the lease is recorded");
-            let cache = Arc::new(Cache::new(
-                &CacheSettings {
-                    capacity: config.cache.capacity,
-                    partitions: config.cache.partitions,
-                    max_tracked_mentions: config.cache.max_tracked_mentions,
-                    max_dirty_states: config.flush.max_dirty_states,
-                    flush_delay: config.flush.delay(),
-                    flush_tick: config.flush.tick(),
-                },
-                floor,
-            ));
-            let flusher = Flusher::new(
-                Arc::clone(&cache),
-                Arc::clone(&store),
-                Arc::clone(&metrics),
-                FlushSettings {
-                    tick: config.flush.tick(),
-                    concurrency: config.flush.concurrency,
-                    batch_size: Arc::new(config.flush.batch_size.into()),
-                    retry_initial: std::time::Duration::from_millis(config.flush.retry_initial_ms),
-                    retry_max: std::time::Duration::from_millis(config.flush.retry_max_ms),
-                },
-                lease,
+                .expect("the engine starts");
+            // Never stopped: the flusher runs until the process exits.
+            tokio::spawn(
+                engine
+                    .flusher
+                    .run(CancellationToken::new(), CancellationToken::new()),
             );
-            // Never cancelled: the flusher runs until the process exits.
-            tokio::spawn(flusher.run(CancellationToken::new()));
-            ReadStatesService::new(cache, store, config.limits.clone(), metrics)
+            ReadStatesService::new(engine.cache, engine.store, config.limits.clone(), metrics)
         });
         Self {
             runtime,

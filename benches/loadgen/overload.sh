@@ -102,7 +102,7 @@ max_dirty_states = 20000000
 
 [limits]
 max_in_flight_calls = $in_flight
-max_queue_delay_ms = $queue_delay
+$([ "$queue_delay" = 0 ] || echo "max_queue_delay_ms = $queue_delay")
 
 [metrics]
 listen_addr = "127.0.0.1:$METRICS_PORT"

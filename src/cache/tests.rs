@@ -1,0 +1,150 @@
+use super::*;
+use crate::ids::{ChannelId, MessageId};
+use crate::store::EmbeddedStore;
+
+pub(super) fn settings(capacity: usize) -> CacheSettings {
+    CacheSettings {
+        capacity,
+        partitions: 1,
+        max_tracked_mentions: 1_000,
+        max_dirty_states: 1_000,
+        flush_delay: Duration::from_secs(30),
+        flush_tick: Duration::from_secs(1),
+    }
+}
+
+pub(super) fn user(id: u64) -> UserId {
+    UserId::new(id).unwrap()
+}
+
+pub(super) fn channel(id: u64) -> ChannelId {
+    ChannelId::new(id).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_are_refused_when_the_backlog_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let cache = Cache::new(
+        &CacheSettings {
+            max_dirty_states: 2,
+            ..settings(100)
+        },
+        0,
+    );
+    for id in 1..=2 {
+        cache
+            .write(&store, user(1), |txn| {
+                txn.ack(channel(id), MessageId::new(1).unwrap())
+            })
+            .await
+            .unwrap();
+    }
+    let refused = cache
+        .write(&store, user(1), |txn| {
+            txn.ack(channel(3), MessageId::new(1).unwrap())
+        })
+        .await;
+    assert!(matches!(refused, Err(CacheError::Backlog { dirty: 2 })));
+    let read = cache
+        .read(&store, user(1), |txn| txn.view(channel(1)))
+        .await;
+    assert_eq!(read.unwrap().last_message_id.get(), 1, "reads still work");
+}
+
+#[tokio::test]
+async fn writes_are_refused_once_the_version_lease_has_run_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let cache = Cache::new(&settings(100), 0);
+    let ack = |txn: &mut UserTxn<'_>| txn.ack(channel(1), MessageId::new(5).unwrap());
+    cache.write(&store, user(1), ack).await.unwrap();
+
+    cache.clock().set_lease(unix_micros());
+    let refused = cache.write(&store, user(1), ack).await;
+    assert!(
+        matches!(refused, Err(CacheError::LeaseExpired(_))),
+        "{refused:?}"
+    );
+    let refused = cache.write(&store, user(2), ack).await;
+    assert!(
+        matches!(refused, Err(CacheError::LeaseExpired(_))),
+        "checked after the load too: {refused:?}"
+    );
+    assert!(matches!(
+        cache.try_write(user(1), ack),
+        Err(CacheError::LeaseExpired(_))
+    ));
+    let read = cache
+        .read(&store, user(1), |txn| txn.view(channel(1)))
+        .await;
+    assert_eq!(read.unwrap().last_message_id.get(), 5, "reads still work");
+
+    cache.clock().set_lease(unix_micros() + 60_000_000);
+    cache.write(&store, user(1), ack).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fan_out_to_cold_users_keeps_the_hot_users_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let cache = Cache::new(
+        &CacheSettings {
+            max_dirty_states: 1_000_000,
+            ..settings(100)
+        },
+        0,
+    );
+    let ack = |txn: &mut UserTxn<'_>| txn.ack(channel(1), MessageId::new(5).unwrap());
+    // 40 hot users, each used twice (an ack, then a read).
+    for id in 1..=40 {
+        cache.write(&store, user(id), ack).await.unwrap();
+        cache
+            .read(&store, user(id), |txn| txn.view(channel(1)))
+            .await
+            .unwrap();
+    }
+    // A fan-out to 1,000 cold users, each loaded and changed once.
+    for id in 1_000..2_000 {
+        cache
+            .write_with_priority(&store, user(id), LoadPriority::Background, |txn| {
+                txn.add_mention(channel(1), MessageId::new(9).unwrap())
+            })
+            .await
+            .unwrap();
+    }
+    let misses_before = cache.stats().misses;
+    for id in 1..=40 {
+        cache
+            .read(&store, user(id), |txn| txn.view(channel(1)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        cache.stats().misses,
+        misses_before,
+        "every hot user was still cached"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_into_a_full_cache_all_make_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    // Room for two users: every load evicts another freshly loaded one.
+    let cache = Cache::new(&settings(2), 0);
+    let writes = (1..=300).map(|id| {
+        cache.write_with_priority(&store, user(id), LoadPriority::Background, |txn| {
+            txn.add_mention(channel(1), MessageId::new(9).unwrap())
+        })
+    });
+    let views = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(writes),
+    )
+    .await
+    .expect("every load applied its request (no load-evict loop)");
+    for view in views {
+        assert_eq!(view.unwrap().mention_count, 1);
+    }
+}

@@ -3,14 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Child;
 use std::time::Duration;
 
-use common::{Client, connect};
+use common::{Client, binary, connect};
 use readstates::api::proto::{AckRequest, AddMentionsRequest, GetUserReadStatesRequest};
 
 /// A server process and the addresses it logged.
@@ -25,36 +23,15 @@ impl Process {
     fn start(dir: &Path, flush_delay_ms: u64) -> Self {
         let config = dir.join("readstates.toml");
         std::fs::write(&config, config_text(dir, flush_delay_ms, 1_000_000)).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_readstates"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                for key in ["metrics_addr=", "grpc_addr="] {
-                    if let Some(addr) = line.split(key).nth(1) {
-                        let addr = addr.split_whitespace().next().unwrap_or_default();
-                        let _ = sender.send(addr.to_owned());
-                    }
-                }
-            }
-        });
-        let next_addr = || -> SocketAddr {
-            receiver
-                .recv_timeout(Duration::from_secs(30))
-                .expect("the server never logged its addresses")
-                .parse()
-                .unwrap()
-        };
-        // The metrics address is logged first.
-        let metrics_addr = next_addr();
-        let addr = next_addr();
+        let binary::Spawned {
+            child,
+            addr,
+            metrics_addr,
+        } = binary::spawn(
+            Path::new(env!("CARGO_BIN_EXE_readstates")),
+            &config,
+            Duration::from_secs(30),
+        );
         Self {
             child,
             addr,

@@ -160,14 +160,15 @@ async fn a_server_short_of_cpu_sheds_until_its_workers_catch_up() {
         message_id: 100,
         user_ids: vec![user_id],
     };
+    let admitted = async |mut client: common::Client| {
+        eventually(Duration::from_secs(30), async || {
+            client.add_mentions(mention(1)).await.is_ok()
+        })
+        .await
+    };
 
-    let mut client = server.client.clone();
     assert!(
-        eventually(Duration::from_secs(30), async || client
-            .add_mentions(mention(1))
-            .await
-            .is_ok())
-        .await,
+        admitted(server.client.clone()).await,
         "an idle server refuses calls"
     );
 
@@ -196,13 +197,8 @@ async fn a_server_short_of_cpu_sheds_until_its_workers_catch_up() {
     );
     hog.await.unwrap();
 
-    let mut client = server.client.clone();
     assert!(
-        eventually(Duration::from_secs(30), async || client
-            .add_mentions(mention(1))
-            .await
-            .is_ok())
-        .await,
+        admitted(server.client.clone()).await,
         "calls are still refused once the workers caught up"
     );
     let text = http_get(metrics_addr, "/metrics").await.1;

@@ -4,6 +4,7 @@
 //! has a store whose operations fail, slow down or hang on demand.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod faults;
 
 use std::path::Path;

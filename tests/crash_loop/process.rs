@@ -2,12 +2,12 @@
 //! temporary directory, its addresses read from its log, killed with
 //! SIGKILL.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Child;
 use std::time::Duration;
+
+use crate::common::binary::{Spawned, spawn};
 
 /// The crash loop's server settings.
 pub struct Settings {
@@ -41,38 +41,11 @@ impl Process {
                 .or_else(|_| std::fs::copy(&built, &binary).map(drop))
                 .unwrap();
         }
-        let mut child = Command::new(&binary)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (sender, receiver) = mpsc::channel();
-        // Reads the log to its end, so the server never blocks on a full
-        // pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                for key in ["metrics_addr=", "grpc_addr="] {
-                    if let Some(addr) = line.split(key).nth(1) {
-                        let addr = addr.split_whitespace().next().unwrap_or_default();
-                        let _ = sender.send(addr.to_owned());
-                    }
-                }
-            }
-        });
-        let next_addr = || -> SocketAddr {
-            receiver
-                .recv_timeout(Duration::from_secs(60))
-                .expect("the server never logged its addresses")
-                .parse()
-                .unwrap()
-        };
-        // The metrics address is logged first.
-        let metrics_addr = next_addr();
-        let addr = next_addr();
+        let Spawned {
+            child,
+            addr,
+            metrics_addr,
+        } = spawn(&binary, &config, Duration::from_secs(60));
         Self {
             child,
             addr,

@@ -3,7 +3,8 @@
 //! limit frees again when admitted calls end, cancelled ones included; a
 //! request over `limits.max_request_bytes` is refused before decoding; and
 //! while tasks wait longer than `limits.max_queue_delay_ms` for a worker,
-//! calls are refused too, until the workers catch up.
+//! calls are refused too, until the workers catch up; calls past a
+//! connection's stream limit wait in the client instead of failing.
 
 mod common;
 
@@ -209,4 +210,50 @@ async fn a_server_short_of_cpu_sheds_until_its_workers_catch_up() {
         sample(&text, "readstates_runtime_queue_delay_seconds").is_some(),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn calls_past_the_stream_limit_of_a_connection_wait_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.max_concurrent_requests_per_connection = 2;
+    let store = InstrumentedStore::open(dir.path());
+    // Loads of cold users take a while: two calls hold both streams.
+    store.load_delay_ms.store(1_000, Ordering::SeqCst);
+    let mut server = TestServer::start(&config, store.clone()).await;
+    // One call first, so the client has the server's settings (the stream
+    // limit among them) before it opens more streams.
+    server.client.get_read_state(get(10)).await.unwrap();
+    let warm = store.loads.load(Ordering::SeqCst);
+
+    // Three calls on one connection: the third waits in the client for a
+    // stream (HTTP/2's limit, advertised by the server) and then succeeds,
+    // where a limit enforced only by the server would refuse it.
+    let calls: Vec<_> = (1..=3)
+        .map(|user| {
+            let mut client = server.client.clone();
+            tokio::spawn(async move { client.get_read_state(get(user)).await })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), async || store
+            .loads
+            .load(Ordering::SeqCst)
+            >= warm + 2)
+        .await,
+        "the first two calls never reached the store"
+    );
+    assert_eq!(
+        store.loads.load(Ordering::SeqCst),
+        warm + 2,
+        "a third stream was opened past the limit"
+    );
+    for call in calls {
+        let result = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("a call hung")
+            .unwrap();
+        assert!(result.is_ok(), "{result:?}");
+    }
+    assert_eq!(store.loads.load(Ordering::SeqCst), warm + 3);
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use crate::cache::{Cache, CacheError, StateView, UserTxn};
+use crate::cache::{Cache, CacheError, Deferral, StateView, UserTxn};
 use crate::config::LimitsConfig;
 use crate::ids::{ChannelId, IdError, MessageId, UserId};
 use crate::metrics::{Method, Metrics};
@@ -230,6 +230,40 @@ impl ReadStatesService {
                 Err(_) => uncached.push(user_id),
             }
         }
+        self.load_fan_out(uncached, change, &mut states).await?;
+        Ok(states)
+    }
+
+    /// Counts a mention of each user without waiting for loads: users in
+    /// memory at once, the others when next loaded (see `cache::inbox`).
+    /// Only a user whose inbox is full is loaded now.
+    async fn defer_mentions(
+        &self,
+        user_ids: &[UserId],
+        channel: ChannelId,
+        message: MessageId,
+    ) -> Result<(), ApiError> {
+        let mut full = Vec::new();
+        for &user_id in user_ids {
+            if self.cache.defer_mention(user_id, channel, message)? == Deferral::Full {
+                full.push(user_id);
+            }
+        }
+        if !full.is_empty() {
+            let change = |txn: &mut UserTxn<'_>| txn.add_mention(channel, message);
+            self.load_fan_out(full, change, &mut Vec::new()).await?;
+        }
+        Ok(())
+    }
+
+    /// Loads the users of a fan-out that are not cached, a bounded number
+    /// at once at background priority, and applies the change to each.
+    async fn load_fan_out(
+        &self,
+        uncached: Vec<UserId>,
+        change: impl Fn(&mut UserTxn<'_>) -> StateView + Copy,
+        states: &mut Vec<proto::ReadState>,
+    ) -> Result<(), ApiError> {
         let mut pending = uncached.into_iter();
         let mut loads = FuturesUnordered::new();
         loop {
@@ -248,10 +282,9 @@ impl ReadStatesService {
             }
             match loads.next().await {
                 Some(state) => states.push(state?),
-                None => break,
+                None => return Ok(()),
             }
         }
-        Ok(states)
     }
 }
 
@@ -344,6 +377,10 @@ impl ReadStatesService {
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = mentioned_message_id("message_id", request.message_id)?;
         let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
+        if request.omit_read_states {
+            self.defer_mentions(&users, channel, message).await?;
+            return Ok(proto::AddMentionsResponse::default());
+        }
         let read_states = self
             .fan_out(&users, |txn| txn.add_mention(channel, message))
             .await?;

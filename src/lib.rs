@@ -6,7 +6,8 @@
 //! - [`auth`]: TLS on the gRPC port; client certificates or bearer tokens
 //!   checked before a ReadStates call runs.
 //! - [`cache`]: partitioned LRU of users' states; single-flight loads,
-//!   eviction, dirty tracking and the flush timer buckets.
+//!   eviction, dirty tracking, the flush timer buckets, and the inbox of
+//!   mentions deferred until a cold user's next load.
 //! - [`read_state`]: one state's semantics (acks, mentions, pins).
 //! - [`flush`]: write-behind of dirty states to the store.
 //! - [`store`]: the store trait, the embedded default store, and the

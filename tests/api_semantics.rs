@@ -86,6 +86,7 @@ async fn add(c: &mut Client, channel: u64, message: u64, users: &[u64]) -> Vec<R
         channel_id: channel,
         message_id: message,
         user_ids: users.to_vec(),
+        omit_read_states: false,
     })
     .await
     .unwrap()
@@ -220,6 +221,7 @@ fn add_req(channel: u64, message: u64, users: Vec<u64>) -> AddMentionsRequest {
         channel_id: channel,
         message_id: message,
         user_ids: users,
+        omit_read_states: false,
     }
 }
 

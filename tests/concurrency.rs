@@ -39,10 +39,21 @@ async fn start_with(
 }
 
 async fn add(c: &mut Client, channel: u64, message: u64, users: Vec<u64>) -> Vec<ReadState> {
+    add_with(c, channel, message, users, false).await
+}
+
+async fn add_with(
+    c: &mut Client,
+    channel: u64,
+    message: u64,
+    users: Vec<u64>,
+    omit: bool,
+) -> Vec<ReadState> {
     c.add_mentions(AddMentionsRequest {
         channel_id: channel,
         message_id: message,
         user_ids: users,
+        omit_read_states: omit,
     })
     .await
     .unwrap()
@@ -153,9 +164,12 @@ enum Op {
         message: u64,
         count: Option<u32>,
     },
+    /// With `omit`, AddMentions asks for no states back, so mentions of
+    /// users not cached wait for the users' next load.
     Add {
         message: u64,
         users: Vec<u64>,
+        omit: bool,
     },
     Remove {
         message: u64,
@@ -176,6 +190,7 @@ enum Op {
     SharedAdd {
         message: u64,
         users: Vec<u64>,
+        omit: bool,
     },
     SharedPins {
         user: u64,
@@ -191,13 +206,15 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         3 => (user(), 0u64..40).prop_map(|(user, message)| Op::Ack { user, message }),
         1 => (user(), 0u64..40, proptest::option::of(0u32..4))
             .prop_map(|(user, message, count)| Op::Manual { user, message, count }),
-        4 => (1u64..40, users()).prop_map(|(message, users)| Op::Add { message, users }),
+        4 => (1u64..40, users(), any::<bool>())
+            .prop_map(|(message, users, omit)| Op::Add { message, users, omit }),
         2 => (1u64..40, users()).prop_map(|(message, users)| Op::Remove { message, users }),
         1 => (user(), 1u64..1_000).prop_map(|(user, ts)| Op::Pins { user, ts }),
         1 => (user(), proptest::collection::vec(0u64..40, 1..=3))
             .prop_map(|(user, messages)| Op::BulkAck { user, messages }),
         1 => user().prop_map(|user| Op::Delete { user }),
-        3 => (1u64..200, users()).prop_map(|(message, users)| Op::SharedAdd { message, users }),
+        3 => (1u64..200, users(), any::<bool>())
+            .prop_map(|(message, users, omit)| Op::SharedAdd { message, users, omit }),
         1 => (user(), 1u64..1_000).prop_map(|(user, ts)| Op::SharedPins { user, ts }),
     ]
 }
@@ -271,7 +288,7 @@ impl Model {
                 p.counted.clear();
                 p.given = count.unwrap_or(0);
             }),
-            Op::Add { message, users } => {
+            Op::Add { message, users, .. } => {
                 for user in users {
                     self.change(user, own, |p| {
                         if message > p.last {
@@ -288,7 +305,7 @@ impl Model {
                 }
             }
             Op::Pins { user, ts } => self.change(user, own, |p| p.pins = p.pins.max(ts)),
-            Op::SharedAdd { message, users } => {
+            Op::SharedAdd { message, users, .. } => {
                 for user in users {
                     self.change(user, SHARED, |p| {
                         p.counted.insert(message);
@@ -329,8 +346,12 @@ async fn send(c: &mut Client, task: u64, op: Op) {
             .await
             .unwrap();
         }
-        Op::Add { message, users } => {
-            add(c, own, message, users).await;
+        Op::Add {
+            message,
+            users,
+            omit,
+        } => {
+            add_with(c, own, message, users, omit).await;
         }
         Op::Remove { message, users } => {
             c.remove_mentions(RemoveMentionsRequest {
@@ -382,8 +403,12 @@ async fn send(c: &mut Client, task: u64, op: Op) {
             .await
             .unwrap();
         }
-        Op::SharedAdd { message, users } => {
-            add(c, SHARED, message, users).await;
+        Op::SharedAdd {
+            message,
+            users,
+            omit,
+        } => {
+            add_with(c, SHARED, message, users, omit).await;
         }
     }
 }
@@ -562,15 +587,19 @@ async fn a_tiny_cache_evicting_all_the_time_loses_no_update() {
     for t in 0..HAMMER_WRITERS {
         let mut c = server.client.clone();
         tasks.spawn(async move {
+            // Odd writers ask for no states back: mentions of users not
+            // cached then wait for the users' next load.
+            let omit = t % 2 == 1;
             for k in 0..HAMMER_CALLS {
                 let (channel, message, users) = hammer_call(t, k);
-                let states = add(&mut c, channel, message, users.clone()).await;
-                assert_eq!(states.len(), users.len());
+                let states = add_with(&mut c, channel, message, users.clone(), omit).await;
+                assert_eq!(states.len(), if omit { 0 } else { users.len() });
                 // A retry of an earlier call (after timeouts, say) must not
-                // count again, even when that user was evicted since.
+                // count again, even when that user was evicted since, nor
+                // when it waits deferred.
                 if k >= 3 {
                     let (channel, message, users) = hammer_call(t, k - 3);
-                    add(&mut c, channel, message, users).await;
+                    add_with(&mut c, channel, message, users, k % 2 == 0).await;
                 }
             }
         });

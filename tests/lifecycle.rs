@@ -104,6 +104,7 @@ async fn send_updates(client: &mut Client) -> Vec<(u64, u64, u64, u32)> {
                 channel_id: channel,
                 message_id: 1_000_000 + channel,
                 user_ids: users,
+                omit_read_states: false,
             })
             .await
             .unwrap();

@@ -34,6 +34,7 @@ async fn every_metric_family_shows_after_traffic() {
             channel_id: 1,
             message_id: 50,
             user_ids: (1..=40).collect(),
+            omit_read_states: false,
         })
         .await
         .unwrap();

@@ -125,6 +125,7 @@ async fn a_request_over_the_size_limit_is_refused_before_decoding() {
             channel_id: 1,
             message_id: 10,
             user_ids,
+            omit_read_states: false,
         })
         .await
         .unwrap_err();
@@ -141,6 +142,7 @@ async fn a_request_over_the_size_limit_is_refused_before_decoding() {
             channel_id: 1,
             message_id: 10,
             user_ids: vec![1 << 62],
+            omit_read_states: false,
         })
         .await
         .unwrap()
@@ -160,6 +162,7 @@ async fn a_server_short_of_cpu_sheds_until_its_workers_catch_up() {
         channel_id: 1,
         message_id: 100,
         user_ids: vec![user_id],
+        omit_read_states: false,
     };
     let admitted = async |mut client: common::Client| {
         eventually(Duration::from_secs(30), async || {

@@ -121,6 +121,7 @@ async fn dirty_states_evicted_under_load_all_reach_the_store() {
                         channel_id: 9,
                         message_id: user * 10 + 1,
                         user_ids: vec![user],
+                        omit_read_states: false,
                     })
                     .await
                     .unwrap();
@@ -281,6 +282,7 @@ async fn a_restart_reads_everything_back_and_never_reuses_a_version() {
                 channel_id: 50,
                 message_id: 1_000,
                 user_ids: vec![5],
+                omit_read_states: false,
             })
             .await
             .unwrap();

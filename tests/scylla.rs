@@ -206,6 +206,7 @@ async fn mention(c: &mut Client, channel_id: u64, message_id: u64, user_ids: Vec
         channel_id,
         message_id,
         user_ids,
+        omit_read_states: false,
     })
     .await
     .unwrap();

@@ -18,12 +18,19 @@ use crate::workload::Op;
 pub struct GrpcTarget {
     clients: Vec<ReadStatesClient<Channel>>,
     next: AtomicUsize,
+    omit_mention_states: bool,
 }
 
 impl GrpcTarget {
     /// Opens `connections` HTTP/2 connections to `addr`, retrying for up to
-    /// `wait` while the server starts.
-    pub async fn connect(addr: &str, connections: usize, wait: Duration) -> anyhow::Result<Self> {
+    /// `wait` while the server starts. With `omit_mention_states`,
+    /// AddMentions asks for no states back.
+    pub async fn connect(
+        addr: &str,
+        connections: usize,
+        wait: Duration,
+        omit_mention_states: bool,
+    ) -> anyhow::Result<Self> {
         let uri = if addr.contains("://") {
             addr.to_string()
         } else {
@@ -58,6 +65,7 @@ impl GrpcTarget {
         Ok(Self {
             clients,
             next: AtomicUsize::new(0),
+            omit_mention_states,
         })
     }
 
@@ -126,6 +134,7 @@ impl GrpcTarget {
                     channel_id: *channel,
                     message_id: *message,
                     user_ids: users.to_vec(),
+                    omit_read_states: self.omit_mention_states,
                 })
                 .await
                 .map(drop),

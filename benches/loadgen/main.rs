@@ -118,6 +118,10 @@ struct TargetArgs {
     /// How long to keep retrying the first connection while the target starts.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     connect_wait: Duration,
+    /// Send AddMentions with `omit_read_states`, as a message-send path
+    /// would (a server that predates the field answers with the states).
+    #[arg(long)]
+    omit_mention_states: bool,
 }
 
 impl TargetArgs {
@@ -130,6 +134,7 @@ impl TargetArgs {
                         &self.addr,
                         self.connections,
                         self.connect_wait,
+                        self.omit_mention_states,
                     )
                     .await?,
                 ),

@@ -15,13 +15,16 @@
 //! it back from there, so no read ever sees the older stored state.
 //!
 //! Dirty users are put in coarse timer buckets (one per flush tick) that the
-//! flusher drains; see `write_behind` and `flush`.
+//! flusher drains; see `write_behind` and `flush`. Mentions of users not in
+//! memory may wait in an inbox for the users' next load; see `inbox`.
 
 mod entry;
+mod inbox;
 mod segmented;
 mod write_behind;
 
 pub use entry::{StateView, UserTxn};
+pub use inbox::Deferral;
 pub use write_behind::FlushJob;
 
 use std::collections::{HashMap, VecDeque};
@@ -76,12 +79,16 @@ pub struct Cache {
     max_dirty_states: AtomicUsize,
     /// Dirty states, cached or evicting.
     dirty: AtomicUsize,
+    /// Mentions waiting in inboxes (see `inbox`).
+    deferred: AtomicUsize,
     clock: VersionClock,
     epoch: Instant,
     flush_delay_ms: AtomicU64,
     flush_tick: Duration,
     /// Wakes the flusher when a dirty user was evicted.
     evicted: Notify,
+    /// Wakes the deferred loader when a user got an inbox.
+    inbox_ready: Notify,
 }
 
 struct Partition {
@@ -105,6 +112,10 @@ struct Partition {
     /// `scheduled` counts only the users that are really waiting.
     schedule: VecDeque<(u64, Vec<UserId>)>,
     scheduled: usize,
+    /// Deferred mentions of users neither cached nor evicting.
+    inbox: HashMap<UserId, inbox::Inbox>,
+    /// Users whose inbox needs a load, since the loader last looked.
+    inbox_ready: Vec<UserId>,
     stats: PartitionStats,
 }
 
@@ -118,6 +129,7 @@ struct PartitionStats {
     evictions_dirty: u64,
     changed_states: u64,
     newly_dirty: u64,
+    deferred_mentions: u64,
 }
 
 /// A snapshot of the cache's counters and sizes.
@@ -131,6 +143,9 @@ pub struct CacheStats {
     /// rest were coalesced into a write already pending.
     pub changed_states: u64,
     pub newly_dirty: u64,
+    /// Mentions put in an inbox (ever), and those waiting there now.
+    pub deferred_mentions: u64,
+    pub waiting_mentions: usize,
     pub dirty_states: usize,
     /// Capacity in use (states; an empty user counts as one).
     pub resident_states: usize,
@@ -164,6 +179,8 @@ impl Cache {
                         evicted: Vec::new(),
                         schedule: VecDeque::new(),
                         scheduled: 0,
+                        inbox: HashMap::new(),
+                        inbox_ready: Vec::new(),
                         stats: PartitionStats::default(),
                     })
                 })
@@ -174,11 +191,13 @@ impl Cache {
             max_tracked_mentions: settings.max_tracked_mentions,
             max_dirty_states: AtomicUsize::new(settings.max_dirty_states),
             dirty: AtomicUsize::new(0),
+            deferred: AtomicUsize::new(0),
             clock: VersionClock::with_floor(version_floor),
             epoch: Instant::now(),
             flush_delay_ms: AtomicU64::new(duration_millis(settings.flush_delay)),
             flush_tick: settings.flush_tick.max(Duration::from_millis(1)),
             evicted: Notify::new(),
+            inbox_ready: Notify::new(),
         }
     }
 
@@ -260,8 +279,10 @@ impl Cache {
         Ok(self.try_apply(&mut partition, user_id, work, Use::Uncounted))
     }
 
+    /// Refuses a change while the states and deferred mentions waiting for
+    /// the store reach the backlog limit.
     fn check_backlog(&self) -> Result<(), CacheError> {
-        let dirty = self.dirty_states();
+        let dirty = self.dirty_states() + self.deferred_mentions();
         if dirty >= self.max_dirty_states.load(Ordering::Relaxed) {
             return Err(CacheError::Backlog { dirty });
         }
@@ -349,10 +370,15 @@ impl Cache {
             // only this single flight can bring it back; were it in memory
             // now, that copy would be newer than the rows just read.
             if !partition.lru.contains(&user_id) && !partition.evicting.contains_key(&user_id) {
+                // Deferred mentions are merged first, and need versions.
+                if partition.inbox.contains_key(&user_id) {
+                    self.clock.check_lease_at(unix_micros())?;
+                }
                 let entry = UserEntry::loaded(rows);
                 partition.weight += entry.weight();
                 partition.extras += entry.sizes().1;
                 partition.lru.put(user_id, entry);
+                self.merge_inbox(&mut partition, user_id);
             }
             let result = self.try_apply(&mut partition, user_id, work, Use::AfterLoad);
             self.evict_over_capacity(&mut partition, Some(user_id));
@@ -372,6 +398,22 @@ impl Cache {
         user_id: UserId,
         work: F,
         the_use: Use,
+    ) -> Result<R, F>
+    where
+        F: FnOnce(&mut UserTxn<'_>) -> R,
+    {
+        self.try_apply_since(partition, user_id, work, the_use, None)
+    }
+
+    /// [`Cache::try_apply`] for a change made at `since` (now if `None`):
+    /// a user it makes dirty is due for its write one flush delay after it.
+    fn try_apply_since<R, F>(
+        &self,
+        partition: &mut Partition,
+        user_id: UserId,
+        work: F,
+        the_use: Use,
+        since: Option<Instant>,
     ) -> Result<R, F>
     where
         F: FnOnce(&mut UserTxn<'_>) -> R,
@@ -415,7 +457,7 @@ impl Cache {
             self.dirty.fetch_add(newly_dirty, Ordering::Relaxed);
         }
         if needs_schedule {
-            self.schedule(partition, user_id);
+            self.schedule_since(partition, user_id, since);
         }
         if weight_added > 0 {
             partition.weight += weight_added;
@@ -489,6 +531,7 @@ impl Cache {
         let now_tick = self.tick_at(Instant::now());
         let mut stats = CacheStats {
             dirty_states: self.dirty_states(),
+            waiting_mentions: self.deferred_mentions(),
             capacity: self.capacity.load(Ordering::Relaxed),
             smallest_partition: usize::MAX,
             ..CacheStats::default()
@@ -504,6 +547,7 @@ impl Cache {
             stats.evictions_dirty += counts.evictions_dirty;
             stats.changed_states += counts.changed_states;
             stats.newly_dirty += counts.newly_dirty;
+            stats.deferred_mentions += counts.deferred_mentions;
             stats.resident_states += partition.weight;
             stats.resident_users += partition.lru.len();
             stats.protected_users += partition.lru.protected_len();

@@ -39,6 +39,17 @@ impl Cache {
     /// Puts the user in the timer bucket due one flush delay from now,
     /// unless it already waits in one.
     pub(super) fn schedule(&self, partition: &mut Partition, user_id: UserId) {
+        self.schedule_since(partition, user_id, None);
+    }
+
+    /// Puts the user in the timer bucket due one flush delay after `since`
+    /// (now if `None`), unless it already waits in one.
+    pub(super) fn schedule_since(
+        &self,
+        partition: &mut Partition,
+        user_id: UserId,
+        since: Option<Instant>,
+    ) {
         let Some(entry) = partition.lru.peek_mut(&user_id) else {
             return;
         };
@@ -48,9 +59,18 @@ impl Cache {
         entry.scheduled = true;
         partition.scheduled += 1;
         let delay = Duration::from_millis(self.flush_delay_ms.load(Ordering::Relaxed));
-        let due = self.tick_at(Instant::now() + delay);
+        let due = self.tick_at(since.unwrap_or_else(Instant::now) + delay);
         match partition.schedule.back_mut() {
             Some((tick, users)) if *tick == due => users.push(user_id),
+            Some((tick, _)) if *tick > due => {
+                // An earlier change (a deferred mention): keep the buckets
+                // in due order.
+                let at = partition.schedule.partition_point(|(tick, _)| *tick < due);
+                match partition.schedule.get_mut(at) {
+                    Some((tick, users)) if *tick == due => users.push(user_id),
+                    _ => partition.schedule.insert(at, (due, vec![user_id])),
+                }
+            }
             _ => partition.schedule.push_back((due, vec![user_id])),
         }
     }

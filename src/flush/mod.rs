@@ -16,16 +16,19 @@
 //! backlog is full. After a write, the cache clears only the dirty marks of
 //! states that did not change meanwhile.
 //!
-//! Beside the coordinator run the version lease's keeper (`lease`) and the
-//! tombstone purge trigger (`purge`), each on its own task, so neither a
-//! hung store call nor a busy flush delays the other.
+//! Beside the coordinator run the version lease's keeper (`lease`), the
+//! tombstone purge trigger (`purge`) and the loader of users with deferred
+//! mentions (`deferred`), each on its own task, so neither a hung store
+//! call nor a busy flush delays the others.
 //!
-//! On shutdown the flusher writes the batches queued and in flight, then
-//! every dirty state left, and syncs the store. It keeps retrying until the
+//! On shutdown the flusher waits until every deferred mention is merged,
+//! writes the batches queued and in flight, then every dirty state left,
+//! and syncs the store. It keeps retrying until the
 //! `give_up` token (the server's shutdown deadline) is cancelled; then it
 //! stops and reports the dirty states it could not write.
 
 mod backoff;
+mod deferred;
 mod in_flight;
 mod lease;
 mod purge;
@@ -45,6 +48,7 @@ use crate::cache::{Cache, FlushJob};
 use crate::metrics::Metrics;
 use crate::store::{RowWrite, Store, StoreError};
 use backoff::Backoff;
+use deferred::DeferredLoader;
 use in_flight::InFlight;
 use lease::LeaseKeeper;
 use purge::Purger;
@@ -163,6 +167,14 @@ impl Flusher {
             }
             .run(shutdown.clone()),
         );
+        helpers.spawn(
+            DeferredLoader {
+                cache: Arc::clone(&self.cache),
+                store: Arc::clone(&self.store),
+                backoff: self.backoff(),
+            }
+            .run(shutdown.clone(), give_up.clone()),
+        );
         helpers.close();
 
         let mut ticks = tokio::time::interval(self.settings.tick);
@@ -199,14 +211,15 @@ impl Flusher {
         }
         self.writers.close();
         self.writers.wait().await;
-        if !finished {
-            return Err(FlushError::GaveUp {
-                dirty: self.cache.dirty_states(),
-            });
+        // Deferred mentions not merged by now (the store kept failing) are
+        // changes not written too.
+        let unwritten = || self.cache.dirty_states() + self.cache.deferred_mentions();
+        if !finished || self.cache.deferred_mentions() > 0 {
+            return Err(FlushError::GaveUp { dirty: unwritten() });
         }
         tokio::select! {
             () = give_up.cancelled() => {
-                return Err(FlushError::GaveUp { dirty: self.cache.dirty_states() });
+                return Err(FlushError::GaveUp { dirty: unwritten() });
             }
             synced = self.store.sync() => synced.map_err(FlushError::Sync)?,
         }

@@ -166,6 +166,8 @@ struct CacheMetrics {
     evictions_dirty: Counter,
     changed_states: Counter,
     coalesced_updates: Counter,
+    deferred_mentions: Counter,
+    waiting_mentions: Gauge,
     resident_states: Gauge,
     resident_users: Gauge,
     protected_users: Gauge,
@@ -266,6 +268,16 @@ impl Metrics {
                 "readstates_flush_coalesced_updates_total",
                 None,
                 "Changes to states already waiting for a write: coalesced into that write.",
+            ),
+            deferred_mentions: counter(
+                "readstates_mentions_deferred_total",
+                None,
+                "Mentions of users not in memory, kept for the users' next load (AddMentions with omit_read_states).",
+            ),
+            waiting_mentions: gauge(
+                "readstates_mentions_deferred",
+                None,
+                "Deferred mentions not yet merged into their users' states.",
             ),
             resident_states: gauge(
                 "readstates_cache_read_states",
@@ -459,6 +471,8 @@ impl Metrics {
         c.changed_states.absolute(stats.changed_states);
         c.coalesced_updates
             .absolute(stats.changed_states.saturating_sub(stats.newly_dirty));
+        c.deferred_mentions.absolute(stats.deferred_mentions);
+        c.waiting_mentions.set(stats.waiting_mentions as f64);
         c.resident_states.set(stats.resident_states as f64);
         c.resident_users.set(stats.resident_users as f64);
         c.protected_users.set(stats.protected_users as f64);

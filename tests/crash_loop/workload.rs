@@ -146,6 +146,7 @@ impl Workload {
                         channel_id: channel,
                         message_id: message,
                         user_ids: users.clone(),
+                        omit_read_states: false,
                     };
                     client
                         .add_mentions(timed(request))

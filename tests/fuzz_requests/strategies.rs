@@ -81,15 +81,18 @@ pub fn request(limits: &LimitsConfig) -> BoxedStrategy<(usize, Vec<u8>)> {
         }),
         (
             any::<bool>(),
+            any::<bool>(),
             id(),
             message(),
             ids(limits.max_mention_users)
         )
-            .prop_map(|(remove, channel_id, message_id, user_ids)| {
+            .prop_map(|(remove, omit, channel_id, message_id, user_ids)| {
+                // RemoveMentions has no field 4: it ignores the flag.
                 let r = proto::AddMentionsRequest {
                     channel_id,
                     message_id,
                     user_ids,
+                    omit_read_states: omit,
                 };
                 (if remove { 3 } else { 2 }, r.encode_to_vec())
             }),

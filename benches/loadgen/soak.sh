@@ -40,6 +40,7 @@ GEN_CORE=${GEN_CORE:-1}
 RS_PORT=${RS_PORT:-57051}
 METRICS_PORT=${METRICS_PORT:-57464}
 SAMPLE_EVERY=${SAMPLE_EVERY:-5}   # seconds between metrics snapshots
+GEN_EXTRA=${GEN_EXTRA:-}          # extra generator flags, e.g. --omit-mention-states
 SHUTDOWN_WAIT=${SHUTDOWN_WAIT:-120}  # seconds allowed for the server's graceful exit
 # SKIP_BUILD=1, READSTATES_BIN, BENCH, QUIET_PCT, QUIET_WAIT: see lib.sh.
 
@@ -123,11 +124,11 @@ METRICS_CSV="$OUT/metrics-series.csv"
 warmup_s=$(duration_secs "$WARMUP")
 
 wait_quiet
-log "run: $BENCH run --target grpc --addr 127.0.0.1:$RS_PORT --rate $RATE --mix realistic --duration $DURATION --warmup $WARMUP"
+log "run: $BENCH run --target grpc --addr 127.0.0.1:$RS_PORT --rate $RATE --mix realistic --duration $DURATION --warmup $WARMUP $GEN_EXTRA"
 start_ns=$(date +%s%N)
 taskset -c "$GEN_CORE" "$BENCH" run --target grpc --addr "127.0.0.1:$RS_PORT" --rate "$RATE" \
     --mix realistic --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNECTIONS" \
-    --server-pid "$RS_PID" --series "$SERIES" > "$OUT/soak.txt" &
+    --server-pid "$RS_PID" --series "$SERIES" $GEN_EXTRA > "$OUT/soak.txt" &
 GEN_PID=$!
 PIDS+=("$GEN_PID")
 
@@ -197,6 +198,7 @@ p99_stats=$(awk -F, 'NR > 1 && $2 > 0 { print $4, $1, $6 }' "$SERIES" | sort -n 
     echo "== soak ($(date -u +%Y-%m-%dT%H:%M:%SZ)): $RATE req/s realistic mix for $DURATION (+$WARMUP warm-up);" \
          "cache.capacity $CAPACITY, flush.delay_ms $DELAY_MS; server core $SERVER_CORE, generator core $GEN_CORE"
     [ -z "$EXTRA_CONFIG" ] || echo "extra config: $(echo "$EXTRA_CONFIG" | paste -sd ';' -)"
+    [ -z "$GEN_EXTRA" ] || echo "generator flags: $GEN_EXTRA"
     grep '^SUMMARY' "$OUT/soak.txt"
     echo "$p99_stats"
     echo "graceful shutdown: $shutdown"

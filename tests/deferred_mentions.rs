@@ -65,7 +65,10 @@ async fn the_send_path_does_not_wait_for_the_store_and_nothing_is_lost() {
     assert!(answer.read_states.is_empty(), "{answer:?}");
     let accepted_at = Instant::now();
     let (_, text) = http_get(metrics, "/metrics").await;
-    assert_eq!(sample(&text, "readstates_mentions_deferred"), Some(2.0));
+    assert_eq!(
+        sample(&text, "readstates_mentions_deferred_waiting"),
+        Some(2.0)
+    );
     assert_eq!(
         sample(&text, "readstates_mentions_deferred_total"),
         Some(2.0)
@@ -86,7 +89,10 @@ async fn the_send_path_does_not_wait_for_the_store_and_nothing_is_lost() {
     );
     assert_eq!(count(&mut server.client, 1, 1).await, 1);
     let (_, text) = http_get(metrics, "/metrics").await;
-    assert_eq!(sample(&text, "readstates_mentions_deferred"), Some(0.0));
+    assert_eq!(
+        sample(&text, "readstates_mentions_deferred_waiting"),
+        Some(0.0)
+    );
     server.shutdown().await;
 }
 

@@ -275,7 +275,7 @@ impl Metrics {
                 "Mentions of users not in memory, kept for the users' next load (AddMentions with omit_read_states).",
             ),
             waiting_mentions: gauge(
-                "readstates_mentions_deferred",
+                "readstates_mentions_deferred_waiting",
                 None,
                 "Deferred mentions not yet merged into their users' states.",
             ),

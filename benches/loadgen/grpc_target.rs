@@ -19,17 +19,20 @@ pub struct GrpcTarget {
     clients: Vec<ReadStatesClient<Channel>>,
     next: AtomicUsize,
     omit_mention_states: bool,
+    call_timeout: Option<Duration>,
 }
 
 impl GrpcTarget {
     /// Opens `connections` HTTP/2 connections to `addr`, retrying for up to
     /// `wait` while the server starts. With `omit_mention_states`,
-    /// AddMentions asks for no states back.
+    /// AddMentions asks for no states back; with `call_timeout`, every call
+    /// carries that deadline.
     pub async fn connect(
         addr: &str,
         connections: usize,
         wait: Duration,
         omit_mention_states: bool,
+        call_timeout: Option<Duration>,
     ) -> anyhow::Result<Self> {
         let uri = if addr.contains("://") {
             addr.to_string()
@@ -66,7 +69,18 @@ impl GrpcTarget {
             clients,
             next: AtomicUsize::new(0),
             omit_mention_states,
+            call_timeout,
         })
+    }
+
+    /// Wraps a request message, with the deadline every call carries
+    /// (sent as `grpc-timeout`) if one is set.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(timeout) = self.call_timeout {
+            request.set_timeout(timeout);
+        }
+        request
     }
 
     fn client(&self) -> ReadStatesClient<Channel> {
@@ -105,10 +119,10 @@ impl GrpcTarget {
         let mut client = self.client();
         let result = match op {
             Op::Connect { user } => client
-                .get_user_read_states(GetUserReadStatesRequest {
+                .get_user_read_states(self.request(GetUserReadStatesRequest {
                     user_id: *user,
                     since_version: None,
-                })
+                }))
                 .await
                 .map(drop),
             Op::Ack {
@@ -116,13 +130,13 @@ impl GrpcTarget {
                 channel,
                 message,
             } => client
-                .ack(AckRequest {
+                .ack(self.request(AckRequest {
                     user_id: *user,
                     channel_id: *channel,
                     message_id: *message,
                     manual: false,
                     mention_count: None,
-                })
+                }))
                 .await
                 .map(drop),
             Op::AddMentions {
@@ -130,12 +144,12 @@ impl GrpcTarget {
                 message,
                 users,
             } => client
-                .add_mentions(AddMentionsRequest {
+                .add_mentions(self.request(AddMentionsRequest {
                     channel_id: *channel,
                     message_id: *message,
                     user_ids: users.to_vec(),
                     omit_read_states: self.omit_mention_states,
-                })
+                }))
                 .await
                 .map(drop),
             Op::RemoveMentions {
@@ -143,11 +157,11 @@ impl GrpcTarget {
                 message,
                 users,
             } => client
-                .remove_mentions(RemoveMentionsRequest {
+                .remove_mentions(self.request(RemoveMentionsRequest {
                     channel_id: *channel,
                     message_id: *message,
                     user_ids: users.to_vec(),
-                })
+                }))
                 .await
                 .map(drop),
             Op::AckPins {
@@ -155,11 +169,11 @@ impl GrpcTarget {
                 channel,
                 pin_timestamp_ms,
             } => client
-                .ack_pins(AckPinsRequest {
+                .ack_pins(self.request(AckPinsRequest {
                     user_id: *user,
                     channel_id: *channel,
                     pin_timestamp_ms: *pin_timestamp_ms,
-                })
+                }))
                 .await
                 .map(drop),
         };

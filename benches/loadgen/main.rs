@@ -122,6 +122,10 @@ struct TargetArgs {
     /// would (a server that predates the field answers with the states).
     #[arg(long)]
     omit_mention_states: bool,
+    /// A deadline every gRPC call carries (`grpc-timeout`), as real
+    /// clients' calls do; the server drops a call whose deadline passed.
+    #[arg(long, value_parser = parse_duration)]
+    call_timeout: Option<Duration>,
 }
 
 impl TargetArgs {
@@ -135,6 +139,7 @@ impl TargetArgs {
                         self.connections,
                         self.connect_wait,
                         self.omit_mention_states,
+                        self.call_timeout,
                     )
                     .await?,
                 ),

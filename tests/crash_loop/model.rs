@@ -76,8 +76,9 @@ impl PairState {
 /// How a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Acknowledged at `at`, answering `seen` for this pair.
-    Acked { at: Instant, seen: Observed },
+    /// Acknowledged at `at`, answering `seen` for this pair (`None`: the
+    /// call asked for no state back).
+    Acked { at: Instant, seen: Option<Observed> },
     /// No answer (the server died): applied or not, nobody knows.
     Unknown,
 }
@@ -133,7 +134,9 @@ impl PairLog {
             let mut agrees = true;
             for (op, outcome) in &self.calls {
                 state.apply(*op);
-                if let Outcome::Acked { seen, .. } = outcome
+                if let Outcome::Acked {
+                    seen: Some(seen), ..
+                } = outcome
                     && *seen != state.observed()
                 {
                     agrees = false;
@@ -203,11 +206,11 @@ mod tests {
     fn acked(at: Instant, seen: (u64, u32, u64)) -> Outcome {
         Outcome::Acked {
             at,
-            seen: Observed {
+            seen: Some(Observed {
                 last_message_id: seen.0,
                 mention_count: seen.1,
                 last_pin_timestamp_ms: seen.2,
-            },
+            }),
         }
     }
 

@@ -28,6 +28,7 @@ DURATION=${DURATION:-600s}        # measured window
 WARMUP=${WARMUP:-5s}              # unrecorded warm-up before it
 RATE=${RATE:-5000}                # open-loop offered rate, req/s
 CAPACITY=${CAPACITY:-500000}      # cache.capacity, read states
+BACKEND=${BACKEND:-embedded}      # store.backend; for "scylla", give the [scylla] keys in EXTRA_CONFIG
 DELAY_MS=${DELAY_MS:-30000}       # flush.delay_ms
 # EXTRA_CONFIG: raw TOML appended to the server's config. The config is written
 # with dotted keys and no table headers, so add settings as dotted keys too
@@ -57,7 +58,7 @@ log "server $READSTATES_BIN, results go to $OUT"
 
 cat > "$OUT/soak.toml" <<EOF
 server.listen_addr = "127.0.0.1:$RS_PORT"
-store.backend = "embedded"
+store.backend = "$BACKEND"
 store.data_dir = "$WORK/data"
 cache.capacity = $CAPACITY
 flush.delay_ms = $DELAY_MS
@@ -196,7 +197,7 @@ p99_stats=$(awk -F, 'NR > 1 && $2 > 0 { print $4, $1, $6 }' "$SERIES" | sort -n 
 {
     echo
     echo "== soak ($(date -u +%Y-%m-%dT%H:%M:%SZ)): $RATE req/s realistic mix for $DURATION (+$WARMUP warm-up);" \
-         "cache.capacity $CAPACITY, flush.delay_ms $DELAY_MS; server core $SERVER_CORE, generator core $GEN_CORE"
+         "$BACKEND store, cache.capacity $CAPACITY, flush.delay_ms $DELAY_MS; server core $SERVER_CORE, generator core $GEN_CORE"
     [ -z "$EXTRA_CONFIG" ] || echo "extra config: $(echo "$EXTRA_CONFIG" | paste -sd ';' -)"
     [ -z "$GEN_EXTRA" ] || echo "generator flags: $GEN_EXTRA"
     grep '^SUMMARY' "$OUT/soak.txt"

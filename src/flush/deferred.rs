@@ -20,8 +20,10 @@ use crate::cache::Cache;
 use crate::ids::UserId;
 use crate::store::Store;
 
-/// Loads for deferred mentions in flight at once.
-const CONCURRENCY: usize = 8;
+/// Loads for deferred mentions in flight at once: as many as one fan-out
+/// call may start (a cluster store serves loads in parallel; the embedded
+/// store queues them for its reader threads, behind requests' loads).
+const CONCURRENCY: usize = 32;
 
 /// The deferred loader.
 pub(super) struct DeferredLoader {

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::cluster::Cluster;
 use common::{Client, TestServer, ack_request, eventually, test_config};
 use readstates::api::proto::{
     AckPinsRequest, AckRequest, AddMentionsRequest, BulkAckRequest, ChannelAck,
@@ -37,96 +38,15 @@ use readstates::read_state::{Mentions, ReadState as StoreState};
 use readstates::store::{
     LoadPriority, MigrateError, RowWrite, ScyllaError, ScyllaStore, Store, UserRows,
 };
-use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::TranslationError;
 use scylla::policies::address_translator::{AddressTranslator, UntranslatedPeer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tonic::Code;
 
-const SKIPPED: &str = "skipped: set READSTATES_TEST_SCYLLA=host:port to run against a cluster";
-
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
-
-/// The cluster under test, and an admin session on it.
-struct Cluster {
-    contact_points: Vec<String>,
-    datacenter: String,
-    admin: Session,
-}
-
-impl Cluster {
-    /// Connects to the cluster `READSTATES_TEST_SCYLLA` names, or prints why
-    /// `test` is skipped and returns `None`.
-    async fn from_env(test: &str) -> Option<Self> {
-        let contact_points: Vec<String> = std::env::var("READSTATES_TEST_SCYLLA")
-            .unwrap_or_default()
-            .split(',')
-            .map(|point| point.trim().to_owned())
-            .filter(|point| !point.is_empty())
-            .collect();
-        if contact_points.is_empty() {
-            // Straight to stderr: the harness hides a passing test's print!s.
-            let _ = writeln!(std::io::stderr(), "scylla::{test}: {SKIPPED}");
-            return None;
-        }
-        let datacenter =
-            std::env::var("READSTATES_TEST_SCYLLA_DC").unwrap_or_else(|_| "datacenter1".to_owned());
-        let admin = SessionBuilder::new()
-            .known_nodes(&contact_points)
-            .build()
-            .await
-            .unwrap_or_else(|error| {
-                panic!("READSTATES_TEST_SCYLLA={contact_points:?} is unreachable: {error}")
-            });
-        Some(Self {
-            contact_points,
-            datacenter,
-            admin,
-        })
-    }
-
-    /// Settings for a new keyspace of its own (not yet migrated).
-    fn settings(&self) -> ScyllaConfig {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let unique = readstates::clock::unix_micros()
-            ^ (u64::from(std::process::id()) << 40)
-            ^ NEXT.fetch_add(1, Ordering::Relaxed);
-        ScyllaConfig {
-            contact_points: self.contact_points.clone(),
-            local_datacenter: self.datacenter.clone(),
-            keyspace: format!("readstates_test_{unique:x}"),
-            replication: format!(
-                "{{'class': 'NetworkTopologyStrategy', '{}': 1}}",
-                self.datacenter
-            ),
-            request_timeout_ms: 10_000,
-            ..ScyllaConfig::default()
-        }
-    }
-
-    /// Settings for a new, migrated keyspace.
-    async fn migrated(&self) -> ScyllaConfig {
-        let settings = self.settings();
-        ScyllaStore::migrate(&settings).await.unwrap();
-        settings
-    }
-
-    async fn query(&self, cql: String) {
-        self.admin
-            .query_unpaged(cql.as_str(), &[])
-            .await
-            .unwrap_or_else(|error| panic!("{cql}: {error}"));
-    }
-
-    async fn drop_keyspace(&self, settings: &ScyllaConfig) {
-        self.query(format!("DROP KEYSPACE IF EXISTS {}", settings.keyspace))
-            .await;
-    }
-}
 
 /// A service config over `settings`, on loopback ports.
 fn service_config(dir: &std::path::Path, settings: &ScyllaConfig) -> Config {
@@ -315,11 +235,11 @@ async fn migrations_apply_in_order_and_reapplying_changes_nothing() {
     assert!(error.to_string().contains("readstates migrate"), "{error}");
 
     let first = ScyllaStore::migrate(&settings).await.unwrap();
-    assert_eq!(first.applied_now, [1, 2, 3]);
+    assert_eq!(first.applied_now, [1, 2, 3, 4]);
     assert!(first.already_applied.is_empty());
     let again = ScyllaStore::migrate(&settings).await.unwrap();
     assert!(again.applied_now.is_empty(), "{again:?}");
-    assert_eq!(again.already_applied, [1, 2, 3]);
+    assert_eq!(again.already_applied, [1, 2, 3, 4]);
 
     let store = open(&settings).await;
     put(store.as_ref(), vec![write(1, state(2, 3, 4), false)]).await;
@@ -333,7 +253,7 @@ async fn migrations_apply_in_order_and_reapplying_changes_nothing() {
     let store = open(&fresh).await;
     assert_eq!(load(store.as_ref(), 1).await, UserRows::default());
     let report = ScyllaStore::migrate(&fresh).await.unwrap();
-    assert_eq!(report.already_applied, [1, 2, 3]);
+    assert_eq!(report.already_applied, [1, 2, 3, 4]);
 
     cluster.drop_keyspace(&settings).await;
     cluster.drop_keyspace(&fresh).await;

@@ -2,13 +2,19 @@
 //! `read_states`, `PRIMARY KEY ((user_id), channel_id)`, through ScyllaDB's
 //! Rust driver with statements prepared once at start-up.
 //!
-//! Last write wins by version: every INSERT, DELETE and version raise
+//! Last write wins by version: every write, delete and version raise
 //! carries `USING TIMESTAMP` = the state's version (Unix microseconds), and
 //! the database keeps the cell with the highest timestamp. So a stale flush,
 //! from this instance or another, never overwrites a newer row or
 //! resurrects a deleted one, with no read before the write. (ScyllaDB
 //! refuses timestamps more than 3 days ahead of its clock; versions run at
 //! most the 120 s version lease ahead of ours.)
+//!
+//! A delete writes a delete marker, not a tombstone (see [`cql`]): a user's
+//! deletes never fill its partition with tombstones that every load would
+//! read, and that past Cassandra's `tombstone_failure_threshold` would make
+//! the user unloadable. Markers expire after the table's
+//! `gc_grace_seconds`, read once at start-up.
 //!
 //! A user's version must count deletions, but a tombstone cannot be read
 //! back. So each write batch also sets the partition's static
@@ -62,6 +68,8 @@ pub struct ScyllaStore {
     /// Write batches in flight, across every `write_batch` call.
     write_permits: Semaphore,
     max_in_flight: usize,
+    /// The TTL of delete markers, in seconds.
+    marker_ttl: i32,
 }
 
 /// The prepared statements.
@@ -95,6 +103,7 @@ impl ScyllaStore {
             migrate::check(&session, config).await?;
         }
         let statements = Statements::prepare(&session, config).await?;
+        let marker_ttl = read_marker_ttl(&session, &config.keyspace).await?;
         let mut batch_template = Batch::new(BatchType::Unlogged);
         batch_template.set_consistency(consistency(config.write_consistency));
         batch_template.set_is_idempotent(true);
@@ -104,6 +113,7 @@ impl ScyllaStore {
             batch_template,
             write_permits: Semaphore::new(config.max_in_flight),
             max_in_flight: config.max_in_flight,
+            marker_ttl,
         })
     }
 
@@ -184,7 +194,7 @@ impl Store for ScyllaStore {
 
     fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            let batches = cql::plan_batches(&rows);
+            let batches = cql::plan_batches(&rows, self.marker_ttl);
             // On the first failure the rest are dropped: the caller retries
             // the whole batch, and every write is idempotent.
             futures_util::stream::iter(batches)
@@ -234,8 +244,8 @@ impl Store for ScyllaStore {
     }
 
     fn purge_tombstones(&self, _below: u64, _max: usize) -> StoreFuture<'_, usize> {
-        // The cluster drops tombstones itself, after the table's
-        // gc_grace_seconds.
+        // Deletes write no tombstones: their delete markers expire by TTL
+        // after the table's gc_grace_seconds, and the cluster drops them.
         Box::pin(async { Ok(0) })
     }
 }
@@ -288,6 +298,31 @@ impl Statements {
         }
         Ok(statements)
     }
+}
+
+/// Reads the `read_states` table's `gc_grace_seconds` and returns the TTL
+/// of delete markers for it. A table whose `gc_grace_seconds` is changed
+/// later gets markers of the new length after a restart.
+async fn read_marker_ttl(session: &Session, keyspace: &str) -> Result<i32, ScyllaError> {
+    let text = StatementTexts::new(keyspace).gc_grace_seconds;
+    let failed = |message: String| {
+        ScyllaError::Schema(MigrateError::Cluster {
+            action: "reading read_states' gc_grace_seconds".to_owned(),
+            message,
+        })
+    };
+    let row = session
+        .query_unpaged(text, &[])
+        .await
+        .map_err(|error| failed(error.to_string()))?
+        .into_rows_result()
+        .map_err(|error| failed(error.to_string()))?
+        .maybe_first_row::<(Option<i32>,)>()
+        .map_err(|error| failed(error.to_string()))?;
+    let gc_grace_seconds = row.and_then(|(seconds,)| seconds);
+    let marker_ttl = cql::marker_ttl(gc_grace_seconds);
+    tracing::info!(keyspace, ?gc_grace_seconds, marker_ttl, "delete markers");
+    Ok(marker_ttl)
 }
 
 async fn prepare(

@@ -22,6 +22,7 @@ pub fn schema_types() -> HashMap<String, ColumnType<'static>> {
             let typ = match definition.cql_type.as_str() {
                 "bigint" => ColumnType::Native(NativeType::BigInt),
                 "int" => ColumnType::Native(NativeType::Int),
+                "boolean" => ColumnType::Native(NativeType::Boolean),
                 "text" => ColumnType::Native(NativeType::Text),
                 "timestamp" => ColumnType::Native(NativeType::Timestamp),
                 "frozen<list<bigint>>" => ColumnType::Collection {
@@ -33,11 +34,12 @@ pub fn schema_types() -> HashMap<String, ColumnType<'static>> {
             types.insert(format!("{table}.{column}"), typ);
         }
     }
-    // A USING TIMESTAMP marker is a bigint.
+    // A USING TIMESTAMP marker is a bigint, a TTL marker an int.
     types.insert(
         "[timestamp]".to_owned(),
         ColumnType::Native(NativeType::BigInt),
     );
+    types.insert("[ttl]".to_owned(), ColumnType::Native(NativeType::Int));
     types
 }
 
@@ -55,6 +57,8 @@ pub fn markers(text: &str) -> Vec<String> {
         let before = text[..position].trim_end();
         let name = if before.ends_with("TIMESTAMP") {
             "[timestamp]".to_owned()
+        } else if before.ends_with("TTL") {
+            "[ttl]".to_owned()
         } else if let Some(left) = before.strip_suffix('=') {
             left.split_whitespace().last().unwrap().to_owned()
         } else {

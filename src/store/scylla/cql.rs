@@ -16,6 +16,25 @@
 //! tool, with no private byte format to keep compatible. An empty list is
 //! written as an empty list, not null, because binding null writes a
 //! tombstone.
+//!
+//! Deletes write no tombstone. A row tombstone stays in the user's
+//! partition for `gc_grace_seconds` (10 days by default) and every load
+//! reads it, so a user who deleted over 100,000 states within that time
+//! could not be loaded at all on Cassandra (`tombstone_failure_threshold`).
+//! A deletion is instead a delete marker: an ordinary write of every
+//! column of the row (zeros, an empty list) with `deleted = true`, at the
+//! deletion's version and with a TTL of the table's `gc_grace_seconds`
+//! (see `migrations/0004_delete_markers.cql`). Last write wins by version
+//! as before, cell by cell: an older write loses to every cell of the
+//! marker, a newer one (which sets every column, `deleted = false`, no TTL)
+//! replaces all of them. A marker is a live row until it expires, which a
+//! load skips. Its cells expire no sooner than `gc_grace_seconds` after
+//! they were written, so the expired marker is purgeable at once and reads
+//! never count it as a tombstone; like a tombstone, it stops guarding
+//! against stale writes after `gc_grace_seconds`. Writes are `UPDATE`s,
+//! which add no row marker (primary key liveness): a row then exists only
+//! through its cells, and vanishes with them when its delete marker
+//! expires.
 
 use ::scylla::serialize::SerializationError;
 use ::scylla::serialize::row::{RowSerializationContext, SerializeRow};
@@ -28,12 +47,24 @@ use crate::store::{RowDecodeError, RowWrite, UserRows, newest_per_key};
 /// The columns a load reads, in `SELECT` order.
 const LOAD_COLUMNS: &str = "channel_id, last_message_id, last_pin_timestamp_ms, updated_at_ms, \
                             version, untracked_mentions, untracked_until, pending_mentions, \
-                            user_version";
+                            user_version, deleted";
 
-/// The columns an upsert writes, in `INSERT` order.
-const UPSERT_COLUMNS: &str = "user_id, channel_id, last_message_id, last_pin_timestamp_ms, \
-                              updated_at_ms, version, untracked_mentions, untracked_until, \
-                              pending_mentions";
+/// What an upsert sets, after its `USING TIMESTAMP ?`.
+const UPSERT_SET: &str = "SET last_message_id = ?, last_pin_timestamp_ms = ?, updated_at_ms = ?, \
+                          version = ?, untracked_mentions = ?, untracked_until = ?, \
+                          pending_mentions = ?, deleted = false";
+
+/// What a delete marker sets: every column of the row, so that no older
+/// cell outlives the marker.
+const MARKER_SET: &str = "SET last_message_id = 0, last_pin_timestamp_ms = 0, updated_at_ms = 0, \
+                          version = ?, untracked_mentions = 0, untracked_until = 0, \
+                          pending_mentions = [], deleted = true";
+
+/// The row a statement writes.
+const ROW_KEY: &str = "WHERE user_id = ? AND channel_id = ?";
+
+/// The longest TTL Cassandra accepts (20 years).
+const MAX_TTL_SECONDS: i32 = 20 * 365 * 24 * 60 * 60;
 
 /// The `meta` row holding the version floor.
 pub const VERSION_FLOOR_KEY: &str = "version_floor";
@@ -52,8 +83,10 @@ pub struct StatementTexts {
     pub load_user: String,
     /// Writes a whole row at its version.
     pub upsert: String,
-    /// Deletes a row at its version.
+    /// Writes a row's delete marker at its version, with a TTL.
     pub delete: String,
+    /// The table's `gc_grace_seconds`: the TTL of delete markers.
+    pub gc_grace_seconds: String,
     /// Raises the user's version cell (see `migrations/0002_read_states.cql`).
     pub raise_user_version: String,
     pub load_version_floor: String,
@@ -68,12 +101,11 @@ impl StatementTexts {
         let states = format!("{keyspace}.read_states");
         Self {
             load_user: format!("SELECT {LOAD_COLUMNS} FROM {states} WHERE user_id = ?"),
-            upsert: format!(
-                "INSERT INTO {states} ({UPSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 USING TIMESTAMP ?"
-            ),
-            delete: format!(
-                "DELETE FROM {states} USING TIMESTAMP ? WHERE user_id = ? AND channel_id = ?"
+            upsert: format!("UPDATE {states} USING TIMESTAMP ? {UPSERT_SET} {ROW_KEY}"),
+            delete: format!("UPDATE {states} USING TIMESTAMP ? AND TTL ? {MARKER_SET} {ROW_KEY}"),
+            gc_grace_seconds: format!(
+                "SELECT gc_grace_seconds FROM system_schema.tables \
+                 WHERE keyspace_name = '{keyspace}' AND table_name = 'read_states'"
             ),
             raise_user_version: format!(
                 "UPDATE {states} USING TIMESTAMP ? SET user_version = ? WHERE user_id = ?"
@@ -85,6 +117,20 @@ impl StatementTexts {
         }
     }
 }
+
+/// Returns the TTL of delete markers for a table's `gc_grace_seconds`: at
+/// least that long, so that an expired marker is purgeable at once (an
+/// expired cell counts as a tombstone written when the cell was, until
+/// `gc_grace_seconds` after that), and at least a second (a TTL of 0 would
+/// mean none).
+pub fn marker_ttl(gc_grace_seconds: Option<i32>) -> i32 {
+    gc_grace_seconds
+        .unwrap_or(DEFAULT_GC_GRACE_SECONDS)
+        .clamp(1, MAX_TTL_SECONDS)
+}
+
+/// Cassandra's and ScyllaDB's default `gc_grace_seconds` (10 days).
+const DEFAULT_GC_GRACE_SECONDS: i32 = 10 * 24 * 60 * 60;
 
 /// Returns the write timestamp of a version.
 pub fn write_timestamp(version: u64) -> i64 {
@@ -101,10 +147,11 @@ fn from_bigint(value: i64) -> u64 {
     u64::from_ne_bytes(value.to_ne_bytes())
 }
 
-/// Bind values of `upsert`: the nine columns, then the timestamp.
-pub type UpsertValues = (i64, i64, i64, i64, i64, i64, i32, i64, Vec<i64>, i64);
-/// Bind values of `delete`: timestamp, user, channel.
-pub type DeleteValues = (i64, i64, i64);
+/// Bind values of `upsert`: the timestamp, the seven columns set, user,
+/// channel.
+pub type UpsertValues = (i64, i64, i64, i64, i64, i32, i64, Vec<i64>, i64, i64);
+/// Bind values of `delete`: timestamp, TTL, version, user, channel.
+pub type DeleteValues = (i64, i32, i64, i64, i64);
 /// Bind values of `raise_user_version`: timestamp, version, user.
 pub type UserVersionValues = (i64, i64, i64);
 
@@ -121,8 +168,7 @@ impl WriteValues {
     fn upsert(user_id: UserId, state: &ReadState) -> Self {
         let mentions = &state.mentions;
         Self::Upsert((
-            to_bigint(user_id.get()),
-            to_bigint(state.channel_id.get()),
+            write_timestamp(state.version),
             to_bigint(state.last_message_id.get()),
             to_bigint(state.last_pin_timestamp_ms),
             to_bigint(state.updated_at_ms),
@@ -130,12 +176,15 @@ impl WriteValues {
             i32::from_ne_bytes(mentions.untracked().to_ne_bytes()),
             to_bigint(mentions.untracked_until()),
             mentions.pending().iter().copied().map(to_bigint).collect(),
-            write_timestamp(state.version),
+            to_bigint(user_id.get()),
+            to_bigint(state.channel_id.get()),
         ))
     }
 
-    fn delete(user_id: UserId, state: &ReadState) -> Self {
+    fn delete(user_id: UserId, state: &ReadState, marker_ttl: i32) -> Self {
         Self::Delete((
+            write_timestamp(state.version),
+            marker_ttl,
             write_timestamp(state.version),
             to_bigint(user_id.get()),
             to_bigint(state.channel_id.get()),
@@ -181,13 +230,15 @@ pub struct UserBatch {
 /// (user, channel) is kept (an older one would lose to it anyway); a user
 /// whose rows exceed one batch's bounds gets several batches, each raising
 /// the user's version to its own highest, which is safe because every row
-/// and every raise stands alone under its timestamp.
-pub fn plan_batches(rows: &[RowWrite]) -> Vec<UserBatch> {
-    plan_batches_bounded(rows, MAX_BATCH_STATEMENTS, MAX_BATCH_BYTES)
+/// and every raise stands alone under its timestamp. Deletions become delete
+/// markers living `marker_ttl` seconds.
+pub fn plan_batches(rows: &[RowWrite], marker_ttl: i32) -> Vec<UserBatch> {
+    plan_batches_bounded(rows, marker_ttl, MAX_BATCH_STATEMENTS, MAX_BATCH_BYTES)
 }
 
 fn plan_batches_bounded(
     rows: &[RowWrite],
+    marker_ttl: i32,
     max_statements: usize,
     max_bytes: usize,
 ) -> Vec<UserBatch> {
@@ -217,7 +268,7 @@ fn plan_batches_bounded(
             )
         });
         batch.writes.push(if row.deleted {
-            WriteValues::delete(row.user_id, &row.state)
+            WriteValues::delete(row.user_id, &row.state, marker_ttl)
         } else {
             WriteValues::upsert(row.user_id, &row.state)
         });
@@ -255,6 +306,7 @@ pub type StoredRow = (
     Option<i64>,
     Option<Vec<i64>>,
     Option<i64>,
+    Option<bool>,
 );
 
 /// Adds one selected row to `rows`: its state, if it holds one, and its
@@ -270,6 +322,7 @@ pub fn accumulate(rows: &mut UserRows, row: StoredRow) -> Result<(), RowDecodeEr
         untracked_until,
         pending,
         user_version,
+        deleted,
     ) = row;
     if let Some(user_version) = user_version {
         rows.version = rows.version.max(stored_version(user_version)?);
@@ -278,9 +331,21 @@ pub fn accumulate(rows: &mut UserRows, row: StoredRow) -> Result<(), RowDecodeEr
         return Ok(()); // the static cell alone
     };
     let channel_id = ChannelId::new(from_bigint(channel_id)).map_err(|_| RowDecodeError::Id)?;
-    // Every write sets every column, so a row without a version was not
-    // written by this service.
-    let version = stored_version(version.ok_or(RowDecodeError::Id)?)?;
+    let Some(version) = version else {
+        // Every write sets every column. A row without cells is a row first
+        // written by an `INSERT` (before delete markers), whose marker has
+        // expired: only the `INSERT`'s row marker is left.
+        return if deleted.is_none() && last_message_id.is_none() && pending.is_none() {
+            Ok(())
+        } else {
+            Err(RowDecodeError::Id)
+        };
+    };
+    let version = stored_version(version)?;
+    rows.version = rows.version.max(version);
+    if deleted == Some(true) {
+        return Ok(()); // a delete marker
+    }
     let last_message_id = MessageId::new(from_bigint(last_message_id.unwrap_or(0)))
         .map_err(|_| RowDecodeError::Id)?;
     let pending = pending
@@ -290,7 +355,6 @@ pub fn accumulate(rows: &mut UserRows, row: StoredRow) -> Result<(), RowDecodeEr
         .collect::<Result<Vec<u64>, _>>()
         .map_err(|_| RowDecodeError::Id)?;
     let untracked = u32::from_ne_bytes(untracked.unwrap_or(0).to_ne_bytes());
-    rows.version = rows.version.max(version);
     rows.states.push(ReadState {
         channel_id,
         last_message_id,

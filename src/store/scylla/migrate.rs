@@ -3,7 +3,8 @@
 //! table ([`history`]), then the tables themselves checked ([`verify`])
 //! against the schema the migrations create ([`schema`]). Statements are
 //! written to be re-runnable (`IF NOT EXISTS`), so a run interrupted between
-//! a statement and its record is finished by the next run. Replication of
+//! a statement and its record is finished by the next run (an `ALTER TABLE
+//! ... ADD` has no `IF NOT EXISTS`: it is skipped when the column exists). Replication of
 //! an existing keyspace is an operator's `ALTER`.
 //!
 //! The store calls [`apply`] or [`check`] before it prepares its
@@ -120,6 +121,9 @@ pub async fn apply(
             "applying migration"
         );
         for text in migration.statements(&config.keyspace, &config.replication) {
+            if column_exists(session, &config.keyspace, &text).await? {
+                continue;
+            }
             let mut statement = Statement::new(text);
             statement.set_request_timeout(Some(DDL_TIMEOUT));
             session
@@ -137,6 +141,22 @@ pub async fn apply(
     // columns: check what the statements left.
     verify::verify(session, &config.keyspace, &schema::expected(&known)?).await?;
     Ok(report)
+}
+
+/// Returns whether `statement` adds a column the table already has: a run
+/// interrupted between the statement and its record left it there.
+async fn column_exists(
+    session: &Session,
+    keyspace: &str,
+    statement: &str,
+) -> Result<bool, MigrateError> {
+    let Some((table, column)) = schema::added_column(statement) else {
+        return Ok(false);
+    };
+    let found = verify::read_columns(session, keyspace).await?;
+    Ok(found
+        .iter()
+        .any(|row| row.table == table && row.column == column))
 }
 
 /// Succeeds when every migration of this build is applied, and nothing

@@ -25,7 +25,6 @@ fn write(user: u64, state: ReadState, deleted: bool) -> RowWrite {
 fn stored(values: &WriteValues, user_version: Option<i64>) -> StoredRow {
     let WriteValues::Upsert((
         _,
-        channel,
         last,
         pin,
         updated,
@@ -34,6 +33,7 @@ fn stored(values: &WriteValues, user_version: Option<i64>) -> StoredRow {
         until,
         pending,
         _,
+        channel,
     )) = values.clone()
     else {
         panic!("not an upsert: {values:?}");
@@ -48,6 +48,7 @@ fn stored(values: &WriteValues, user_version: Option<i64>) -> StoredRow {
         Some(until),
         Some(pending),
         user_version,
+        Some(false),
     )
 }
 
@@ -58,21 +59,30 @@ fn statements_bind_what_the_values_carry() {
     assert_eq!(
         texts.load_user,
         "SELECT channel_id, last_message_id, last_pin_timestamp_ms, updated_at_ms, version, \
-         untracked_mentions, untracked_until, pending_mentions, user_version \
+         untracked_mentions, untracked_until, pending_mentions, user_version, deleted \
          FROM ks.read_states WHERE user_id = ?"
     );
     assert_eq!(
         texts.upsert,
-        "INSERT INTO ks.read_states (user_id, channel_id, last_message_id, \
-         last_pin_timestamp_ms, updated_at_ms, version, untracked_mentions, untracked_until, \
-         pending_mentions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+        "UPDATE ks.read_states USING TIMESTAMP ? SET last_message_id = ?, \
+         last_pin_timestamp_ms = ?, updated_at_ms = ?, version = ?, untracked_mentions = ?, \
+         untracked_until = ?, pending_mentions = ?, deleted = false \
+         WHERE user_id = ? AND channel_id = ?"
     );
     assert_eq!(markers(&texts.upsert), 10, "UpsertValues has 10 fields");
     assert_eq!(
         texts.delete,
-        "DELETE FROM ks.read_states USING TIMESTAMP ? WHERE user_id = ? AND channel_id = ?"
+        "UPDATE ks.read_states USING TIMESTAMP ? AND TTL ? SET last_message_id = 0, \
+         last_pin_timestamp_ms = 0, updated_at_ms = 0, version = ?, untracked_mentions = 0, \
+         untracked_until = 0, pending_mentions = [], deleted = true \
+         WHERE user_id = ? AND channel_id = ?"
     );
-    assert_eq!(markers(&texts.delete), 3);
+    assert_eq!(markers(&texts.delete), 5, "DeleteValues has 5 fields");
+    assert_eq!(
+        texts.gc_grace_seconds,
+        "SELECT gc_grace_seconds FROM system_schema.tables \
+         WHERE keyspace_name = 'ks' AND table_name = 'read_states'"
+    );
     assert_eq!(
         texts.raise_user_version,
         "UPDATE ks.read_states USING TIMESTAMP ? SET user_version = ? WHERE user_id = ?"
@@ -97,7 +107,22 @@ fn statements_bind_what_the_values_carry() {
             "every write is versioned: {text}"
         );
     }
-    assert_eq!(LOAD_COLUMNS.split(',').count(), 9, "StoredRow has 9 fields");
+    assert_eq!(
+        LOAD_COLUMNS.split(',').count(),
+        10,
+        "StoredRow has 10 fields"
+    );
+    // A delete marker sets every column an upsert sets: no older cell
+    // outlives it.
+    let set_columns = |text: &str| -> Vec<String> {
+        let set = text.split_once(" SET ").unwrap().1;
+        let set = set.split_once(" WHERE ").unwrap().0;
+        set.split(", ")
+            .map(|assignment| assignment.split_once(" = ").unwrap().0.to_owned())
+            .collect()
+    };
+    assert_eq!(set_columns(&texts.upsert), set_columns(&texts.delete));
+    assert_eq!(set_columns(&texts.upsert).len(), 8);
 }
 
 #[test]
@@ -115,14 +140,14 @@ fn rows_round_trip_through_their_columns() {
     let WriteValues::Upsert(tuple) = &values else {
         panic!("not an upsert");
     };
-    assert_eq!(tuple.0, 77);
-    assert_eq!(tuple.1, i64::MAX);
-    assert_eq!(tuple.5, 1_700_000_000_123_456, "the version column");
+    assert_eq!(tuple.8, 77);
+    assert_eq!(tuple.9, i64::MAX);
+    assert_eq!(tuple.4, 1_700_000_000_123_456, "the version column");
     assert_eq!(
-        tuple.9, 1_700_000_000_123_456,
+        tuple.0, 1_700_000_000_123_456,
         "the write timestamp is the version"
     );
-    assert_eq!(tuple.8, [4_000, 5_000, i64::MAX], "pending ids, ascending");
+    assert_eq!(tuple.7, [4_000, 5_000, i64::MAX], "pending ids, ascending");
 
     let mut rows = UserRows::default();
     accumulate(&mut rows, stored(&values, Some(1_700_000_000_123_456))).unwrap();
@@ -136,7 +161,7 @@ fn rows_round_trip_through_their_columns() {
         panic!("not an upsert");
     };
     assert!(
-        tuple.8.is_empty(),
+        tuple.7.is_empty(),
         "an empty list, never null (a tombstone)"
     );
     let mut rows = UserRows::default();
@@ -156,7 +181,18 @@ fn a_users_version_counts_the_static_cell_of_deleted_rows() {
 
     // Every row deleted: one row of nulls and the static cell.
     let mut rows = UserRows::default();
-    let static_only = (None, None, None, None, None, None, None, None, Some(42));
+    let static_only = (
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        Some(42),
+        None,
+    );
     accumulate(&mut rows, static_only).unwrap();
     assert_eq!(
         rows,
@@ -165,6 +201,64 @@ fn a_users_version_counts_the_static_cell_of_deleted_rows() {
             version: 42
         }
     );
+}
+
+#[test]
+fn delete_markers_and_rows_without_cells_are_skipped() {
+    let user = UserId::new(1).unwrap();
+    let mut rows = UserRows::default();
+    accumulate(
+        &mut rows,
+        stored(&WriteValues::upsert(user, &state(1, 10)), None),
+    )
+    .unwrap();
+    // What `load_user` selects for a delete marker at version 50.
+    let marker = (
+        Some(2),
+        Some(0),
+        Some(0),
+        Some(0),
+        Some(50),
+        Some(0),
+        Some(0),
+        Some(vec![]),
+        Some(50),
+        Some(true),
+    );
+    accumulate(&mut rows, marker).unwrap();
+    // A row first written by an INSERT whose marker expired: its row
+    // marker alone is left, every column null.
+    let without_cells = (
+        Some(3),
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    );
+    accumulate(&mut rows, without_cells).unwrap();
+    assert_eq!(rows.states, [state(1, 10)], "only the live row");
+    assert_eq!(rows.version, 50, "the marker's version counts");
+
+    // A row written before the column existed (deleted null) is live.
+    let mut before_0004 = stored(&WriteValues::upsert(user, &state(4, 60)), None);
+    before_0004.9 = None;
+    accumulate(&mut rows, before_0004).unwrap();
+    assert_eq!(rows.states, [state(1, 10), state(4, 60)]);
+}
+
+#[test]
+fn delete_markers_live_at_least_gc_grace_seconds() {
+    assert_eq!(marker_ttl(Some(864_000)), 864_000);
+    assert_eq!(marker_ttl(Some(3_600)), 3_600);
+    assert_eq!(marker_ttl(None), 864_000, "the default gc_grace_seconds");
+    assert_eq!(marker_ttl(Some(0)), 1, "a TTL of 0 would be none");
+    assert_eq!(marker_ttl(Some(-5)), 1);
+    assert_eq!(marker_ttl(Some(i32::MAX)), MAX_TTL_SECONDS);
 }
 
 #[test]
@@ -205,8 +299,8 @@ fn damaged_rows_are_errors() {
 fn deletes_and_version_raises_carry_the_version_as_timestamp() {
     let user = UserId::new(9).unwrap();
     assert_eq!(
-        WriteValues::delete(user, &state(4, 55)),
-        WriteValues::Delete((55, 9, 4))
+        WriteValues::delete(user, &state(4, 55), 600),
+        WriteValues::Delete((55, 600, 55, 9, 4))
     );
     assert_eq!(
         WriteValues::raise_user_version(user, 60),
@@ -227,7 +321,7 @@ fn batches_are_single_user_newest_write_wins_and_raise_the_users_version() {
         write(1, state(3, 9), false),
         write(2, state(1, 21), false),
     ];
-    let batches = plan_batches(&rows);
+    let batches = plan_batches(&rows, 600);
     assert_eq!(batches.len(), 2, "{batches:?}");
     let user1 = &batches[0];
     assert_eq!(user1.user_id.get(), 1);
@@ -244,12 +338,12 @@ fn batches_are_single_user_newest_write_wins_and_raise_the_users_version() {
     assert_eq!(
         user2.writes,
         [
-            WriteValues::Delete((25, 2, 1)),
+            WriteValues::Delete((25, 600, 25, 2, 1)),
             WriteValues::RaiseUserVersion((25, 25, 2)),
         ],
         "only the newest write of a row, here its deletion"
     );
-    assert!(plan_batches(&[]).is_empty());
+    assert!(plan_batches(&[], 600).is_empty());
 }
 
 #[test]
@@ -257,7 +351,7 @@ fn a_large_user_is_split_into_bounded_batches() {
     let rows: Vec<RowWrite> = (1..=10)
         .map(|channel| write(3, state(channel, 100 + channel), false))
         .collect();
-    let batches = plan_batches_bounded(&rows, 4, usize::MAX);
+    let batches = plan_batches_bounded(&rows, 600, 4, usize::MAX);
     let sizes: Vec<usize> = batches.iter().map(|batch| batch.writes.len()).collect();
     assert_eq!(
         sizes,
@@ -281,11 +375,11 @@ fn a_large_user_is_split_into_bounded_batches() {
     let mut heavy = state(1, 5);
     heavy.mentions = Mentions::from_parts((1_001..=2_000).collect(), 0, 0);
     let rows = vec![write(4, heavy.clone(), false), write(4, state(2, 6), false)];
-    let batches = plan_batches_bounded(&rows, 100, 8_100);
+    let batches = plan_batches_bounded(&rows, 600, 100, 8_100);
     assert_eq!(batches.len(), 2, "the heavy row fills a batch by bytes");
     assert!(batches.iter().all(|batch| batch.user_id.get() == 4));
     // A single row larger than the byte bound still gets written.
-    assert_eq!(plan_batches_bounded(&rows[..1], 100, 10).len(), 1);
+    assert_eq!(plan_batches_bounded(&rows[..1], 600, 100, 10).len(), 1);
 }
 
 #[test]
@@ -297,7 +391,7 @@ fn bound_values_and_selected_rows_match_the_migrated_schema() {
     full.mentions = Mentions::from_parts(vec![2_000, 3_000], 1, 2_500);
     let cases = [
         (&texts.upsert, WriteValues::upsert(user, &full)),
-        (&texts.delete, WriteValues::delete(user, &full)),
+        (&texts.delete, WriteValues::delete(user, &full, 600)),
         (
             &texts.raise_user_version,
             WriteValues::raise_user_version(user, 99),

@@ -12,7 +12,7 @@ use super::MigrateError;
 
 /// The migration files, in the binary so it needs no files at run time.
 /// A unit test checks this list against the `migrations/` directory.
-const FILES: [(&str, &str); 3] = [
+const FILES: [(&str, &str); 4] = [
     (
         "0001_keyspace.cql",
         include_str!("../../../../migrations/0001_keyspace.cql"),
@@ -24,6 +24,10 @@ const FILES: [(&str, &str); 3] = [
     (
         "0003_meta.cql",
         include_str!("../../../../migrations/0003_meta.cql"),
+    ),
+    (
+        "0004_delete_markers.cql",
+        include_str!("../../../../migrations/0004_delete_markers.cql"),
     ),
 ];
 
@@ -173,6 +177,7 @@ fn push_statement(statements: &mut Vec<String>, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::scylla::migrate::schema::added_column;
 
     fn migration(version: u32, text: &'static str) -> Migration {
         Migration {
@@ -200,7 +205,7 @@ mod tests {
 
         let known = migrations().unwrap();
         let versions: Vec<u32> = known.iter().map(|migration| migration.version).collect();
-        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(versions, [1, 2, 3, 4]);
         assert_eq!(known[1].name, "read_states");
     }
 
@@ -223,7 +228,7 @@ mod tests {
             }
             all.extend(statements);
         }
-        assert_eq!(all.len(), 4);
+        assert_eq!(all.len(), 5);
         assert!(all[0].starts_with("CREATE KEYSPACE IF NOT EXISTS ks_test"));
         assert!(all[0].contains(replication));
         assert!(all[1].starts_with("CREATE TABLE IF NOT EXISTS ks_test.schema_migrations"));
@@ -231,9 +236,14 @@ mod tests {
         assert!(all[2].contains("PRIMARY KEY ((user_id), channel_id)"));
         assert!(all[2].contains("user_version bigint static"));
         assert!(all[3].starts_with("CREATE TABLE IF NOT EXISTS ks_test.meta"));
+        assert_eq!(
+            all[4],
+            "ALTER TABLE ks_test.read_states ADD deleted boolean"
+        );
         for statement in &all {
+            // An added column is skipped when it exists (see `apply`).
             assert!(
-                statement.contains("IF NOT EXISTS"),
+                statement.contains("IF NOT EXISTS") || added_column(statement).is_some(),
                 "re-runnable: {statement}"
             );
         }

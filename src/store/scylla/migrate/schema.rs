@@ -130,6 +130,26 @@ fn apply(schema: &mut Schema, statement: &str) -> Result<(), &'static str> {
     }
 }
 
+/// Returns the table (without its keyspace) and the column an `ALTER TABLE
+/// ks.name ADD column type` statement adds, and `None` for any other
+/// statement. Such a statement has no `IF NOT EXISTS` in CQL common to
+/// ScyllaDB and Cassandra 4.0, so the migration run skips it when the
+/// column is already there (a run interrupted before its record).
+pub fn added_column(statement: &str) -> Option<(String, String)> {
+    let words: Vec<&str> = statement.split_whitespace().collect();
+    match words.as_slice() {
+        [alter, table, qualified, add, column, _, ..]
+            if alter.eq_ignore_ascii_case("ALTER")
+                && table.eq_ignore_ascii_case("TABLE")
+                && add.eq_ignore_ascii_case("ADD") =>
+        {
+            let name = qualified.rsplit('.').next().unwrap_or(qualified);
+            Some((name.to_owned(), (*column).to_owned()))
+        }
+        _ => None,
+    }
+}
+
 /// Reads `CREATE TABLE [IF NOT EXISTS] ks.name (columns, PRIMARY KEY (...))
 /// [WITH ...]`.
 fn create_table(statement: &str) -> Result<(String, Table), &'static str> {
@@ -291,7 +311,8 @@ mod tests {
         );
         assert_eq!(states["user_version"], column("bigint", ColumnKind::Static));
         assert_eq!(states["untracked_mentions"].cql_type, "int");
-        assert_eq!(states.len(), 10);
+        assert_eq!(states["deleted"], column("boolean", ColumnKind::Regular));
+        assert_eq!(states.len(), 11);
         assert_eq!(
             schema["schema_migrations"]["version"],
             column("int", ColumnKind::PartitionKey)
@@ -364,6 +385,27 @@ mod tests {
         assert_eq!(t["c"].kind, ColumnKind::Clustering);
         assert_eq!(t["s"], column("frozen<set<text>>", ColumnKind::Static));
         assert!(!t.contains_key("m"));
+    }
+
+    #[test]
+    fn an_added_column_is_named_for_the_rerun_check() {
+        assert_eq!(
+            added_column("alter table ks1.read_states add deleted boolean"),
+            Some(("read_states".to_owned(), "deleted".to_owned()))
+        );
+        assert_eq!(
+            added_column("ALTER TABLE ks1.t ADD s frozen<set<text>> static"),
+            Some(("t".to_owned(), "s".to_owned()))
+        );
+        assert_eq!(added_column("ALTER TABLE ks1.t DROP s"), None);
+        assert_eq!(
+            added_column("ALTER TABLE ks1.t WITH gc_grace_seconds = 3600"),
+            None
+        );
+        assert_eq!(
+            added_column("CREATE TABLE IF NOT EXISTS ks1.t (a int PRIMARY KEY)"),
+            None
+        );
     }
 
     #[test]

@@ -184,7 +184,10 @@ type ColumnsRow = (String, String, String, String);
 
 /// Reads every column of the keyspace's tables (views and index tables
 /// included: they are not ours either).
-async fn read_columns(session: &Session, keyspace: &str) -> Result<Vec<ColumnRow>, MigrateError> {
+pub(super) async fn read_columns(
+    session: &Session,
+    keyspace: &str,
+) -> Result<Vec<ColumnRow>, MigrateError> {
     let mut query = Statement::new(
         "SELECT table_name, column_name, kind, type FROM system_schema.columns \
          WHERE keyspace_name = ?",
@@ -246,6 +249,7 @@ mod tests {
             ("read_states", "user_id", "partition_key", "bigint"),
             ("read_states", "user_version", "static", "bigint"),
             ("read_states", "version", "regular", "bigint"),
+            ("read_states", "deleted", "regular", "boolean"),
             ("schema_migrations", "applied_at", "regular", "timestamp"),
             ("schema_migrations", "checksum", "regular", "text"),
             ("schema_migrations", "name", "regular", "text"),

@@ -21,7 +21,8 @@
 # its core with a CPU cgroup (v1 `cpu` or v2 `cpu.max`; needs root), so the
 # server saturates first; SERVER_CPU_PCT=100 leaves it uncapped. The cap is
 # enforced per CPU_PERIOD_US (default 10 ms): the server runs its share of
-# each period, then is frozen for the rest, so a short period (2 ms) keeps
+# each period, then is frozen for the rest, so a short period (4 ms at 25%:
+# the kernel's smallest quota is 1 ms) keeps
 # those freezes below the latencies being measured.
 #
 # Usage: benches/loadgen/overload.sh   (settings below, as environment variables)
@@ -59,6 +60,11 @@ CGROUP=""
 cap_cpu() {
     [ "$SERVER_CPU_PCT" -lt 100 ] || return 0
     local period=$CPU_PERIOD_US quota=$((SERVER_CPU_PCT * CPU_PERIOD_US / 100))
+    # The kernel refuses a quota under 1 ms.
+    if [ "$quota" -lt 1000 ]; then
+        log "SERVER_CPU_PCT% of CPU_PERIOD_US is under 1 ms, which the kernel refuses: raise CPU_PERIOD_US"
+        exit 1
+    fi
     if [ -z "$CGROUP" ]; then
         if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
             CGROUP=/sys/fs/cgroup/readstates-overload-$$

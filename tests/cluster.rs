@@ -1,0 +1,273 @@
+//! Slot ownership against a real cluster: several ownership tasks in one
+//! process over one keyspace, as several instances would run them, while
+//! members join, one leaves gracefully and one stops dead. A watcher
+//! samples every task's view of the slots it serves, and the lease table,
+//! the whole time, and fails the test at the first slot two tasks serve at
+//! once, or that a task serves while the table names another holder.
+//!
+//! Gated like the Scylla suite (see `common::cluster`):
+//! `READSTATES_TEST_SCYLLA=127.0.0.1:9042 cargo test --test cluster`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::cluster::Cluster as ScyllaCluster;
+use common::eventually;
+use parking_lot::Mutex;
+use readstates::cluster::placement::Members;
+use readstates::cluster::{Cluster, ClusterError, Ownership};
+use readstates::config::{ClusterConfig, ScyllaConfig};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Few slots keep each run's Paxos rounds few on a one-node test cluster.
+const SLOTS: u32 = 64;
+/// Short leases, so a dead member's slots free themselves quickly.
+const LEASE_MS: u64 = 3_000;
+
+fn cluster_config(instance_id: &str) -> ClusterConfig {
+    let config = ClusterConfig {
+        enabled: true,
+        instance_id: instance_id.to_owned(),
+        advertise_addr: format!("{instance_id}.test:50051"),
+        slots: SLOTS,
+        lease_ms: LEASE_MS,
+        safety_margin_ms: 1_000,
+        heartbeat_ms: 200,
+    };
+    config.validate(true).unwrap();
+    config
+}
+
+/// Every task ever started, by instance id, with its view of its slots
+/// (kept after the task stops: a dead task's view lapses by itself).
+type Views = Arc<Mutex<Vec<(String, Arc<Ownership>)>>>;
+
+/// Returns each slot's holder in the lease table.
+async fn lease_holders(cluster: &ScyllaCluster, settings: &ScyllaConfig) -> BTreeMap<u32, String> {
+    let cql = format!("SELECT slot, owner FROM {}.slot_leases", settings.keyspace);
+    let result = cluster.admin.query_unpaged(cql, &[]).await.unwrap();
+    let rows = result.into_rows_result().unwrap();
+    rows.rows::<(i32, Option<String>)>()
+        .unwrap()
+        .filter_map(|row| {
+            let (slot, owner) = row.unwrap();
+            Some((u32::try_from(slot).unwrap(), owner?))
+        })
+        .collect()
+}
+
+/// Returns the slots `view` serves.
+fn served(view: &Ownership) -> Vec<bool> {
+    (0..SLOTS).map(|slot| view.owns_slot(slot)).collect()
+}
+
+/// Samples the views (and, every tenth sample, the lease table) until
+/// `stop`; returns what it saw go wrong and how many samples it took.
+async fn watch(
+    cluster: Arc<ScyllaCluster>,
+    settings: ScyllaConfig,
+    views: Views,
+    stop: CancellationToken,
+) -> (Vec<String>, usize) {
+    let mut violations = Vec::new();
+    let mut samples = 0;
+    while !stop.is_cancelled() {
+        samples += 1;
+        let views: Vec<(String, Arc<Ownership>)> = views.lock().clone();
+        // A before B before A again: a reported overlap means B served
+        // the slot at an instant between two at which A served it.
+        for (a, view_a) in &views {
+            for (b, view_b) in &views {
+                if a == b {
+                    continue;
+                }
+                for slot in 0..SLOTS {
+                    if view_a.owns_slot(slot) && view_b.owns_slot(slot) && view_a.owns_slot(slot) {
+                        violations.push(format!("slot {slot} served by {a} and {b} at once"));
+                    }
+                }
+            }
+        }
+        if samples % 10 == 0 {
+            let before: Vec<Vec<bool>> = views.iter().map(|(_, view)| served(view)).collect();
+            let holders = lease_holders(&cluster, &settings).await;
+            let after: Vec<Vec<bool>> = views.iter().map(|(_, view)| served(view)).collect();
+            for (index, (id, _)) in views.iter().enumerate() {
+                for slot in 0..SLOTS as usize {
+                    if before[index][slot]
+                        && after[index][slot]
+                        && holders.get(&(slot as u32)) != Some(id)
+                    {
+                        violations.push(format!(
+                            "{id} served slot {slot} while the lease table named {:?}",
+                            holders.get(&(slot as u32))
+                        ));
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (violations, samples)
+}
+
+/// Whether the tasks of `live` serve exactly their rendezvous targets over
+/// `live`, every slot once, and the lease table agrees.
+async fn settled(
+    cluster: &ScyllaCluster,
+    settings: &ScyllaConfig,
+    views: &Views,
+    live: &[&str],
+) -> bool {
+    let members = Members::new(live.iter().copied());
+    let views: Vec<(String, Arc<Ownership>)> = views.lock().clone();
+    for slot in 0..SLOTS {
+        let target = members.owner_of(slot).unwrap();
+        let servers: Vec<&str> = views
+            .iter()
+            .filter(|(_, view)| view.owns_slot(slot))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if servers != [target] {
+            return false;
+        }
+    }
+    let holders = lease_holders(cluster, settings).await;
+    (0..SLOTS).all(|slot| holders.get(&slot).map(String::as_str) == members.owner_of(slot))
+}
+
+async fn join(settings: &ScyllaConfig, views: &Views, id: &str) -> Cluster {
+    let member = Cluster::start(settings, &cluster_config(id)).await.unwrap();
+    views.lock().push((id.to_owned(), member.ownership()));
+    member
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slots_move_as_members_join_leave_and_die_and_none_is_ever_served_twice() {
+    let Some(cluster) = ScyllaCluster::from_env(
+        "slots_move_as_members_join_leave_and_die_and_none_is_ever_served_twice",
+    )
+    .await
+    else {
+        return;
+    };
+    let cluster = Arc::new(cluster);
+    let settings = cluster.migrated().await;
+    let views: Views = Arc::default();
+    let stop_watching = CancellationToken::new();
+    let watcher = tokio::spawn(watch(
+        Arc::clone(&cluster),
+        settings.clone(),
+        Arc::clone(&views),
+        stop_watching.clone(),
+    ));
+    let settles = async |live: &[&str], limit: Duration| {
+        eventually(limit, async || {
+            settled(&cluster, &settings, &views, live).await
+        })
+        .await
+    };
+
+    // One member takes every slot; a second and a third take their shares.
+    let a = join(&settings, &views, "a").await;
+    assert!(settles(&["a"], Duration::from_secs(15)).await, "a alone");
+    let b = join(&settings, &views, "b").await;
+    assert!(
+        settles(&["a", "b"], Duration::from_secs(15)).await,
+        "a and b"
+    );
+    let c = join(&settings, &views, "c").await;
+    assert!(
+        settles(&["a", "b", "c"], Duration::from_secs(15)).await,
+        "a, b and c"
+    );
+
+    // A graceful leave releases its slots: the others take them at once,
+    // well before the leases would have expired.
+    let leaving = Instant::now();
+    b.stop().await;
+    assert!(
+        settles(&["a", "c"], Duration::from_secs(10)).await,
+        "after b left"
+    );
+    let handover = leaving.elapsed();
+    assert!(
+        handover < Duration::from_millis(LEASE_MS / 2),
+        "a released slot waited {handover:?} for its new owner"
+    );
+
+    // A dead member's slots are taken once its leases run out.
+    let dying = Instant::now();
+    c.abandon();
+    assert!(
+        settles(&["a"], Duration::from_secs(15)).await,
+        "after c died"
+    );
+    let takeover = dying.elapsed();
+    assert!(
+        takeover >= Duration::from_millis(LEASE_MS / 3),
+        "c's slots were taken {takeover:?} after it died, before its leases could expire"
+    );
+    assert!(
+        takeover <= Duration::from_millis(LEASE_MS * 3),
+        "c's slots were taken only {takeover:?} after it died"
+    );
+
+    stop_watching.cancel();
+    let (violations, samples) = watcher.await.unwrap();
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(samples > 100, "the watcher sampled only {samples} times");
+    eprintln!(
+        "cluster: {samples} samples, handover after a graceful leave {handover:?}, \
+         takeover after a death {takeover:?}"
+    );
+    a.stop().await;
+    assert!(
+        lease_holders(&cluster, &settings).await.is_empty(),
+        "a released everything"
+    );
+    cluster.drop_keyspace(&settings).await;
+}
+
+#[tokio::test]
+async fn an_instance_configured_with_another_slot_count_refuses_to_start() {
+    let Some(cluster) =
+        ScyllaCluster::from_env("an_instance_configured_with_another_slot_count_refuses_to_start")
+            .await
+    else {
+        return;
+    };
+    let settings = cluster.migrated().await;
+    let first = Cluster::start(&settings, &cluster_config("a"))
+        .await
+        .unwrap();
+    let other = ClusterConfig {
+        slots: SLOTS * 2,
+        ..cluster_config("b")
+    };
+    let error = Cluster::start(&settings, &other).await.err().unwrap();
+    assert!(
+        matches!(
+            error,
+            ClusterError::SlotCount {
+                configured: 128,
+                recorded: 64,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("cluster.slots = 64"), "{error}");
+    first.stop().await;
+    // A restart with the recorded count is accepted.
+    Cluster::start(&settings, &cluster_config("b"))
+        .await
+        .unwrap()
+        .stop()
+        .await;
+    cluster.drop_keyspace(&settings).await;
+}

@@ -34,10 +34,12 @@ use self::membership::{Membership, Timing};
 use crate::config::{ClusterConfig, ScyllaConfig};
 
 /// This instance's membership and slot leases, kept by a background task.
+/// Dropping it stops the task as [`Cluster::stop`] does, without waiting.
 pub struct Cluster {
     ownership: Arc<Ownership>,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    /// `None` once stopped or abandoned.
+    task: Option<JoinHandle<()>>,
 }
 
 impl Cluster {
@@ -84,7 +86,7 @@ impl Cluster {
         Ok(Self {
             ownership,
             stop,
-            task,
+            task: Some(task),
         })
     }
 
@@ -94,17 +96,29 @@ impl Cluster {
     }
 
     /// Stops serving, releases every lease and leaves the members.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.cancel();
-        if let Err(error) = self.task.await {
+        if let Some(task) = self.task.take()
+            && let Err(error) = task.await
+        {
             tracing::error!(%error, "the cluster task failed");
         }
     }
 
     /// Stops the task at once, releasing nothing, as a crash would: the
     /// leases run out by themselves (and so does this process's serving).
-    pub fn abandon(self) {
-        self.task.abort();
+    pub fn abandon(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.stop.cancel();
+        }
     }
 }
 

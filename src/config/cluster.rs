@@ -184,6 +184,22 @@ mod tests {
     }
 
     #[test]
+    fn the_section_parses_and_ids_stay_strings_in_overrides() {
+        let text = "[store]\nbackend = \"scylla\"\n[cluster]\nenabled = true\n\
+                    advertise_addr = \"10.0.0.7:50051\"\nslots = 256\n";
+        let overrides = [("READSTATES_CLUSTER_INSTANCE_ID", "007")]
+            .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        let config = crate::config::Config::from_toml_and_env(text, overrides).unwrap();
+        assert_eq!(config.cluster.instance_id, "007");
+        assert_eq!(config.cluster.slots, 256);
+        assert_eq!(config.cluster.lease(), Duration::from_secs(10));
+        let embedded = "[cluster]\nenabled = true\ninstance_id = \"a\"\n\
+                        advertise_addr = \"a:1\"\n";
+        let error = crate::config::Config::from_toml_and_env(embedded, []).unwrap_err();
+        assert!(error.to_string().contains("cluster.enabled"), "{error}");
+    }
+
+    #[test]
     fn bad_values_are_refused_by_name() {
         assert_eq!(refused_field(&enabled(), false), "cluster.enabled");
         let cases: [(ClusterConfig, &str); 10] = [

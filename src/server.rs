@@ -19,7 +19,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::api::{ReadStatesService, proto};
 use crate::auth::{AuthError, Security, tls_incoming};
 use crate::cache::Cache;
-use crate::cluster::{Cluster, Ownership};
+use crate::cluster::{Cluster, ClusterMetrics, Ownership};
 use crate::config::{Config, StoreBackend};
 use crate::engine::Engine;
 use crate::metrics::{Metrics, serve_metrics};
@@ -229,9 +229,13 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     // exist. With `cluster.enabled = false` nothing of the cluster runs.
     let cluster = if config.cluster.enabled {
         Some(
-            Cluster::start(&config.scylla, &config.cluster)
-                .await
-                .context("joining the cluster of instances")?,
+            Cluster::start(
+                &config.scylla,
+                &config.cluster,
+                ClusterMetrics::of(&metrics),
+            )
+            .await
+            .context("joining the cluster of instances")?,
         )
     } else {
         None
@@ -284,6 +288,9 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         Arc::clone(&metrics),
     );
     let probe_stop = CancellationToken::new();
+    if let Some(ownership) = &ownership {
+        service = service.with_ownership(Arc::clone(ownership));
+    }
     if config.limits.max_queue_delay_ms > 0 {
         let probe = QueueDelay::spawn(metrics.queue_delay.clone(), probe_stop.clone());
         service = service.with_queue_delay(probe);

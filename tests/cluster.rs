@@ -15,13 +15,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::Cluster as ScyllaCluster;
-use common::eventually;
+use common::{TestServer, ack_request, eventually, get, http_get, sample, test_config};
 use parking_lot::Mutex;
+use readstates::api::proto::AddMentionsRequest;
 use readstates::cluster::placement::Members;
-use readstates::cluster::{Cluster, ClusterError, Ownership};
-use readstates::config::{ClusterConfig, ScyllaConfig};
+use readstates::cluster::{Cluster, ClusterError, ClusterMetrics, Ownership};
+use readstates::config::{ClusterConfig, ScyllaConfig, StoreBackend};
+use readstates::ids::UserId;
+use readstates::server;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tonic::Code;
 
 /// Few slots keep each run's Paxos rounds few on a one-node test cluster.
 const SLOTS: u32 = 64;
@@ -141,7 +145,9 @@ async fn settled(
 }
 
 async fn join(settings: &ScyllaConfig, views: &Views, id: &str) -> Cluster {
-    let member = Cluster::start(settings, &cluster_config(id)).await.unwrap();
+    let member = Cluster::start(settings, &cluster_config(id), ClusterMetrics::default())
+        .await
+        .unwrap();
     views.lock().push((id.to_owned(), member.ownership()));
     member
 }
@@ -242,14 +248,17 @@ async fn an_instance_configured_with_another_slot_count_refuses_to_start() {
         return;
     };
     let settings = cluster.migrated().await;
-    let first = Cluster::start(&settings, &cluster_config("a"))
+    let first = Cluster::start(&settings, &cluster_config("a"), ClusterMetrics::default())
         .await
         .unwrap();
     let other = ClusterConfig {
         slots: SLOTS * 2,
         ..cluster_config("b")
     };
-    let error = Cluster::start(&settings, &other).await.err().unwrap();
+    let error = Cluster::start(&settings, &other, ClusterMetrics::default())
+        .await
+        .err()
+        .unwrap();
     assert!(
         matches!(
             error,
@@ -264,10 +273,102 @@ async fn an_instance_configured_with_another_slot_count_refuses_to_start() {
     assert!(error.to_string().contains("cluster.slots = 64"), "{error}");
     first.stop().await;
     // A restart with the recorded count is accepted.
-    Cluster::start(&settings, &cluster_config("b"))
+    Cluster::start(&settings, &cluster_config("b"), ClusterMetrics::default())
         .await
         .unwrap()
         .stop()
         .await;
+    cluster.drop_keyspace(&settings).await;
+}
+
+/// Returns a user whose slot `members` places on `id`.
+fn user_of(members: &Members, id: &str) -> u64 {
+    (1..)
+        .find(|user| {
+            let slot = readstates::cluster::slot_of(UserId::new(*user).unwrap(), SLOTS);
+            members.owner_of(slot) == Some(id)
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_serves_only_the_users_of_its_slots() {
+    let Some(cluster) =
+        ScyllaCluster::from_env("an_instance_serves_only_the_users_of_its_slots").await
+    else {
+        return;
+    };
+    let settings = cluster.migrated().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = Vec::new();
+    for id in ["a", "b"] {
+        let mut config = test_config(dir.path());
+        config.store.backend = StoreBackend::Scylla;
+        config.scylla = settings.clone();
+        config.cluster = cluster_config(id);
+        config.validate().unwrap();
+        let store = server::open_store(&config).await.unwrap();
+        servers.push(TestServer::start(&config, store).await);
+    }
+    let views: Vec<Arc<Ownership>> = servers
+        .iter()
+        .map(|server| server.running.ownership.clone().unwrap())
+        .collect();
+    let members = Members::new(["a", "b"]);
+    let all_placed = eventually(Duration::from_secs(15), async || {
+        (0..SLOTS).all(|slot| {
+            let target = usize::from(members.owner_of(slot) == Some("b"));
+            views[target].owns_slot(slot) && !views[1 - target].owns_slot(slot)
+        })
+    })
+    .await;
+    assert!(all_placed, "the two servers split the slots");
+
+    let user_a = user_of(&members, "a");
+    let user_b = user_of(&members, "b");
+    let slot_b = readstates::cluster::slot_of(UserId::new(user_b).unwrap(), SLOTS);
+    let (first, second) = servers.split_at_mut(1);
+    let (a, b) = (&mut first[0], &mut second[0]);
+    a.client.ack(ack_request(user_a, 10, 100)).await.unwrap();
+    b.client.ack(ack_request(user_b, 10, 200)).await.unwrap();
+    let refused = a
+        .client
+        .ack(ack_request(user_b, 10, 300))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains(&format!("slot {slot_b}")),
+        "{}",
+        refused.message()
+    );
+    // A fan-out with one user served elsewhere is refused whole.
+    let mention = AddMentionsRequest {
+        channel_id: 10,
+        message_id: 400,
+        user_ids: vec![user_a, user_b],
+        omit_read_states: false,
+    };
+    let refused = a.client.add_mentions(mention).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(get(&mut b.client, user_b, 10).await.last_message_id, 200);
+
+    let (_, text) = http_get(a.running.metrics_addr.unwrap(), "/metrics").await;
+    let owned = sample(&text, "readstates_cluster_owned_slots").unwrap();
+    assert!(owned > 0.0 && owned < f64::from(SLOTS), "{owned}");
+    let renewals = eventually(Duration::from_secs(5), async || {
+        let (_, text) = http_get(a.running.metrics_addr.unwrap(), "/metrics").await;
+        sample(
+            &text,
+            "readstates_cluster_lease_renewals_total{result=\"renewed\"}",
+        )
+        .is_some_and(|renewed| renewed > 0.0)
+    })
+    .await;
+    assert!(renewals, "renewals are counted");
+
+    for server in servers {
+        server.shutdown().await;
+    }
     cluster.drop_keyspace(&settings).await;
 }

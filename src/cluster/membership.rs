@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::ClusterMetrics;
 use super::error::ClusterError;
 use super::lease::{LeaseTable, Outcome};
 use super::ownership::Ownership;
@@ -66,10 +67,16 @@ pub struct Membership {
     timing: Timing,
     leases: Vec<SlotLease>,
     members: Members,
+    metrics: ClusterMetrics,
 }
 
 impl Membership {
-    pub fn new(table: LeaseTable, ownership: Arc<Ownership>, timing: Timing) -> Self {
+    pub fn new(
+        table: LeaseTable,
+        ownership: Arc<Ownership>,
+        timing: Timing,
+        metrics: ClusterMetrics,
+    ) -> Self {
         let slots = ownership.slots() as usize;
         let me = table.me().holder.instance_id.clone();
         Self {
@@ -78,6 +85,7 @@ impl Membership {
             timing,
             leases: vec![SlotLease::Free; slots],
             members: Members::new([me]),
+            metrics,
         }
     }
 
@@ -150,8 +158,19 @@ impl Membership {
         }
         let before = self.ownership.owned_slots();
         let table = &self.table;
+        let metrics = &self.metrics;
         let results: Vec<(Slot, SlotLease)> = futures_util::stream::iter(actions)
-            .map(|(slot, action)| async move { (slot, run_action(table, slot, action).await) })
+            .map(|(slot, action)| async move {
+                let lease = run_action(table, slot, action).await;
+                if let Action::Renew = action {
+                    match lease {
+                        SlotLease::Held { .. } => metrics.renewals.renewed.increment(1),
+                        SlotLease::Free => metrics.renewals.lost.increment(1),
+                        SlotLease::Unknown => metrics.renewals.failed.increment(1),
+                    }
+                }
+                (slot, lease)
+            })
             .buffer_unordered(MAX_IN_FLIGHT)
             .collect()
             .await;
@@ -165,6 +184,7 @@ impl Membership {
             }
         }
         let after = self.ownership.owned_slots();
+        self.metrics.owned_slots.set(after as f64);
         if after != before {
             tracing::info!(before, after, "owned slots changed");
         }
@@ -174,6 +194,7 @@ impl Membership {
     /// removes the heartbeat row.
     async fn leave(&mut self) {
         self.ownership.revoke_all();
+        self.metrics.owned_slots.set(0.0);
         let table = &self.table;
         let held: Vec<Slot> = (0..self.ownership.slots())
             .filter(|slot| self.leases[*slot as usize] != SlotLease::Free)

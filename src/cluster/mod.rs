@@ -32,6 +32,35 @@ pub use slots::{MAX_SLOTS, Slot, slot_of};
 use self::lease::{Holder, Identity, LeaseTable};
 use self::membership::{Membership, Timing};
 use crate::config::{ClusterConfig, ScyllaConfig};
+use crate::metrics::LeaseRenewals;
+
+/// The metrics the cluster task keeps.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// Slots served, as of the last round.
+    pub owned_slots: ::metrics::Gauge,
+    pub renewals: LeaseRenewals,
+}
+
+impl ClusterMetrics {
+    /// The handles registered in `metrics`.
+    pub fn of(metrics: &crate::metrics::Metrics) -> Self {
+        Self {
+            owned_slots: metrics.cluster_owned_slots.clone(),
+            renewals: metrics.cluster_lease_renewals.clone(),
+        }
+    }
+}
+
+impl Default for ClusterMetrics {
+    /// Handles that record nothing.
+    fn default() -> Self {
+        Self {
+            owned_slots: ::metrics::Gauge::noop(),
+            renewals: LeaseRenewals::default(),
+        }
+    }
+}
 
 /// This instance's membership and slot leases, kept by a background task.
 /// Dropping it stops the task as [`Cluster::stop`] does, without waiting.
@@ -47,8 +76,9 @@ impl Cluster {
     pub async fn start(
         scylla: &ScyllaConfig,
         config: &ClusterConfig,
+        metrics: ClusterMetrics,
     ) -> Result<Self, ClusterError> {
-        Self::start_with(scylla, config, |builder| builder).await
+        Self::start_with(scylla, config, metrics, |builder| builder).await
     }
 
     /// Like [`Cluster::start`], with `customize` applied to the driver's
@@ -56,6 +86,7 @@ impl Cluster {
     pub async fn start_with(
         scylla: &ScyllaConfig,
         config: &ClusterConfig,
+        metrics: ClusterMetrics,
         customize: impl FnOnce(SessionBuilder) -> SessionBuilder,
     ) -> Result<Self, ClusterError> {
         let session = crate::store::connect_scylla(scylla, customize).await?;
@@ -75,8 +106,8 @@ impl Cluster {
             serving: config.lease().saturating_sub(config.safety_margin()),
         };
         let stop = CancellationToken::new();
-        let task =
-            tokio::spawn(Membership::new(table, Arc::clone(&ownership), timing).run(stop.clone()));
+        let membership = Membership::new(table, Arc::clone(&ownership), timing, metrics);
+        let task = tokio::spawn(membership.run(stop.clone()));
         tracing::info!(
             instance_id = %config.instance_id,
             advertise_addr = %config.advertise_addr,

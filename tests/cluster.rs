@@ -3,7 +3,9 @@
 //! members join, one leaves gracefully and one stops dead. A watcher
 //! samples every task's view of the slots it serves, and the lease table,
 //! the whole time, and fails the test at the first slot two tasks serve at
-//! once, or that a task serves while the table names another holder.
+//! once, or that a task serves while the table names another holder. Two
+//! servers with the cluster on split the users between them; and a process
+//! restarted under the same instance id waits out its predecessor's leases.
 //!
 //! Gated like the Scylla suite (see `common::cluster`):
 //! `READSTATES_TEST_SCYLLA=127.0.0.1:9042 cargo test --test cluster`.
@@ -370,5 +372,60 @@ async fn an_instance_serves_only_the_users_of_its_slots() {
     for server in servers {
         server.shutdown().await;
     }
+    cluster.drop_keyspace(&settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_instance_waits_out_its_predecessors_leases() {
+    let Some(cluster) =
+        ScyllaCluster::from_env("a_restarted_instance_waits_out_its_predecessors_leases").await
+    else {
+        return;
+    };
+    let settings = cluster.migrated().await;
+    let views: Views = Arc::default();
+    let first = join(&settings, &views, "a").await;
+    let eventually_all = async |view: &Ownership| {
+        eventually(Duration::from_secs(15), async || {
+            view.owned_slots() == SLOTS as usize
+        })
+        .await
+    };
+    let old = first.ownership();
+    assert!(
+        eventually_all(&old).await,
+        "the first process takes every slot"
+    );
+
+    // A crash and an immediate restart under the same instance id: the new
+    // process (another incarnation) must not renew the old leases, only
+    // take the slots once they expire.
+    let crashed = Instant::now();
+    first.abandon();
+    let second = Cluster::start(&settings, &cluster_config("a"), ClusterMetrics::default())
+        .await
+        .unwrap();
+    let new = second.ownership();
+    let mut overlaps = Vec::new();
+    let all_taken = eventually(Duration::from_secs(15), async || {
+        for slot in 0..SLOTS {
+            if old.owns_slot(slot) && new.owns_slot(slot) && old.owns_slot(slot) {
+                overlaps.push(slot);
+            }
+        }
+        new.owned_slots() == SLOTS as usize
+    })
+    .await;
+    let waited = crashed.elapsed();
+    assert!(all_taken, "the restarted process takes every slot");
+    assert!(
+        overlaps.is_empty(),
+        "served by both processes: {overlaps:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(LEASE_MS / 3),
+        "the old leases were taken over after {waited:?}, before they could expire"
+    );
+    second.stop().await;
     cluster.drop_keyspace(&settings).await;
 }

@@ -175,9 +175,9 @@ impl ReadStatesService {
     }
 
     /// Refuses the call unless this instance serves every one of `users`
-    /// (always, without `cluster.enabled`). Checked once, as the call
-    /// starts: a call still running when its slot's lease lapses is not
-    /// stopped.
+    /// (always, without `cluster.enabled`). Checked once, after the request
+    /// is validated and before it runs: a call still running when its
+    /// slot's lease lapses is not stopped.
     fn check_served(&self, users: &[UserId]) -> Result<(), ApiError> {
         let Some(ownership) = &self.ownership else {
             return Ok(());
@@ -358,9 +358,9 @@ fn parse_user_ids(raw: &[u64], max: usize) -> Result<Vec<UserId>, ApiError> {
 impl ReadStatesService {
     async fn ack_call(&self, request: proto::AckRequest) -> Result<proto::AckResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
-        self.check_served(&[user])?;
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = message_id("message_id", request.message_id)?;
+        self.check_served(&[user])?;
         let view = if request.manual {
             let count = request.mention_count.unwrap_or(0);
             self.cache
@@ -384,7 +384,6 @@ impl ReadStatesService {
         request: proto::BulkAckRequest,
     ) -> Result<proto::BulkAckResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
-        self.check_served(&[user])?;
         list_length("acks", request.acks.len(), self.limits.max_bulk_acks)?;
         let acks = request
             .acks
@@ -396,6 +395,7 @@ impl ReadStatesService {
                 ))
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
+        self.check_served(&[user])?;
         let read_states = self
             .cache
             .write(self.store.as_ref(), user, |txn| {
@@ -445,9 +445,9 @@ impl ReadStatesService {
         request: proto::AckPinsRequest,
     ) -> Result<proto::AckPinsResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
-        self.check_served(&[user])?;
         let channel = channel_id("channel_id", request.channel_id)?;
         let pin_timestamp_ms = request.pin_timestamp_ms;
+        self.check_served(&[user])?;
         let view = self
             .cache
             .write(self.store.as_ref(), user, |txn| {
@@ -465,8 +465,8 @@ impl ReadStatesService {
         request: proto::GetReadStateRequest,
     ) -> Result<proto::GetReadStateResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
-        self.check_served(&[user])?;
         let channel = channel_id("channel_id", request.channel_id)?;
+        self.check_served(&[user])?;
         let view = self
             .cache
             .read(self.store.as_ref(), user, |txn| txn.view(channel))
@@ -482,8 +482,8 @@ impl ReadStatesService {
         request: proto::GetUserReadStatesRequest,
     ) -> Result<proto::GetUserReadStatesResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
-        self.check_served(&[user])?;
         let since_version = request.since_version.unwrap_or(0);
+        self.check_served(&[user])?;
         let (views, version) = self
             .cache
             .read(self.store.as_ref(), user, |txn| {
@@ -505,7 +505,6 @@ impl ReadStatesService {
         request: proto::DeleteReadStatesRequest,
     ) -> Result<proto::DeleteReadStatesResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
-        self.check_served(&[user])?;
         list_length(
             "channel_ids",
             request.channel_ids.len(),
@@ -516,6 +515,7 @@ impl ReadStatesService {
             .iter()
             .map(|&raw| channel_id("channel_ids", raw))
             .collect::<Result<Vec<_>, ApiError>>()?;
+        self.check_served(&[user])?;
         let read_states = self
             .cache
             .write(self.store.as_ref(), user, |txn| {

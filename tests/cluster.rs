@@ -344,6 +344,9 @@ async fn an_instance_serves_only_the_users_of_its_slots() {
         "{}",
         refused.message()
     );
+    // Bad input is still INVALID_ARGUMENT, whoever serves the user.
+    let invalid = a.client.ack(ack_request(user_b, 0, 300)).await.unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
     // A fan-out with one user served elsewhere is refused whole.
     let mention = AddMentionsRequest {
         channel_id: 10,

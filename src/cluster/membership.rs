@@ -43,7 +43,7 @@ enum SlotLease {
 }
 
 /// What to do with one slot this round.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
     Acquire,
     Renew,
@@ -134,25 +134,13 @@ impl Membership {
         for slot in 0..self.ownership.slots() {
             let target = self.members.owner_of(slot) == Some(me.as_str());
             let lease = &mut self.leases[slot as usize];
-            if let SlotLease::Held { started } = *lease
-                && now >= started + self.timing.serving
-            {
-                *lease = SlotLease::Unknown;
-            }
-            let action = match (*lease, target) {
-                (SlotLease::Free, true) if take_slots => Some(Action::Acquire),
-                (SlotLease::Held { started }, true) if now >= started + self.timing.serving / 2 => {
-                    Some(Action::Renew)
-                }
-                (SlotLease::Unknown, true) => Some(Action::Renew),
-                (SlotLease::Held { .. } | SlotLease::Unknown, false) => {
+            let (lease_now, action) = plan(*lease, target, take_slots, now, self.timing.serving);
+            *lease = lease_now;
+            if let Some(action) = action {
+                if let Action::Release = action {
                     // Stop serving before the lease can pass to another.
                     self.ownership.revoke(slot);
-                    Some(Action::Release)
                 }
-                _ => None,
-            };
-            if let Some(action) = action {
                 actions.push((slot, action));
             }
         }
@@ -218,6 +206,32 @@ impl Membership {
     }
 }
 
+/// Returns a slot's lease as of `now` (a held one lapses once its serving
+/// time is spent), and what to do with it: acquire a free target (once
+/// `take_slots`), renew a held target once half its serving time is spent
+/// (or an unknown one at once, to learn whether it is ours), release
+/// whatever may be held but is no longer a target.
+fn plan(
+    lease: SlotLease,
+    target: bool,
+    take_slots: bool,
+    now: Instant,
+    serving: Duration,
+) -> (SlotLease, Option<Action>) {
+    let lease = match lease {
+        SlotLease::Held { started } if now >= started + serving => SlotLease::Unknown,
+        other => other,
+    };
+    let action = match (lease, target) {
+        (SlotLease::Free, true) if take_slots => Some(Action::Acquire),
+        (SlotLease::Held { started }, true) if now >= started + serving / 2 => Some(Action::Renew),
+        (SlotLease::Unknown, true) => Some(Action::Renew),
+        (SlotLease::Held { .. } | SlotLease::Unknown, false) => Some(Action::Release),
+        _ => None,
+    };
+    (lease, action)
+}
+
 /// Runs one lease request and returns what the table holds afterwards.
 async fn run_action(table: &LeaseTable, slot: Slot, action: Action) -> SlotLease {
     let started = Instant::now();
@@ -246,4 +260,59 @@ async fn run_action(table: &LeaseTable, slot: Slot, action: Action) -> SlotLease
 
 fn log_failure(slot: Slot, action: Action, error: &ClusterError) {
     tracing::warn!(slot, ?action, %error, "slot lease request failed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn each_slot_is_acquired_renewed_or_released_as_placement_and_time_say() {
+        let serving = Duration::from_secs(8);
+        let started = Instant::now();
+        let held = SlotLease::Held { started };
+        let at = |seconds: u64| started + Duration::from_secs(seconds);
+        let cases = [
+            // (lease, target, take_slots, now) -> (lease, action)
+            (
+                (SlotLease::Free, true, true, at(0)),
+                (SlotLease::Free, Some(Action::Acquire)),
+            ),
+            (
+                (SlotLease::Free, true, false, at(0)),
+                (SlotLease::Free, None),
+            ),
+            (
+                (SlotLease::Free, false, true, at(0)),
+                (SlotLease::Free, None),
+            ),
+            ((held, true, true, at(3)), (held, None)),
+            ((held, true, true, at(4)), (held, Some(Action::Renew))),
+            (
+                (held, true, true, at(8)),
+                (SlotLease::Unknown, Some(Action::Renew)),
+            ),
+            ((held, false, true, at(1)), (held, Some(Action::Release))),
+            (
+                (held, false, true, at(9)),
+                (SlotLease::Unknown, Some(Action::Release)),
+            ),
+            (
+                (SlotLease::Unknown, true, false, at(0)),
+                (SlotLease::Unknown, Some(Action::Renew)),
+            ),
+            (
+                (SlotLease::Unknown, false, true, at(0)),
+                (SlotLease::Unknown, Some(Action::Release)),
+            ),
+        ];
+        for ((lease, target, take_slots, now), expected) in cases {
+            assert_eq!(
+                plan(lease, target, take_slots, now, serving),
+                expected,
+                "{lease:?}, target {target}, take_slots {take_slots}, at {:?}",
+                now - started
+            );
+        }
+    }
 }

@@ -6,6 +6,8 @@
 //! once, or that a task serves while the table names another holder. Two
 //! servers with the cluster on split the users between them; and a process
 //! restarted under the same instance id waits out its predecessor's leases.
+//! A member cut off from the cluster (through a proxy the test cuts: a
+//! single-node cluster only) stops serving before another takes its slots.
 //!
 //! Gated like the Scylla suite (see `common::cluster`):
 //! `READSTATES_TEST_SCYLLA=127.0.0.1:9042 cargo test --test cluster`.
@@ -16,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::Cluster as ScyllaCluster;
+use common::cluster::{Cluster as ScyllaCluster, Proxy, ThroughProxy};
 use common::{TestServer, ack_request, eventually, get, http_get, sample, test_config};
 use parking_lot::Mutex;
 use readstates::api::proto::AddMentionsRequest;
@@ -430,5 +432,105 @@ async fn a_restarted_instance_waits_out_its_predecessors_leases() {
         "the old leases were taken over after {waited:?}, before they could expire"
     );
     second.stop().await;
+    cluster.drop_keyspace(&settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_member_stops_serving_before_its_slots_are_taken() {
+    const TEST: &str = "a_partitioned_member_stops_serving_before_its_slots_are_taken";
+    let Some(cluster) = ScyllaCluster::from_env(TEST).await else {
+        return;
+    };
+    let nodes = cluster.admin.get_cluster_state().get_nodes_info().len();
+    if nodes != 1 {
+        eprintln!("cluster::{TEST}: skipped: needs a single-node cluster, this one has {nodes}");
+        return;
+    }
+    let cluster = Arc::new(cluster);
+    let settings = cluster.migrated().await;
+    let views: Views = Arc::default();
+    let stop_watching = CancellationToken::new();
+    let watcher = tokio::spawn(watch(
+        Arc::clone(&cluster),
+        settings.clone(),
+        Arc::clone(&views),
+        stop_watching.clone(),
+    ));
+    let settles = async |live: &[&str], limit: Duration| {
+        eventually(limit, async || {
+            settled(&cluster, &settings, &views, live).await
+        })
+        .await
+    };
+
+    // b reaches the cluster through a proxy the test can cut.
+    let a = join(&settings, &views, "a").await;
+    let proxy = Proxy::start(cluster.contact_points[0].clone()).await;
+    let proxied = ScyllaConfig {
+        contact_points: vec![proxy.addr.to_string()],
+        request_timeout_ms: 1_000,
+        connect_timeout_ms: 1_000,
+        ..settings.clone()
+    };
+    let b = Cluster::start_with(
+        &proxied,
+        &cluster_config("b"),
+        ClusterMetrics::default(),
+        |builder| {
+            builder
+                .disallow_shard_aware_port(true)
+                .address_translator(Arc::new(ThroughProxy(proxy.addr)))
+        },
+    )
+    .await
+    .unwrap();
+    let b_view = b.ownership();
+    views.lock().push(("b".to_owned(), Arc::clone(&b_view)));
+    assert!(
+        settles(&["a", "b"], Duration::from_secs(15)).await,
+        "a and b"
+    );
+    let b_slots: Vec<u32> = (0..SLOTS).filter(|slot| b_view.owns_slot(*slot)).collect();
+
+    // Cut off, b stops serving on its own clock; a takes b's slots only
+    // after their leases expire, which is later.
+    let cut = Instant::now();
+    proxy.set_up(false);
+    let mut b_stopped = None;
+    let mut a_took = None;
+    let a_view = a.ownership();
+    let taken = eventually(Duration::from_secs(20), async || {
+        if b_stopped.is_none() && b_view.owned_slots() == 0 {
+            b_stopped = Some(cut.elapsed());
+        }
+        if a_took.is_none() && b_slots.iter().any(|slot| a_view.owns_slot(*slot)) {
+            a_took = Some(cut.elapsed());
+        }
+        a_view.owned_slots() == SLOTS as usize
+    })
+    .await;
+    assert!(taken, "a takes every slot while b is cut off");
+    let (b_stopped, a_took) = (b_stopped.unwrap(), a_took.unwrap());
+    assert!(
+        b_stopped < a_took,
+        "b stopped serving {b_stopped:?} after the cut, a took its first slot {a_took:?} after"
+    );
+
+    // Back in touch, b takes its share again.
+    proxy.set_up(true);
+    assert!(
+        settles(&["a", "b"], Duration::from_secs(20)).await,
+        "b rejoined"
+    );
+
+    stop_watching.cancel();
+    let (violations, samples) = watcher.await.unwrap();
+    assert!(violations.is_empty(), "{violations:#?}");
+    eprintln!(
+        "cluster: partitioned b stopped serving {b_stopped:?} after the cut; a took its first \
+         slot {a_took:?} after ({samples} samples)"
+    );
+    b.stop().await;
+    a.stop().await;
     cluster.drop_keyspace(&settings).await;
 }

@@ -1,5 +1,6 @@
 //! The membership-and-ownership task. Every heartbeat it:
-//! 1. writes this instance's heartbeat row and reads the members;
+//! 1. writes this instance's heartbeat row (when that fails, the round
+//!    ends there) and reads the members;
 //! 2. computes its target slots by rendezvous over the live members;
 //! 3. stops serving, then releases, the slots it holds that are no longer
 //!    its targets (their dirty users are not handed off yet: they are
@@ -110,7 +111,14 @@ impl Membership {
 
     async fn round(&mut self, take_slots: bool) {
         if let Err(error) = self.table.heartbeat().await {
-            tracing::warn!(%error, "cluster heartbeat failed");
+            // The cluster is unreachable or failing: hundreds of lease
+            // requests would each wait out their timeout, and delay the
+            // round that finds it back. Served slots lapse by themselves.
+            tracing::warn!(%error, "cluster heartbeat failed; no lease requests this round");
+            self.metrics
+                .owned_slots
+                .set(self.ownership.owned_slots() as f64);
+            return;
         }
         let me = self.table.me().holder.instance_id.clone();
         match self.table.members().await {

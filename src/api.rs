@@ -12,6 +12,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use crate::cache::{Cache, CacheError, Deferral, StateView, UserTxn};
+use crate::cluster::{Ownership, Slot};
 use crate::config::LimitsConfig;
 use crate::ids::{ChannelId, IdError, MessageId, UserId};
 use crate::metrics::{Method, Metrics};
@@ -41,12 +42,20 @@ pub enum ApiError {
     /// The cache could not serve the request.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// A user's slot is not served by this instance (`cluster.enabled`).
+    #[error("user_id {user_id} is in slot {slot}, which this instance does not serve")]
+    NotOwner { user_id: u64, slot: Slot },
 }
 
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match error {
             ApiError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+            // Forwarding to the slot's owner is not built yet.
+            ApiError::NotOwner { .. } => Status::unavailable(format!(
+                "{error}; call the instance that holds the slot, or retry with backoff while \
+                 slots move"
+            )),
             ApiError::Cache(CacheError::Backlog { .. }) => Status::unavailable(
                 "write backlog full: the store is not keeping up; retry with backoff",
             ),
@@ -135,6 +144,8 @@ pub struct ReadStatesService {
     in_flight: AtomicUsize,
     /// The workers' queueing delay, if `limits.max_queue_delay_ms` is set.
     queue_delay: Option<Arc<QueueDelay>>,
+    /// With `cluster.enabled`: the slots whose users this instance serves.
+    ownership: Option<Arc<Ownership>>,
 }
 
 impl ReadStatesService {
@@ -152,6 +163,31 @@ impl ReadStatesService {
             metrics,
             in_flight: AtomicUsize::new(0),
             queue_delay: None,
+            ownership: None,
+        }
+    }
+
+    /// Serves only the users of the slots `ownership` holds; the others'
+    /// calls get `UNAVAILABLE` naming the slot.
+    pub fn with_ownership(mut self, ownership: Arc<Ownership>) -> Self {
+        self.ownership = Some(ownership);
+        self
+    }
+
+    /// Refuses the call unless this instance serves every one of `users`
+    /// (always, without `cluster.enabled`). Checked once, after the request
+    /// is validated and before it runs: a call still running when its
+    /// slot's lease lapses is not stopped.
+    fn check_served(&self, users: &[UserId]) -> Result<(), ApiError> {
+        let Some(ownership) = &self.ownership else {
+            return Ok(());
+        };
+        match users.iter().find(|user| !ownership.owns(**user)) {
+            Some(user) => Err(ApiError::NotOwner {
+                user_id: user.get(),
+                slot: ownership.slot_of(*user),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -324,6 +360,7 @@ impl ReadStatesService {
         let user = user_id("user_id", request.user_id)?;
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = message_id("message_id", request.message_id)?;
+        self.check_served(&[user])?;
         let view = if request.manual {
             let count = request.mention_count.unwrap_or(0);
             self.cache
@@ -358,6 +395,7 @@ impl ReadStatesService {
                 ))
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
+        self.check_served(&[user])?;
         let read_states = self
             .cache
             .write(self.store.as_ref(), user, |txn| {
@@ -377,6 +415,7 @@ impl ReadStatesService {
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = mentioned_message_id("message_id", request.message_id)?;
         let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
+        self.check_served(&users)?;
         if request.omit_read_states {
             self.defer_mentions(&users, channel, message).await?;
             return Ok(proto::AddMentionsResponse::default());
@@ -394,6 +433,7 @@ impl ReadStatesService {
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = mentioned_message_id("message_id", request.message_id)?;
         let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
+        self.check_served(&users)?;
         let read_states = self
             .fan_out(&users, |txn| txn.remove_mention(channel, message))
             .await?;
@@ -407,6 +447,7 @@ impl ReadStatesService {
         let user = user_id("user_id", request.user_id)?;
         let channel = channel_id("channel_id", request.channel_id)?;
         let pin_timestamp_ms = request.pin_timestamp_ms;
+        self.check_served(&[user])?;
         let view = self
             .cache
             .write(self.store.as_ref(), user, |txn| {
@@ -425,6 +466,7 @@ impl ReadStatesService {
     ) -> Result<proto::GetReadStateResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         let channel = channel_id("channel_id", request.channel_id)?;
+        self.check_served(&[user])?;
         let view = self
             .cache
             .read(self.store.as_ref(), user, |txn| txn.view(channel))
@@ -441,6 +483,7 @@ impl ReadStatesService {
     ) -> Result<proto::GetUserReadStatesResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         let since_version = request.since_version.unwrap_or(0);
+        self.check_served(&[user])?;
         let (views, version) = self
             .cache
             .read(self.store.as_ref(), user, |txn| {
@@ -472,6 +515,7 @@ impl ReadStatesService {
             .iter()
             .map(|&raw| channel_id("channel_ids", raw))
             .collect::<Result<Vec<_>, ApiError>>()?;
+        self.check_served(&[user])?;
         let read_states = self
             .cache
             .write(self.store.as_ref(), user, |txn| {

@@ -12,9 +12,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod auth;
+mod cluster;
 mod scylla;
 
 pub use auth::{AuthConfig, TlsConfig};
+pub use cluster::ClusterConfig;
 pub use scylla::{
     Consistency, RetryPolicyKind, ScyllaConfig, Secret, SpeculativeExecution, is_cql_identifier,
 };
@@ -39,6 +41,7 @@ pub struct Config {
     pub scylla: ScyllaConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// The most calls one connection may have open. The HTTP/2 layer (h2) guards
@@ -312,13 +315,19 @@ pub enum ConfigError {
     },
 }
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "server", "store", "cache", "flush", "limits", "metrics", "log", "scylla", "tls", "auth",
+    "cluster",
 ];
 
 /// Settings whose environment overrides are taken verbatim as strings: a
 /// password such as `007` must not become the integer 7.
-const VERBATIM_OVERRIDES: [(&str, &str); 2] = [("scylla", "username"), ("scylla", "password")];
+const VERBATIM_OVERRIDES: [(&str, &str); 4] = [
+    ("scylla", "username"),
+    ("scylla", "password"),
+    ("cluster", "instance_id"),
+    ("cluster", "advertise_addr"),
+];
 
 impl Config {
     /// Loads the file at `path` (defaults only when `None`), applies the
@@ -501,6 +510,8 @@ impl Config {
             Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
             None => {
                 self.scylla.validate()?;
+                self.cluster
+                    .validate(self.store.backend == StoreBackend::Scylla)?;
                 auth::validate(&self.tls, &self.auth)
             }
         }

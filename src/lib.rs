@@ -12,6 +12,8 @@
 //! - [`flush`]: write-behind of dirty states to the store.
 //! - [`store`]: the store trait, the embedded default store, and the
 //!   ScyllaDB/Cassandra store with its schema migrations.
+//! - [`cluster`]: scale-out over one keyspace: slots, their placement on
+//!   live members, and slot leases held with lightweight transactions.
 //! - [`clock`]: versions and timestamps.
 //! - [`ids`]: validated snowflake id types.
 //! - [`config`]: the TOML configuration and its environment overrides.
@@ -29,6 +31,7 @@ pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod flush;

@@ -19,6 +19,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::api::{ReadStatesService, proto};
 use crate::auth::{AuthError, Security, tls_incoming};
 use crate::cache::Cache;
+use crate::cluster::{Cluster, ClusterMetrics, Ownership};
 use crate::config::{Config, StoreBackend};
 use crate::engine::Engine;
 use crate::metrics::{Metrics, serve_metrics};
@@ -77,6 +78,8 @@ pub struct Running {
     pub cache: Arc<Cache>,
     /// The server's metrics.
     pub metrics: Arc<Metrics>,
+    /// With `cluster.enabled`: the slots this instance serves.
+    pub ownership: Option<Arc<Ownership>>,
     /// The configuration in force (live changes included).
     config: Mutex<Config>,
     security: Arc<Security>,
@@ -175,6 +178,7 @@ impl Running {
             (new.scylla != current.scylla, "scylla"),
             (new.tls != current.tls, "tls"),
             (new.auth != current.auth, "auth"),
+            (new.cluster != current.cluster, "cluster"),
         ];
         for (changed, name) in restart_only {
             if changed {
@@ -221,6 +225,22 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         flusher,
         batch_size,
     } = Engine::open(config, store, Arc::clone(&metrics)).await?;
+    // After the store: its schema check has passed, so the cluster tables
+    // exist. With `cluster.enabled = false` nothing of the cluster runs.
+    let cluster = if config.cluster.enabled {
+        Some(
+            Cluster::start(
+                &config.scylla,
+                &config.cluster,
+                ClusterMetrics::of(&metrics),
+            )
+            .await
+            .context("joining the cluster of instances")?,
+        )
+    } else {
+        None
+    };
+    let ownership = cluster.as_ref().map(Cluster::ownership);
 
     let listener = TcpListener::bind(config.server.listen_addr)
         .await
@@ -268,6 +288,9 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         Arc::clone(&metrics),
     );
     let probe_stop = CancellationToken::new();
+    if let Some(ownership) = &ownership {
+        service = service.with_ownership(Arc::clone(ownership));
+    }
     if config.limits.max_queue_delay_ms > 0 {
         let probe = QueueDelay::spawn(metrics.queue_delay.clone(), probe_stop.clone());
         service = service.with_queue_delay(probe);
@@ -356,6 +379,11 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         let flushed = flusher_task.await;
         deadline.abort();
         let flushed = flushed.context("flusher task failed")?;
+        // The leases go last, once this instance's dirty states are
+        // written, so the slots' next owners load what it wrote.
+        if let Some(cluster) = cluster {
+            cluster.stop().await;
+        }
         // Metrics stay up until the final flush is done, so it can be watched.
         metrics_shutdown.cancel();
         probe_stop.cancel();
@@ -383,6 +411,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         metrics_addr,
         cache,
         metrics,
+        ownership,
         config: Mutex::new(config.clone()),
         security,
         batch_size,

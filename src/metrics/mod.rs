@@ -140,6 +140,10 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     pub lease_renewal_failures: Counter,
     pub tombstones_purged: Counter,
+    /// Slots this instance serves (0 without `cluster.enabled`).
+    pub cluster_owned_slots: Gauge,
+    /// Slot lease renewals, by result.
+    pub cluster_lease_renewals: LeaseRenewals,
     lease_remaining: Gauge,
     cache: CacheMetrics,
     process_resident_memory: Gauge,
@@ -156,6 +160,27 @@ pub struct UnfinishedWrite<'a> {
 impl Drop for UnfinishedWrite<'_> {
     fn drop(&mut self) {
         self.metrics.unfinished_writes.lock().1.remove(&self.id);
+    }
+}
+
+/// `readstates_cluster_lease_renewals_total`, by `result`.
+#[derive(Clone)]
+pub struct LeaseRenewals {
+    /// The lease was extended.
+    pub renewed: Counter,
+    /// Another instance holds the slot, or nobody does: it was lost.
+    pub lost: Counter,
+    /// The request failed or timed out; the slot may still be ours.
+    pub failed: Counter,
+}
+
+impl Default for LeaseRenewals {
+    fn default() -> Self {
+        Self {
+            renewed: Counter::noop(),
+            lost: Counter::noop(),
+            failed: Counter::noop(),
+        }
     }
 }
 
@@ -245,6 +270,25 @@ impl Metrics {
                 ),
                 &METADATA,
             )
+        };
+        recorder.describe_counter(
+            "readstates_cluster_lease_renewals_total".into(),
+            None,
+            "Renewals of this instance's slot leases (cluster.enabled): result=\"renewed\", \"lost\" (another instance or nobody holds the slot), \"failed\" (an error or timeout; the slot stops being served if its renewals keep failing).".into(),
+        );
+        let renewals = |result: &'static str| {
+            recorder.register_counter(
+                &Key::from_parts(
+                    "readstates_cluster_lease_renewals_total",
+                    vec![Label::new("result", result)],
+                ),
+                &METADATA,
+            )
+        };
+        let cluster_lease_renewals = LeaseRenewals {
+            renewed: renewals("renewed"),
+            lost: renewals("lost"),
+            failed: renewals("failed"),
         };
         let cache = CacheMetrics {
             hits: counter(
@@ -397,6 +441,12 @@ impl Metrics {
                 None,
                 "Deletion tombstones purged from the store.",
             ),
+            cluster_owned_slots: gauge(
+                "readstates_cluster_owned_slots",
+                None,
+                "Slots whose users this instance serves now (cluster.enabled).",
+            ),
+            cluster_lease_renewals,
             lease_remaining: gauge(
                 "readstates_version_lease_remaining_seconds",
                 Some(Unit::Seconds),

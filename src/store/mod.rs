@@ -17,6 +17,8 @@ pub use embedded::{DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS, EmbeddedOptions, E
 pub use metered::MeteredStore;
 pub use row::{Row, RowDecodeError, decode_row, encode_row};
 pub use scylla::{MigrateError, MigrationReport, ScyllaError, ScyllaStore};
+/// Opens a driver session from `[scylla]` (the cluster's own session).
+pub(crate) use scylla::{connect as connect_scylla, driver_consistency};
 
 use std::future::Future;
 use std::pin::Pin;

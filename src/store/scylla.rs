@@ -51,10 +51,12 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
 use self::consistency::consistency;
+pub(crate) use self::consistency::consistency as driver_consistency;
 use self::cql::{StatementTexts, StoredRow, UserBatch, WriteValues};
 pub use self::error::ScyllaError;
 use self::error::{request_failed, result_unreadable};
 pub use self::migrate::{MigrateError, MigrationReport};
+pub(crate) use self::session::connect;
 use super::{LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows};
 use crate::config::ScyllaConfig;
 use crate::ids::UserId;

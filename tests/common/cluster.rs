@@ -2,15 +2,21 @@
 //! names its contact points (`READSTATES_TEST_SCYLLA_DC` its datacenter,
 //! default `datacenter1`). Without it a test prints why it was skipped and
 //! passes. Each test works in a keyspace of its own,
-//! `readstates_test_<random>`, dropped when the test passes.
+//! `readstates_test_<random>`, dropped when the test passes. [`Proxy`] and
+//! [`ThroughProxy`] cut a session off the cluster (single-node clusters).
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use readstates::config::ScyllaConfig;
 use readstates::store::ScyllaStore;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::TranslationError;
+use scylla::policies::address_translator::{AddressTranslator, UntranslatedPeer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 const SKIPPED: &str = "skipped: set READSTATES_TEST_SCYLLA=host:port to run against a cluster";
 
@@ -89,5 +95,62 @@ impl Cluster {
     pub async fn drop_keyspace(&self, settings: &ScyllaConfig) {
         self.query(format!("DROP KEYSPACE IF EXISTS {}", settings.keyspace))
             .await;
+    }
+}
+
+/// Forwards TCP connections to the cluster until cut; while cut, it closes
+/// every connection, new or open.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    up: watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, _) = watch::channel(true);
+        let state = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*state.borrow() {
+                    continue; // dropped: closed at once
+                }
+                let upstream = upstream.clone();
+                let mut watch_state = state.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch_state.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up }
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+/// Sends every connection to the proxy. The driver dials a node at the
+/// address the node advertises (its `rpc_address` in `system.local`, with
+/// the contact point's port), not at the contact point: without this it
+/// would reach the proxy only where that address is 127.0.0.1, and fail
+/// with "No connections in the pool" elsewhere (a container, a remote
+/// node). With a single node, every node is the proxied one.
+pub struct ThroughProxy(pub SocketAddr);
+
+#[async_trait::async_trait]
+impl AddressTranslator for ThroughProxy {
+    async fn translate_address(
+        &self,
+        _untranslated_peer: &UntranslatedPeer,
+    ) -> Result<SocketAddr, TranslationError> {
+        Ok(self.0)
     }
 }

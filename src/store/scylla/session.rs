@@ -31,7 +31,7 @@ use crate::config::{RetryPolicyKind, ScyllaConfig, SpeculativeExecution};
 
 /// Connects to the cluster. `customize` may adjust the builder last (the
 /// tests route connections through a proxy with it).
-pub(super) async fn connect(
+pub(crate) async fn connect(
     config: &ScyllaConfig,
     customize: impl FnOnce(SessionBuilder) -> SessionBuilder,
 ) -> Result<Session, ScyllaError> {

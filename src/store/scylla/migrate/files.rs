@@ -12,7 +12,7 @@ use super::MigrateError;
 
 /// The migration files, in the binary so it needs no files at run time.
 /// A unit test checks this list against the `migrations/` directory.
-const FILES: [(&str, &str); 4] = [
+const FILES: [(&str, &str); 5] = [
     (
         "0001_keyspace.cql",
         include_str!("../../../../migrations/0001_keyspace.cql"),
@@ -28,6 +28,10 @@ const FILES: [(&str, &str); 4] = [
     (
         "0004_delete_markers.cql",
         include_str!("../../../../migrations/0004_delete_markers.cql"),
+    ),
+    (
+        "0005_cluster.cql",
+        include_str!("../../../../migrations/0005_cluster.cql"),
     ),
 ];
 
@@ -205,7 +209,7 @@ mod tests {
 
         let known = migrations().unwrap();
         let versions: Vec<u32> = known.iter().map(|migration| migration.version).collect();
-        assert_eq!(versions, [1, 2, 3, 4]);
+        assert_eq!(versions, [1, 2, 3, 4, 5]);
         assert_eq!(known[1].name, "read_states");
     }
 
@@ -228,7 +232,7 @@ mod tests {
             }
             all.extend(statements);
         }
-        assert_eq!(all.len(), 5);
+        assert_eq!(all.len(), 7);
         assert!(all[0].starts_with("CREATE KEYSPACE IF NOT EXISTS ks_test"));
         assert!(all[0].contains(replication));
         assert!(all[1].starts_with("CREATE TABLE IF NOT EXISTS ks_test.schema_migrations"));
@@ -240,6 +244,8 @@ mod tests {
             all[4],
             "ALTER TABLE ks_test.read_states ADD deleted boolean"
         );
+        assert!(all[5].starts_with("CREATE TABLE IF NOT EXISTS ks_test.slot_leases"));
+        assert!(all[6].starts_with("CREATE TABLE IF NOT EXISTS ks_test.cluster_members"));
         for statement in &all {
             // An added column is skipped when it exists (see `apply`).
             assert!(

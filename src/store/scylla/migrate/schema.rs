@@ -295,7 +295,16 @@ mod tests {
     fn the_migrations_create_the_tables_the_store_uses() {
         let schema = expected(&migrations().unwrap()).unwrap();
         let tables: Vec<&str> = schema.keys().map(String::as_str).collect();
-        assert_eq!(tables, ["meta", "read_states", "schema_migrations"]);
+        assert_eq!(
+            tables,
+            [
+                "cluster_members",
+                "meta",
+                "read_states",
+                "schema_migrations",
+                "slot_leases"
+            ]
+        );
         let states = &schema["read_states"];
         assert_eq!(
             states["user_id"],
@@ -326,6 +335,14 @@ mod tests {
             column("text", ColumnKind::PartitionKey)
         );
         assert_eq!(schema["meta"].len(), 2);
+        let leases = &schema["slot_leases"];
+        assert_eq!(leases["slot"], column("int", ColumnKind::PartitionKey));
+        assert_eq!(leases["owner"], column("text", ColumnKind::Regular));
+        assert_eq!(leases["incarnation"].cql_type, "bigint");
+        assert_eq!(leases.len(), 4);
+        let members = &schema["cluster_members"];
+        assert_eq!(members["member"], column("text", ColumnKind::PartitionKey));
+        assert_eq!(members.len(), 3);
     }
 
     #[test]

@@ -254,6 +254,13 @@ mod tests {
             ("schema_migrations", "checksum", "regular", "text"),
             ("schema_migrations", "name", "regular", "text"),
             ("schema_migrations", "version", "partition_key", "int"),
+            ("slot_leases", "slot", "partition_key", "int"),
+            ("slot_leases", "owner", "regular", "text"),
+            ("slot_leases", "incarnation", "regular", "bigint"),
+            ("slot_leases", "address", "regular", "text"),
+            ("cluster_members", "member", "partition_key", "text"),
+            ("cluster_members", "incarnation", "regular", "bigint"),
+            ("cluster_members", "address", "regular", "text"),
         ];
         rows.iter()
             .map(|(table, column, kind, cql_type)| ColumnRow {
@@ -301,7 +308,7 @@ mod tests {
         );
         assert_eq!(
             messages(&[]).len(),
-            3,
+            5,
             "an empty keyspace lacks every table"
         );
     }

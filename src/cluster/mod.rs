@@ -1,0 +1,164 @@
+//! Scale-out (DESIGN.md section 6): several instances over one keyspace,
+//! each user served by exactly one of them at a time.
+//!
+//! Users map to slots by a fixed hash ([`slots`]); each slot is placed on a
+//! live member by rendezvous hashing ([`placement`]); an instance serves a
+//! slot only while it holds the slot's lease, written with the cluster's
+//! lightweight transactions ([`lease`]), and only until its own clock says
+//! the lease might have run out ([`ownership`]). A background task keeps
+//! the heartbeat, the member list and the leases ([`membership`]).
+//!
+//! Not yet: calls for another instance's users are not forwarded, and a
+//! slot's dirty users are not written before its lease is released.
+
+mod error;
+pub mod lease;
+mod membership;
+pub mod ownership;
+pub mod placement;
+pub mod slots;
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use ::scylla::client::session_builder::SessionBuilder;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ClusterError;
+pub use ownership::Ownership;
+pub use slots::{MAX_SLOTS, Slot, slot_of};
+
+use self::lease::{Holder, Identity, LeaseTable};
+use self::membership::{Membership, Timing};
+use crate::config::{ClusterConfig, ScyllaConfig};
+use crate::metrics::LeaseRenewals;
+
+/// The metrics the cluster task keeps.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// Slots served, as of the last round.
+    pub owned_slots: ::metrics::Gauge,
+    pub renewals: LeaseRenewals,
+}
+
+impl ClusterMetrics {
+    /// The handles registered in `metrics`.
+    pub fn of(metrics: &crate::metrics::Metrics) -> Self {
+        Self {
+            owned_slots: metrics.cluster_owned_slots.clone(),
+            renewals: metrics.cluster_lease_renewals.clone(),
+        }
+    }
+}
+
+impl Default for ClusterMetrics {
+    /// Handles that record nothing.
+    fn default() -> Self {
+        Self {
+            owned_slots: ::metrics::Gauge::noop(),
+            renewals: LeaseRenewals::default(),
+        }
+    }
+}
+
+/// This instance's membership and slot leases, kept by a background task.
+/// Dropping it stops the task as [`Cluster::stop`] does, without waiting.
+pub struct Cluster {
+    ownership: Arc<Ownership>,
+    stop: CancellationToken,
+    /// `None` once stopped or abandoned.
+    task: Option<JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Connects, checks the keyspace's slot count, and starts the task.
+    pub async fn start(
+        scylla: &ScyllaConfig,
+        config: &ClusterConfig,
+        metrics: ClusterMetrics,
+    ) -> Result<Self, ClusterError> {
+        Self::start_with(scylla, config, metrics, |builder| builder).await
+    }
+
+    /// Like [`Cluster::start`], with `customize` applied to the driver's
+    /// session builder last.
+    pub async fn start_with(
+        scylla: &ScyllaConfig,
+        config: &ClusterConfig,
+        metrics: ClusterMetrics,
+        customize: impl FnOnce(SessionBuilder) -> SessionBuilder,
+    ) -> Result<Self, ClusterError> {
+        let session = crate::store::connect_scylla(scylla, customize).await?;
+        let me = Identity {
+            holder: Holder {
+                instance_id: config.instance_id.clone(),
+                incarnation: new_incarnation(),
+            },
+            address: config.advertise_addr.clone(),
+        };
+        let ttl_secs = i32::try_from(config.lease_ms / 1_000).unwrap_or(i32::MAX);
+        let table = LeaseTable::prepare(session, scylla, me, ttl_secs).await?;
+        table.check_slot_count(config.slots).await?;
+        let ownership = Arc::new(Ownership::new(config.slots));
+        let timing = Timing {
+            heartbeat: config.heartbeat(),
+            serving: config.lease().saturating_sub(config.safety_margin()),
+        };
+        let stop = CancellationToken::new();
+        let membership = Membership::new(table, Arc::clone(&ownership), timing, metrics);
+        let task = tokio::spawn(membership.run(stop.clone()));
+        tracing::info!(
+            instance_id = %config.instance_id,
+            advertise_addr = %config.advertise_addr,
+            slots = config.slots,
+            "joined the cluster"
+        );
+        Ok(Self {
+            ownership,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// Returns the request path's view of the slots served here.
+    pub fn ownership(&self) -> Arc<Ownership> {
+        Arc::clone(&self.ownership)
+    }
+
+    /// Stops serving, releases every lease and leaves the members.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take()
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "the cluster task failed");
+        }
+    }
+
+    /// Stops the task at once, releasing nothing, as a crash would: the
+    /// leases run out by themselves (and so does this process's serving).
+    pub fn abandon(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.stop.cancel();
+        }
+    }
+}
+
+/// Returns a random number for this process, told apart from any earlier
+/// process with the same instance id.
+fn new_incarnation() -> i64 {
+    // std's RandomState is seeded from the operating system's randomness.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    crate::clock::unix_micros().hash(&mut hasher);
+    std::process::id().hash(&mut hasher);
+    hasher.finish() as i64
+}

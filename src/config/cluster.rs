@@ -1,0 +1,281 @@
+//! The `[cluster]` section: running several instances over one
+//! ScyllaDB/Cassandra keyspace, each user served by exactly one of them
+//! (see `cluster`). Off by default; with it off nothing else changes.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use crate::cluster::MAX_SLOTS;
+
+/// Scale-out over one keyspace.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Join the cluster of instances sharing `scylla.keyspace` (needs
+    /// `store.backend = "scylla"`).
+    pub enabled: bool,
+    /// This instance's name, unique among the instances of the keyspace and
+    /// stable across its restarts (a host or pod name).
+    pub instance_id: String,
+    /// `host:port` at which the other instances reach this one's gRPC API.
+    pub advertise_addr: String,
+    /// Slots users are divided into: fixed for a keyspace (the first
+    /// instance records it; one configured otherwise refuses to start).
+    pub slots: u32,
+    /// How long a slot lease lasts unless renewed; whole seconds, since the
+    /// cluster's TTLs count seconds.
+    pub lease_ms: u64,
+    /// How much sooner than its lease an instance stops serving a slot: at
+    /// least 1000 (a TTL written at time t expires at the whole second
+    /// floor(t) + TTL, up to a second early), plus the largest clock skew
+    /// between the cluster's nodes.
+    pub safety_margin_ms: u64,
+    /// How often the instance writes its heartbeat, reads the members and
+    /// acquires, renews and releases its slots.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            instance_id: String::new(),
+            advertise_addr: String::new(),
+            slots: 1024,
+            lease_ms: 10_000,
+            safety_margin_ms: 2_000,
+            heartbeat_ms: 1_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks the ranges serde cannot express; only when enabled.
+    pub fn validate(&self, scylla_backend: bool) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let usable_ms = self.lease_ms.saturating_sub(self.safety_margin_ms);
+        let checks: [(bool, &'static str, &'static str); 8] = [
+            (
+                !scylla_backend,
+                "cluster.enabled",
+                "needs store.backend = \"scylla\": instances share one keyspace, and the embedded \
+                 store is one machine's",
+            ),
+            (
+                !is_instance_id(&self.instance_id),
+                "cluster.instance_id",
+                "must be 1 to 128 characters: letters, digits, '.', '_', '-' or ':', unique \
+                 among the keyspace's instances",
+            ),
+            (
+                !is_host_port(&self.advertise_addr),
+                "cluster.advertise_addr",
+                "must be host:port, the address other instances reach this one's gRPC API at",
+            ),
+            (
+                self.slots == 0 || self.slots > MAX_SLOTS,
+                "cluster.slots",
+                "must be between 1 and 65536",
+            ),
+            (
+                self.lease_ms < 2_000
+                    || !self.lease_ms.is_multiple_of(1_000)
+                    || self.lease_ms > 3_600_000,
+                "cluster.lease_ms",
+                "must be a whole number of seconds (the cluster's TTLs count seconds), from 2000 \
+                 to 3600000",
+            ),
+            (
+                self.safety_margin_ms < 1_000,
+                "cluster.safety_margin_ms",
+                "must be at least 1000: a TTL expires up to a second early, at a whole second",
+            ),
+            (
+                self.safety_margin_ms >= self.lease_ms,
+                "cluster.safety_margin_ms",
+                "must be less than cluster.lease_ms",
+            ),
+            (
+                self.heartbeat_ms == 0 || self.heartbeat_ms.saturating_mul(2) > usable_ms,
+                "cluster.heartbeat_ms",
+                "must be at least 1 and at most half of cluster.lease_ms - \
+                 cluster.safety_margin_ms, so a lease is renewed at least twice before it runs out",
+            ),
+        ];
+        match checks.into_iter().find(|(failed, _, _)| *failed) {
+            Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// Returns the lease duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+
+    /// Returns the safety margin.
+    pub fn safety_margin(&self) -> Duration {
+        Duration::from_millis(self.safety_margin_ms)
+    }
+
+    /// Returns the heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+}
+
+fn is_instance_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+}
+
+fn is_host_port(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    !host.is_empty()
+        && !host.chars().any(char::is_whitespace)
+        && port.parse::<u16>().is_ok_and(|port| port > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled() -> ClusterConfig {
+        ClusterConfig {
+            enabled: true,
+            instance_id: "readstates-0".to_owned(),
+            advertise_addr: "10.0.0.1:50051".to_owned(),
+            ..ClusterConfig::default()
+        }
+    }
+
+    fn refused_field(config: &ClusterConfig, scylla: bool) -> &'static str {
+        match config.validate(scylla) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("{config:?} was not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn disabled_is_never_checked_and_enabled_defaults_are_valid() {
+        let off = ClusterConfig {
+            slots: 0,
+            ..ClusterConfig::default()
+        };
+        assert!(off.validate(false).is_ok());
+        assert!(enabled().validate(true).is_ok());
+        assert!(
+            ClusterConfig {
+                advertise_addr: "[::1]:50051".to_owned(),
+                ..enabled()
+            }
+            .validate(true)
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_section_parses_and_ids_stay_strings_in_overrides() {
+        let text = "[store]\nbackend = \"scylla\"\n[cluster]\nenabled = true\n\
+                    advertise_addr = \"10.0.0.7:50051\"\nslots = 256\n";
+        let overrides = [("READSTATES_CLUSTER_INSTANCE_ID", "007")]
+            .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        let config = crate::config::Config::from_toml_and_env(text, overrides).unwrap();
+        assert_eq!(config.cluster.instance_id, "007");
+        assert_eq!(config.cluster.slots, 256);
+        assert_eq!(config.cluster.lease(), Duration::from_secs(10));
+        let embedded = "[cluster]\nenabled = true\ninstance_id = \"a\"\n\
+                        advertise_addr = \"a:1\"\n";
+        let error = crate::config::Config::from_toml_and_env(embedded, []).unwrap_err();
+        assert!(error.to_string().contains("cluster.enabled"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_name() {
+        assert_eq!(refused_field(&enabled(), false), "cluster.enabled");
+        let cases: [(ClusterConfig, &str); 10] = [
+            (
+                ClusterConfig {
+                    instance_id: String::new(),
+                    ..enabled()
+                },
+                "cluster.instance_id",
+            ),
+            (
+                ClusterConfig {
+                    instance_id: "a b".to_owned(),
+                    ..enabled()
+                },
+                "cluster.instance_id",
+            ),
+            (
+                ClusterConfig {
+                    advertise_addr: "10.0.0.1".to_owned(),
+                    ..enabled()
+                },
+                "cluster.advertise_addr",
+            ),
+            (
+                ClusterConfig {
+                    advertise_addr: "host:0".to_owned(),
+                    ..enabled()
+                },
+                "cluster.advertise_addr",
+            ),
+            (
+                ClusterConfig {
+                    slots: MAX_SLOTS + 1,
+                    ..enabled()
+                },
+                "cluster.slots",
+            ),
+            (
+                ClusterConfig {
+                    lease_ms: 2_500,
+                    ..enabled()
+                },
+                "cluster.lease_ms",
+            ),
+            (
+                ClusterConfig {
+                    safety_margin_ms: 500,
+                    ..enabled()
+                },
+                "cluster.safety_margin_ms",
+            ),
+            (
+                ClusterConfig {
+                    safety_margin_ms: 10_000,
+                    ..enabled()
+                },
+                "cluster.safety_margin_ms",
+            ),
+            (
+                ClusterConfig {
+                    heartbeat_ms: 0,
+                    ..enabled()
+                },
+                "cluster.heartbeat_ms",
+            ),
+            (
+                ClusterConfig {
+                    heartbeat_ms: 5_000,
+                    ..enabled()
+                },
+                "cluster.heartbeat_ms",
+            ),
+        ];
+        for (config, field) in cases {
+            assert_eq!(refused_field(&config, true), field, "{config:?}");
+        }
+    }
+}

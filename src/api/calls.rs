@@ -1,0 +1,188 @@
+//! The calls of `readstates.v1.ReadStates`: each validates its request,
+//! checks that this instance serves its users, and runs it on the cache.
+
+use tonic::Status;
+
+use super::validate::{
+    ApiError, channel_id, list_length, mentioned_message_id, message_id, parse_user_ids, to_proto,
+    user_id,
+};
+use super::{ReadStatesService, proto};
+
+impl ReadStatesService {
+    pub(super) async fn ack_call(
+        &self,
+        request: proto::AckRequest,
+    ) -> Result<proto::AckResponse, Status> {
+        let user = user_id("user_id", request.user_id)?;
+        let channel = channel_id("channel_id", request.channel_id)?;
+        let message = message_id("message_id", request.message_id)?;
+        self.check_served(&[user])?;
+        let view = if request.manual {
+            let count = request.mention_count.unwrap_or(0);
+            self.cache
+                .write(self.store.as_ref(), user, |txn| {
+                    txn.manual_ack(channel, message, count)
+                })
+                .await
+        } else {
+            self.cache
+                .write(self.store.as_ref(), user, |txn| txn.ack(channel, message))
+                .await
+        }
+        .map_err(ApiError::from)?;
+        Ok(proto::AckResponse {
+            read_state: Some(to_proto(user, view)),
+        })
+    }
+
+    pub(super) async fn bulk_ack_call(
+        &self,
+        request: proto::BulkAckRequest,
+    ) -> Result<proto::BulkAckResponse, Status> {
+        let user = user_id("user_id", request.user_id)?;
+        list_length("acks", request.acks.len(), self.limits.max_bulk_acks)?;
+        let acks = request
+            .acks
+            .iter()
+            .map(|ack| {
+                Ok((
+                    channel_id("acks.channel_id", ack.channel_id)?,
+                    message_id("acks.message_id", ack.message_id)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        self.check_served(&[user])?;
+        let read_states = self
+            .cache
+            .write(self.store.as_ref(), user, |txn| {
+                acks.iter()
+                    .map(|&(channel, message)| to_proto(user, txn.ack(channel, message)))
+                    .collect()
+            })
+            .await
+            .map_err(ApiError::from)?;
+        Ok(proto::BulkAckResponse { read_states })
+    }
+
+    pub(super) async fn add_mentions_call(
+        &self,
+        request: proto::AddMentionsRequest,
+    ) -> Result<proto::AddMentionsResponse, Status> {
+        let channel = channel_id("channel_id", request.channel_id)?;
+        let message = mentioned_message_id("message_id", request.message_id)?;
+        let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
+        self.check_served(&users)?;
+        if request.omit_read_states {
+            self.defer_mentions(&users, channel, message).await?;
+            return Ok(proto::AddMentionsResponse::default());
+        }
+        let read_states = self
+            .fan_out(&users, |txn| txn.add_mention(channel, message))
+            .await?;
+        Ok(proto::AddMentionsResponse { read_states })
+    }
+
+    pub(super) async fn remove_mentions_call(
+        &self,
+        request: proto::RemoveMentionsRequest,
+    ) -> Result<proto::RemoveMentionsResponse, Status> {
+        let channel = channel_id("channel_id", request.channel_id)?;
+        let message = mentioned_message_id("message_id", request.message_id)?;
+        let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
+        self.check_served(&users)?;
+        let read_states = self
+            .fan_out(&users, |txn| txn.remove_mention(channel, message))
+            .await?;
+        Ok(proto::RemoveMentionsResponse { read_states })
+    }
+
+    pub(super) async fn ack_pins_call(
+        &self,
+        request: proto::AckPinsRequest,
+    ) -> Result<proto::AckPinsResponse, Status> {
+        let user = user_id("user_id", request.user_id)?;
+        let channel = channel_id("channel_id", request.channel_id)?;
+        let pin_timestamp_ms = request.pin_timestamp_ms;
+        self.check_served(&[user])?;
+        let view = self
+            .cache
+            .write(self.store.as_ref(), user, |txn| {
+                txn.ack_pins(channel, pin_timestamp_ms)
+            })
+            .await
+            .map_err(ApiError::from)?;
+        Ok(proto::AckPinsResponse {
+            read_state: Some(to_proto(user, view)),
+        })
+    }
+
+    pub(super) async fn get_read_state_call(
+        &self,
+        request: proto::GetReadStateRequest,
+    ) -> Result<proto::GetReadStateResponse, Status> {
+        let user = user_id("user_id", request.user_id)?;
+        let channel = channel_id("channel_id", request.channel_id)?;
+        self.check_served(&[user])?;
+        let view = self
+            .cache
+            .read(self.store.as_ref(), user, |txn| txn.view(channel))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(proto::GetReadStateResponse {
+            read_state: Some(to_proto(user, view)),
+        })
+    }
+
+    pub(super) async fn get_user_read_states_call(
+        &self,
+        request: proto::GetUserReadStatesRequest,
+    ) -> Result<proto::GetUserReadStatesResponse, Status> {
+        let user = user_id("user_id", request.user_id)?;
+        let since_version = request.since_version.unwrap_or(0);
+        self.check_served(&[user])?;
+        let (views, version) = self
+            .cache
+            .read(self.store.as_ref(), user, |txn| {
+                let mut views = Vec::new();
+                txn.views_since(since_version, &mut views);
+                (views, txn.user_version())
+            })
+            .await
+            .map_err(ApiError::from)?;
+        let read_states = views.into_iter().map(|view| to_proto(user, view)).collect();
+        Ok(proto::GetUserReadStatesResponse {
+            read_states,
+            version,
+        })
+    }
+
+    pub(super) async fn delete_read_states_call(
+        &self,
+        request: proto::DeleteReadStatesRequest,
+    ) -> Result<proto::DeleteReadStatesResponse, Status> {
+        let user = user_id("user_id", request.user_id)?;
+        list_length(
+            "channel_ids",
+            request.channel_ids.len(),
+            self.limits.max_delete_channels,
+        )?;
+        let channels = request
+            .channel_ids
+            .iter()
+            .map(|&raw| channel_id("channel_ids", raw))
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        self.check_served(&[user])?;
+        let read_states = self
+            .cache
+            .write(self.store.as_ref(), user, |txn| {
+                channels
+                    .iter()
+                    .map(|&channel| to_proto(user, txn.delete(channel)))
+                    .collect()
+            })
+            .await
+            .map_err(ApiError::from)?;
+        Ok(proto::DeleteReadStatesResponse { read_states })
+    }
+}

@@ -35,6 +35,7 @@ VARIANTS=${VARIANTS:-"10000:0 10000:20 256:0"}  # max_in_flight_calls:max_queue_
 CONCURRENCY=${CONCURRENCY:-256}
 SERVER_CPU_PCT=${SERVER_CPU_PCT:-25}
 CPU_PERIOD_US=${CPU_PERIOD_US:-10000}
+STREAMS=${STREAMS:-1024}          # server.max_concurrent_requests_per_connection (HTTP/2 streams)
 OVER_EXTRA=${OVER_EXTRA:-}        # extra generator flags for the overload runs, e.g. --call-timeout 1s
 CONNECTIONS=${CONNECTIONS:-4}
 GEN_MAX_IN_FLIGHT=${GEN_MAX_IN_FLIGHT:-100000}
@@ -99,6 +100,7 @@ for limit in $VARIANTS; do
     cat > "$WORK/readstates-$limit.toml" <<EOF
 [server]
 listen_addr = "127.0.0.1:$RS_PORT"
+max_concurrent_requests_per_connection = $STREAMS
 
 [store]
 backend = "embedded"
@@ -139,7 +141,7 @@ done
 
 {
     echo
-    echo "== overload summary ($(date -u +%Y-%m-%dT%H:%M:%SZ); server core $SERVER_CORE capped at $SERVER_CPU_PCT% per ${CPU_PERIOD_US} µs, generator core $GEN_CORE; realistic mix; $DURATION measured; offered ${FACTOR}x the closed-loop maximum)"
+    echo "== overload summary ($(date -u +%Y-%m-%dT%H:%M:%SZ); server core $SERVER_CORE capped at $SERVER_CPU_PCT% per ${CPU_PERIOD_US} µs, $STREAMS streams per connection, generator core $GEN_CORE; realistic mix; $DURATION measured; offered ${FACTOR}x the closed-loop maximum)"
     printf '  %-12s %10s %10s %10s %9s %9s %9s %9s  %s\n' "in-flight:ms" "max req/s" "offered" "ok req/s" "p50 ms" "p99 ms" "p99.9 ms" "max ms" "refused (code count)"
     for limit in $VARIANTS; do
         refused=$(awk '/^errors \(code, op\)/ {on = 1; next}

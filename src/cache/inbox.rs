@@ -118,7 +118,12 @@ impl Cache {
             }
         };
         // The user is in the LRU (the caller placed it), so this applies.
-        let _ = self.try_apply_since(partition, user_id, apply, Use::AfterLoad, Some(inbox.since));
+        let applied =
+            self.try_apply_since(partition, user_id, apply, Use::AfterLoad, Some(inbox.since));
+        debug_assert!(
+            applied.is_ok(),
+            "the inbox's user was placed before its merge"
+        );
         self.deferred.fetch_sub(merged, Ordering::Relaxed);
     }
 

@@ -10,6 +10,7 @@
 
 use ::scylla::client::session::Session;
 use ::scylla::response::query_result::QueryResult;
+use ::scylla::serialize::row::SerializeRow;
 use ::scylla::statement::SerialConsistency;
 use ::scylla::statement::prepared::PreparedStatement;
 use ::scylla::value::{CqlValue, Row};
@@ -206,12 +207,7 @@ impl LeaseTable {
             self.me.address.as_str(),
             self.ttl_secs,
         );
-        let result = self
-            .session
-            .execute_unpaged(&self.acquire, values)
-            .await
-            .map_err(|error| request_failed(ACTION, error))?;
-        LwtRow::read(ACTION, result).map(LwtRow::outcome)
+        self.lease_request(&self.acquire, values, ACTION).await
     }
 
     /// Extends `slot`'s lease by a full TTL if this process holds it.
@@ -227,12 +223,7 @@ impl LeaseTable {
             holder.instance_id.as_str(),
             holder.incarnation,
         );
-        let result = self
-            .session
-            .execute_unpaged(&self.renew, values)
-            .await
-            .map_err(|error| request_failed(ACTION, error))?;
-        LwtRow::read(ACTION, result).map(LwtRow::outcome)
+        self.lease_request(&self.renew, values, ACTION).await
     }
 
     /// Gives `slot` up if this process holds it.
@@ -244,12 +235,22 @@ impl LeaseTable {
             holder.instance_id.as_str(),
             holder.incarnation,
         );
+        self.lease_request(&self.release, values, ACTION).await
+    }
+
+    /// Runs one conditional lease statement and reads whether it applied.
+    async fn lease_request(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        action: &'static str,
+    ) -> Result<Outcome, ClusterError> {
         let result = self
             .session
-            .execute_unpaged(&self.release, values)
+            .execute_unpaged(statement, values)
             .await
-            .map_err(|error| request_failed(ACTION, error))?;
-        LwtRow::read(ACTION, result).map(LwtRow::outcome)
+            .map_err(|error| request_failed(action, error))?;
+        LwtRow::read(action, result).map(LwtRow::outcome)
     }
 
     /// Writes this instance's heartbeat row, live for one TTL.

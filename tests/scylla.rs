@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::cluster::{Cluster, Proxy, ThroughProxy};
+use common::cluster::{Cluster, Proxy, ThroughProxy, put, state, write};
 use common::{Client, TestServer, ack_request, eventually, test_config};
 use readstates::api::proto::{
     AckPinsRequest, AckRequest, AddMentionsRequest, BulkAckRequest, ChannelAck,
@@ -58,26 +58,6 @@ async fn open(settings: &ScyllaConfig) -> Arc<ScyllaStore> {
 
 fn user(id: u64) -> UserId {
     UserId::new(id).unwrap()
-}
-
-fn state(channel: u64, last: u64, version: u64) -> StoreState {
-    StoreState {
-        last_message_id: MessageId::new(last).unwrap(),
-        version,
-        ..StoreState::empty(ChannelId::new(channel).unwrap())
-    }
-}
-
-fn write(user_id: u64, state: StoreState, deleted: bool) -> RowWrite {
-    RowWrite {
-        user_id: user(user_id),
-        state,
-        deleted,
-    }
-}
-
-async fn put(store: &dyn Store, rows: Vec<RowWrite>) {
-    store.write_batch(Arc::from(rows)).await.unwrap();
 }
 
 async fn load(store: &dyn Store, user_id: u64) -> UserRows {

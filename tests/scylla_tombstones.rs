@@ -20,10 +20,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, put, state, write};
 use readstates::config::ScyllaConfig;
-use readstates::ids::{ChannelId, MessageId, UserId};
-use readstates::read_state::ReadState;
+use readstates::ids::UserId;
 use readstates::store::{LoadPriority, RowWrite, ScyllaStore, Store, UserRows};
 use scylla::statement::Statement;
 
@@ -36,26 +35,6 @@ const ROWS_PER_CALL: u64 = 10_000;
 
 async fn open(settings: &ScyllaConfig) -> Arc<ScyllaStore> {
     Arc::new(ScyllaStore::open(settings).await.unwrap())
-}
-
-fn state(channel: u64, last: u64, version: u64) -> ReadState {
-    ReadState {
-        last_message_id: MessageId::new(last).unwrap(),
-        version,
-        ..ReadState::empty(ChannelId::new(channel).unwrap())
-    }
-}
-
-fn write(user_id: u64, state: ReadState, deleted: bool) -> RowWrite {
-    RowWrite {
-        user_id: UserId::new(user_id).unwrap(),
-        state,
-        deleted,
-    }
-}
-
-async fn put(store: &dyn Store, rows: Vec<RowWrite>) {
-    store.write_batch(Arc::from(rows)).await.unwrap();
 }
 
 async fn load(store: &dyn Store, user_id: u64) -> UserRows {

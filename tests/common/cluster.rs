@@ -7,10 +7,13 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use readstates::config::ScyllaConfig;
-use readstates::store::ScyllaStore;
+use readstates::ids::{ChannelId, MessageId, UserId};
+use readstates::read_state::ReadState;
+use readstates::store::{RowWrite, ScyllaStore, Store};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::TranslationError;
@@ -153,4 +156,27 @@ impl AddressTranslator for ThroughProxy {
     ) -> Result<SocketAddr, TranslationError> {
         Ok(self.0)
     }
+}
+
+/// A state of `channel` read up to `last`, at `version`.
+pub fn state(channel: u64, last: u64, version: u64) -> ReadState {
+    ReadState {
+        last_message_id: MessageId::new(last).unwrap(),
+        version,
+        ..ReadState::empty(ChannelId::new(channel).unwrap())
+    }
+}
+
+/// A row write of `user_id`'s `state` (a deletion if `deleted`).
+pub fn write(user_id: u64, state: ReadState, deleted: bool) -> RowWrite {
+    RowWrite {
+        user_id: UserId::new(user_id).unwrap(),
+        state,
+        deleted,
+    }
+}
+
+/// Writes `rows` to `store` as one batch.
+pub async fn put(store: &dyn Store, rows: Vec<RowWrite>) {
+    store.write_batch(Arc::from(rows)).await.unwrap();
 }

@@ -187,6 +187,31 @@ fn the_compose_config_is_valid_and_uses_the_cluster() {
     assert_eq!(config.server.listen_addr.to_string(), "0.0.0.0:50051");
     assert_eq!(config.metrics.listen_addr.to_string(), "0.0.0.0:9464");
     assert!(config.scylla.replication.contains("'datacenter1': 1"));
+    assert!(config.cluster.enabled);
+
+    // docker-compose.yml's instances: each names itself by environment.
+    let compose = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml");
+    let compose = std::fs::read_to_string(compose).unwrap();
+    let mut instances: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for line in compose.lines() {
+        if let Some(service) = line.strip_prefix("  readstates-")
+            && let Some(number) = service.strip_suffix(':')
+        {
+            instances.push((format!("readstates-{number}"), Vec::new()));
+        } else if let Some((key, value)) = line.trim().split_once(": ")
+            && key.starts_with("READSTATES_")
+            && let Some((_, env)) = instances.last_mut()
+        {
+            env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+    assert_eq!(instances.len(), 3, "{instances:?}");
+    for (service, env) in instances {
+        let config = Config::from_toml_and_env(&text, env).unwrap();
+        assert!(config.cluster.enabled);
+        assert_eq!(config.cluster.instance_id, service);
+        assert_eq!(config.cluster.advertise_addr, format!("{service}:50051"));
+    }
 }
 
 // ---------------------------------------------------------------------------

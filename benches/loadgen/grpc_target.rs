@@ -23,10 +23,11 @@ pub struct GrpcTarget {
 }
 
 impl GrpcTarget {
-    /// Opens `connections` HTTP/2 connections to `addr`, retrying for up to
-    /// `wait` while the server starts. With `omit_mention_states`,
-    /// AddMentions asks for no states back; with `call_timeout`, every call
-    /// carries that deadline.
+    /// Opens `connections` HTTP/2 connections to `addr` (several addresses,
+    /// comma-separated, share the connections round-robin: instances of one
+    /// cluster), retrying for up to `wait` while the servers start. With
+    /// `omit_mention_states`, AddMentions asks for no states back; with
+    /// `call_timeout`, every call carries that deadline.
     pub async fn connect(
         addr: &str,
         connections: usize,
@@ -34,22 +35,32 @@ impl GrpcTarget {
         omit_mention_states: bool,
         call_timeout: Option<Duration>,
     ) -> anyhow::Result<Self> {
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(uri.clone())
-            .with_context(|| format!("invalid address {uri}"))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            // The channel's request queue: large enough that the generator
-            // never waits on it before HTTP/2 flow control does.
-            .buffer_size(16 * 1024);
+        let mut endpoints = Vec::new();
+        for addr in addr
+            .split(',')
+            .map(str::trim)
+            .filter(|addr| !addr.is_empty())
+        {
+            let uri = if addr.contains("://") {
+                addr.to_string()
+            } else {
+                format!("http://{addr}")
+            };
+            let endpoint = Endpoint::from_shared(uri.clone())
+                .with_context(|| format!("invalid address {uri}"))?
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(10))
+                // The channel's request queue: large enough that the generator
+                // never waits on it before HTTP/2 flow control does.
+                .buffer_size(16 * 1024);
+            endpoints.push((uri, endpoint));
+        }
+        anyhow::ensure!(!endpoints.is_empty(), "no address in --addr {addr:?}");
         let deadline = Instant::now() + wait;
         let mut clients = Vec::with_capacity(connections);
-        for _ in 0..connections.max(1) {
+        for index in 0..connections.max(endpoints.len()) {
+            let (uri, endpoint) = &endpoints[index % endpoints.len()];
             // Each Endpoint::connect opens its own TCP connection.
             let channel = loop {
                 match endpoint.connect().await {

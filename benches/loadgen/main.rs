@@ -106,7 +106,8 @@ struct TargetArgs {
     /// What to send the load to.
     #[arg(long, value_enum, default_value_t = TargetKind::Grpc)]
     target: TargetKind,
-    /// gRPC server address (host:port or http://host:port).
+    /// gRPC server address (host:port or http://host:port); several,
+    /// comma-separated, share the connections round-robin.
     #[arg(long, default_value = "127.0.0.1:50051")]
     addr: String,
     /// Redis URL, for --target redis.

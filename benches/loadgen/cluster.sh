@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Several instances over one keyspace beside one instance (BENCHMARKS.md,
+# "Scale-out"): the same open-loop load through all of them, with the share
+# of calls an instance forwarded to the owner of their users.
+#
+# Needs a running ScyllaDB or Cassandra (CONTACT, default 127.0.0.1:9042;
+# e.g. `docker compose up -d scylla`). For each instance count in VARIANTS:
+#   1. creates a fresh keyspace (the first instance migrates it);
+#   2. starts that many instances with the cluster on, all pinned to
+#      SERVER_CORES, and waits until their owned slots add up to SLOTS;
+#   3. runs the generator pinned to GEN_CORE, open loop at RATE req/s of the
+#      realistic mix for DURATION, its connections spread round-robin over
+#      the instances (a client that does not know the owners);
+#   4. reports the generator's SUMMARY, the instances' CPU per call, and the
+#      calls forwarded (readstates_cluster_forwarded_total) against the calls
+#      served (readstates_rpc_duration_seconds_count), then stops them with
+#      SIGTERM and checks that each exits 0.
+#
+# Usage: benches/loadgen/cluster.sh        (settings below, as environment variables)
+#   VARIANTS="3" RATE=1000 DURATION=30s SKIP_BUILD=1 benches/loadgen/cluster.sh
+set -euo pipefail
+
+VARIANTS=${VARIANTS:-"1 3"}       # instance counts to measure, in order
+DURATION=${DURATION:-60s}
+WARMUP=${WARMUP:-5s}
+RATE=${RATE:-2000}
+CAPACITY=${CAPACITY:-500000}      # cache.capacity of each instance
+DELAY_MS=${DELAY_MS:-30000}       # flush.delay_ms
+SLOTS=${SLOTS:-1024}
+CONTACT=${CONTACT:-127.0.0.1:9042}
+DC=${DC:-datacenter1}
+CONNECTIONS=${CONNECTIONS:-6}     # generator connections, spread over the instances
+SERVER_CORES=${SERVER_CORES:-0}
+GEN_CORE=${GEN_CORE:-1}
+BASE_PORT=${BASE_PORT:-57151}     # instance i listens on BASE_PORT+i, metrics on BASE_PORT+100+i
+GEN_EXTRA=${GEN_EXTRA:-}          # extra generator flags, e.g. --omit-mention-states
+# SKIP_BUILD=1, READSTATES_BIN, BENCH, QUIET_PCT, QUIET_WAIT: see lib.sh.
+
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-target/loadgen-cluster/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+LOG_TAG=cluster
+SERVER_CORE=$SERVER_CORES
+# shellcheck source=benches/loadgen/lib.sh
+. benches/loadgen/lib.sh
+
+build_release
+log "machine: nproc=$(nproc), $(date -u +%Y-%m-%dT%H:%M:%SZ); results go to $OUT"
+
+# sum_metric PORT NAME: a metric summed over its labels, 0 if absent.
+sum_metric() {
+    curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null \
+        | awk -v name="$2" '/^#/ { next } { m = $1; sub(/\{.*/, "", m); if (m == name) s += $NF } END { print s + 0 }'
+}
+# cpu_ticks PID...: user + system ticks of the processes.
+cpu_ticks() {
+    local pid total=0
+    for pid in "$@"; do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+
+for n in $VARIANTS; do
+    keyspace="readstates_bench_cluster_${n}_$(date +%s)"
+    addrs=() pids=() metric_ports=()
+    for i in $(seq 1 "$n"); do
+        port=$((BASE_PORT + i)) metrics_port=$((BASE_PORT + 100 + i))
+        config="$OUT/instance-$n-$i.toml"
+        cat > "$config" <<EOF
+server.listen_addr = "127.0.0.1:$port"
+metrics.listen_addr = "127.0.0.1:$metrics_port"
+store.backend = "scylla"
+cache.capacity = $CAPACITY
+flush.delay_ms = $DELAY_MS
+log.level = "info"
+scylla.contact_points = ["$CONTACT"]
+scylla.local_datacenter = "$DC"
+scylla.keyspace = "$keyspace"
+scylla.replication = "{'class': 'NetworkTopologyStrategy', '$DC': 1}"
+scylla.migrate_on_start = true
+cluster.enabled = true
+cluster.instance_id = "bench-$i"
+cluster.advertise_addr = "127.0.0.1:$port"
+cluster.slots = $SLOTS
+EOF
+        # One at a time: the first migrates the keyspace.
+        start_readstates "$config" "$OUT/instance-$n-$i.log"
+        addrs+=("127.0.0.1:$port") pids+=("$RS_PID") metric_ports+=("$metrics_port")
+    done
+    log "$n instance(s) up (pids ${pids[*]}); waiting until they hold all $SLOTS slots"
+    for _ in $(seq 1 120); do
+        owned=0
+        for port in "${metric_ports[@]}"; do
+            owned=$((owned + $(sum_metric "$port" readstates_cluster_owned_slots | cut -d. -f1)))
+        done
+        [ "$owned" -ge "$SLOTS" ] && break
+        sleep 1
+    done
+    [ "$owned" -ge "$SLOTS" ] || { log "only $owned of $SLOTS slots held after 120 s"; exit 1; }
+
+    wait_quiet
+    addr_list=$(IFS=,; echo "${addrs[*]}")
+    calls_before=0 forwarded_before=0
+    for port in "${metric_ports[@]}"; do
+        calls_before=$((calls_before + $(sum_metric "$port" readstates_rpc_duration_seconds_count)))
+        forwarded_before=$((forwarded_before + $(sum_metric "$port" readstates_cluster_forwarded_total)))
+    done
+    ticks_before=$(cpu_ticks "${pids[@]}")
+    log "run: $BENCH run --addr $addr_list --rate $RATE --duration $DURATION $GEN_EXTRA"
+    taskset -c "$GEN_CORE" "$BENCH" run --target grpc --addr "$addr_list" --rate "$RATE" \
+        --mix realistic --duration "$DURATION" --warmup "$WARMUP" --connections "$CONNECTIONS" \
+        --series "$OUT/series-$n.csv" $GEN_EXTRA > "$OUT/run-$n.txt"
+    ticks_after=$(cpu_ticks "${pids[@]}")
+    calls_after=0 forwarded_after=0
+    for port in "${metric_ports[@]}"; do
+        calls_after=$((calls_after + $(sum_metric "$port" readstates_rpc_duration_seconds_count)))
+        forwarded_after=$((forwarded_after + $(sum_metric "$port" readstates_cluster_forwarded_total)))
+    done
+    calls=$((calls_after - calls_before)) forwarded=$((forwarded_after - forwarded_before))
+    ok=$(summary_field "$OUT/run-$n.txt" ok)
+    us_per_call=$(awk -v t=$((ticks_after - ticks_before)) -v hz="$(getconf CLK_TCK)" -v ok="$ok" \
+        'BEGIN { if (ok > 0) printf "%.1f", t / hz * 1e6 / ok; else print "-" }')
+    {
+        echo "== $n instance(s), $RATE req/s for $DURATION; keyspace $keyspace"
+        grep '^SUMMARY' "$OUT/run-$n.txt"
+        echo "instances' CPU per generator call: $us_per_call us (all instances together)"
+        echo "calls handled by the instances: $calls (forwarded calls count twice: at the forwarder and at the owner); forwarded: $forwarded ($(ratio "$forwarded" "$ok") of the generator's calls)"
+    } | tee -a "$OUT/summary.txt"
+
+    for pid in "${pids[@]}"; do kill -TERM "$pid"; done
+    for pid in "${pids[@]}"; do
+        if ! wait "$pid"; then log "instance $pid did not exit cleanly"; exit 1; fi
+    done
+done
+log "summary: $OUT/summary.txt"

@@ -18,6 +18,8 @@
 #
 # Usage: benches/loadgen/cluster.sh        (settings below, as environment variables)
 #   VARIANTS="3" RATE=1000 DURATION=30s SKIP_BUILD=1 benches/loadgen/cluster.sh
+# Each variant leaves its keyspace (readstates_bench_cluster_<n>_<time>) for
+# inspection; drop it with cqlsh when done.
 set -euo pipefail
 
 VARIANTS=${VARIANTS:-"1 3"}       # instance counts to measure, in order

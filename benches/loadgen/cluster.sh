@@ -12,7 +12,7 @@
 #      realistic mix for DURATION, its connections spread round-robin over
 #      the instances (a client that does not know the owners);
 #   4. reports the generator's SUMMARY, the instances' CPU per call, and the
-#      calls forwarded (readstates_cluster_forwarded_total) against the calls
+#      calls forwarded (readstates_cluster_forwards_total) against the calls
 #      served (readstates_rpc_duration_seconds_count), then stops them with
 #      SIGTERM and checks that each exits 0.
 #
@@ -106,7 +106,7 @@ EOF
     calls_before=0 forwarded_before=0
     for port in "${metric_ports[@]}"; do
         calls_before=$((calls_before + $(sum_metric "$port" readstates_rpc_duration_seconds_count)))
-        forwarded_before=$((forwarded_before + $(sum_metric "$port" readstates_cluster_forwarded_total)))
+        forwarded_before=$((forwarded_before + $(sum_metric "$port" readstates_cluster_forwards_total)))
     done
     ticks_before=$(cpu_ticks "${pids[@]}")
     log "run: $BENCH run --addr $addr_list --rate $RATE --duration $DURATION $GEN_EXTRA"
@@ -117,7 +117,7 @@ EOF
     calls_after=0 forwarded_after=0
     for port in "${metric_ports[@]}"; do
         calls_after=$((calls_after + $(sum_metric "$port" readstates_rpc_duration_seconds_count)))
-        forwarded_after=$((forwarded_after + $(sum_metric "$port" readstates_cluster_forwarded_total)))
+        forwarded_after=$((forwarded_after + $(sum_metric "$port" readstates_cluster_forwards_total)))
     done
     calls=$((calls_after - calls_before)) forwarded=$((forwarded_after - forwarded_before))
     ok=$(summary_field "$OUT/run-$n.txt" ok)

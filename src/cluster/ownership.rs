@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::slots::{Slot, slot_of};
+use crate::cache::ServingGate;
 use crate::ids::UserId;
 
 /// Which slots this instance serves, and until when.
@@ -96,6 +97,14 @@ impl Ownership {
 
     fn nanos(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The cache serves a user only while this instance serves its slot; see
+/// `cache::handoff`.
+impl ServingGate for Ownership {
+    fn serves(&self, user_id: UserId) -> bool {
+        self.owns(user_id)
     }
 }
 

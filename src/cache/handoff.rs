@@ -82,7 +82,22 @@ impl Cache {
     /// will place nothing. Their deferred mentions stay until a load.
     pub fn evict_users(&self, selects: &dyn Fn(UserId) -> bool) -> Evicted {
         let mut evicted = Evicted::default();
-        for partition in self.partitions.iter() {
+        for index in 0..self.partitions.len() {
+            self.evict_partition_users(index, selects, &mut evicted);
+        }
+        evicted
+    }
+
+    /// [`Cache::evict_users`] for the partition at `index` only, adding to
+    /// `evicted`: an async caller yields between partitions, since each
+    /// walks every user of its partition.
+    pub fn evict_partition_users(
+        &self,
+        index: usize,
+        selects: &dyn Fn(UserId) -> bool,
+        evicted: &mut Evicted,
+    ) {
+        if let Some(partition) = self.partitions.get(index) {
             let mut guard = partition.lock();
             let partition = &mut *guard;
             let cached: Vec<UserId> = partition
@@ -138,7 +153,6 @@ impl Cache {
                     .filter(|user_id| selects(*user_id)),
             );
         }
-        evicted
     }
 
     /// Appends the dirty rows of every released user that `selects`

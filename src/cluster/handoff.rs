@@ -29,7 +29,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::time::Instant;
 
 use super::slots::{Slot, slot_of};
-use crate::cache::{Cache, CacheError};
+use crate::cache::{Cache, CacheError, Evicted};
 use crate::flush::FlushBarrier;
 use crate::ids::UserId;
 use crate::metrics::HandoffMetrics;
@@ -106,10 +106,10 @@ impl Handoff {
 
     /// Evicts the users of `slots` (flagged by slot number), lost without a
     /// handoff: their dirty states go to the write-behind at once.
-    pub(super) fn drop_lost(&self, slots: &[bool]) {
+    pub(super) async fn drop_lost(&self, slots: &[bool]) {
         let count = slots.len() as u32;
         let selects = |user_id: UserId| slots[slot_of(user_id, count) as usize];
-        let evicted = self.cache.evict_users(&selects);
+        let evicted = self.evict(&selects).await;
         let released = self.cache.requeue_released(&selects);
         tracing::warn!(
             slots = slots.iter().filter(|flag| **flag).count(),
@@ -139,7 +139,7 @@ impl Handoff {
         &self,
         selects: &(dyn Fn(UserId) -> bool + Sync),
     ) -> Result<usize, HandoffError> {
-        let evicted = self.cache.evict_users(selects);
+        let evicted = self.evict(selects).await;
         let cache = self.cache.as_ref();
         let store = self.store.as_ref();
         futures_util::stream::iter(evicted.inbox_users)
@@ -170,6 +170,21 @@ impl Handoff {
             return Err(HandoffError::Unwritten(left));
         }
         Ok(users)
+    }
+}
+
+impl Handoff {
+    /// Evicts the selected users a partition at a time, yielding between
+    /// partitions: each walks its partition's users under its lock, and a
+    /// large cache must not hold a runtime worker away from calls.
+    async fn evict(&self, selects: &(dyn Fn(UserId) -> bool + Sync)) -> Evicted {
+        let mut evicted = Evicted::default();
+        for index in 0..self.cache.partition_count() {
+            self.cache
+                .evict_partition_users(index, selects, &mut evicted);
+            tokio::task::yield_now().await;
+        }
+        evicted
     }
 }
 

@@ -174,7 +174,7 @@ impl Membership {
                 None => {}
             }
         }
-        self.drop_lost(&lost);
+        self.drop_lost(&lost).await;
         let before = self.ownership.owned_slots();
         let table = &self.table;
         let metrics = &self.metrics;
@@ -219,7 +219,7 @@ impl Membership {
                 }
             }
         }
-        self.drop_lost(&lost);
+        self.drop_lost(&lost).await;
         self.grant(granted);
         let after = self.ownership.owned_slots();
         self.metrics.owned_slots.set(after as f64);
@@ -264,7 +264,7 @@ impl Membership {
 
     /// Evicts the users of the slots flagged in `lost`, which stopped being
     /// served without a handoff.
-    fn drop_lost(&self, lost: &[bool]) {
+    async fn drop_lost(&self, lost: &[bool]) {
         let count = lost.iter().filter(|flag| **flag).count();
         if count == 0 {
             return;
@@ -274,7 +274,7 @@ impl Membership {
         }
         self.metrics.handoffs.slots_lost.increment(count as u64);
         if let Some(handoff) = &self.handoff {
-            handoff.drop_lost(lost);
+            handoff.drop_lost(lost).await;
         }
     }
 

@@ -3,8 +3,9 @@
 //! what the next owner of a slot reads can only have been written by the
 //! handoff (or a final flush). Changes acknowledged on one server, deferred
 //! mentions included, are exact on the other as soon as it serves their
-//! slot; and a slot that moves away and back is served from the store, not
-//! from the copy the first owner cached before.
+//! slot; a slot that moves away and back is served from the store, not
+//! from the copy the first owner cached before; and a handoff the store
+//! refuses keeps the lease until it runs out.
 //!
 //! Gated like the Scylla suite (see `common::cluster`):
 //! `READSTATES_TEST_SCYLLA=127.0.0.1:9042 cargo test --test cluster_handoff`.
@@ -12,9 +13,10 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::Cluster as ScyllaCluster;
+use common::cluster::{Cluster as ScyllaCluster, Proxy, ThroughProxy};
 use common::{TestServer, ack_request, eventually, get, http_get, sample, test_config};
 use readstates::api::proto::AddMentionsRequest;
 use readstates::cluster::placement::Members;
@@ -22,6 +24,7 @@ use readstates::cluster::slot_of;
 use readstates::config::{ClusterConfig, ScyllaConfig, StoreBackend};
 use readstates::ids::UserId;
 use readstates::server;
+use readstates::store::{ScyllaStore, Store};
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -30,12 +33,26 @@ const SLOTS: u32 = 16;
 /// Far longer than the test: nothing reaches the store by the write-behind.
 const FLUSH_DELAY_MS: u64 = 60_000;
 
+/// Lease timing: short, so a lease kept after a failed handoff runs out soon.
+const LEASE_MS: u64 = 3_000;
+
 async fn start(
     settings: &ScyllaConfig,
     dir: &Path,
     instance_id: &str,
     flush_delay_ms: u64,
 ) -> TestServer {
+    let config = server_config(settings, dir, instance_id, flush_delay_ms);
+    let store = server::open_store(&config).await.unwrap();
+    TestServer::start(&config, store).await
+}
+
+fn server_config(
+    settings: &ScyllaConfig,
+    dir: &Path,
+    instance_id: &str,
+    flush_delay_ms: u64,
+) -> readstates::config::Config {
     let mut config = test_config(dir);
     config.store.backend = StoreBackend::Scylla;
     config.scylla = settings.clone();
@@ -46,14 +63,13 @@ async fn start(
         instance_id: instance_id.to_owned(),
         advertise_addr: format!("{instance_id}.test:50051"),
         slots: SLOTS,
-        lease_ms: 3_000,
+        lease_ms: LEASE_MS,
         safety_margin_ms: 1_000,
         heartbeat_ms: 200,
         handoff_timeout_ms: 500,
     };
     config.validate().unwrap();
-    let store = server::open_store(&config).await.unwrap();
-    TestServer::start(&config, store).await
+    config
 }
 
 /// Returns `count` users whose slots `members` places on `id`.
@@ -227,6 +243,92 @@ async fn a_slot_that_moves_away_and_back_is_served_from_the_store_not_a_stale_co
         (600, 0)
     );
     assert_eq!(get(&mut a.client, user, 30).await.mention_count, 1);
+
+    a.shutdown().await;
+    cluster.drop_keyspace(&settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handoff_the_store_refuses_keeps_the_lease_until_it_runs_out() {
+    const TEST: &str = "a_handoff_the_store_refuses_keeps_the_lease_until_it_runs_out";
+    let Some(cluster) = ScyllaCluster::from_env(TEST).await else {
+        return;
+    };
+    let nodes = cluster.admin.get_cluster_state().get_nodes_info().len();
+    if nodes != 1 {
+        eprintln!(
+            "cluster_handoff::{TEST}: skipped: needs a single-node cluster, this one has {nodes}"
+        );
+        return;
+    }
+    let settings = cluster.migrated().await;
+    let dir = tempfile::tempdir().unwrap();
+    // a's store goes through a proxy the test cuts; its leases do not.
+    let proxy = Proxy::start(cluster.contact_points[0].clone()).await;
+    let proxied = ScyllaConfig {
+        contact_points: vec![proxy.addr.to_string()],
+        request_timeout_ms: 1_000,
+        connect_timeout_ms: 1_000,
+        ..settings.clone()
+    };
+    let store = ScyllaStore::open_with(&proxied, |builder| {
+        builder
+            .disallow_shard_aware_port(true)
+            .address_translator(Arc::new(ThroughProxy(proxy.addr)))
+    })
+    .await
+    .unwrap();
+    let config = server_config(&settings, dir.path(), "a", FLUSH_DELAY_MS);
+    let mut a = TestServer::start(&config, Arc::new(store)).await;
+    let members = Members::new(["a", "b"]);
+    let user = users_of(&members, "b", 1)[0];
+    assert!(serves(&a, &[user]).await, "a alone");
+    a.client.ack(ack_request(user, 10, 100)).await.unwrap();
+
+    // The handoff cannot write: a keeps the lease, and b waits for it to
+    // run out (a dead member's wait, not a released slot's).
+    proxy.set_up(false);
+    let joined = Instant::now();
+    let mut b = start(&settings, dir.path(), "b", FLUSH_DELAY_MS).await;
+    assert!(serves(&b, &[user]).await, "b took the slot");
+    let took = joined.elapsed();
+    assert!(
+        took >= Duration::from_millis(LEASE_MS / 3),
+        "b served the slot {took:?} after joining: the lease was released unwritten"
+    );
+    let (_, text) = http_get(a.running.metrics_addr.unwrap(), "/metrics").await;
+    let unfinished = ["failed", "timed_out"]
+        .map(|result| {
+            let series = format!("readstates_cluster_handoffs_total{{result=\"{result}\"}}");
+            sample(&text, &series).unwrap_or(0.0)
+        })
+        .iter()
+        .sum::<f64>();
+    assert!(unfinished >= 1.0, "{text}");
+    assert!(
+        sample(
+            &text,
+            "readstates_cluster_handoffs_total{result=\"completed\"}"
+        ) == Some(0.0),
+        "no handoff completed"
+    );
+
+    // b changes the user; a's write, made once its store is back, is older
+    // and loses, as a crashed instance's would.
+    b.client.ack(ack_request(user, 10, 50)).await.unwrap();
+    b.shutdown().await;
+    proxy.set_up(true);
+    let cache = Arc::clone(&a.running.cache);
+    let drained = eventually(Duration::from_secs(30), async || cache.dirty_states() == 0).await;
+    assert!(drained, "a's write-behind wrote the user");
+    let observer = ScyllaStore::open(&settings).await.unwrap();
+    let states = common::stored(&observer as &dyn Store, user).await;
+    let last = states.iter().find(|state| state.channel_id.get() == 10);
+    assert_eq!(last.map(|state| state.last_message_id.get()), Some(50));
+    eprintln!(
+        "cluster_handoff: with a's store cut off, b served the slot {took:?} after joining \
+         (leases of {LEASE_MS} ms)"
+    );
 
     a.shutdown().await;
     cluster.drop_keyspace(&settings).await;

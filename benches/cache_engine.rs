@@ -1,5 +1,5 @@
 //! The cache engine alone, no gRPC: cached Ack, AddMentions and Get on one
-//! thread and on two (distinct partitions, then one shared partition), a
+//! thread (and Ack with and without scale-out's serving check) and on two (distinct partitions, then one shared partition), a
 //! plain CPU loop measured the same way to show how this machine's two
 //! cores scale, the write-behind's cost per dirty state, and the embedded
 //! store's batch write and user load.
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use readstates::cache::{Cache, CacheSettings};
+use readstates::cluster::Ownership;
 use readstates::ids::{ChannelId, MessageId, UserId};
 use readstates::store::{EmbeddedStore, LoadPriority, RowWrite, Store};
 
@@ -149,6 +150,37 @@ fn single_thread(c: &mut Criterion) {
             );
         })
     });
+    group.finish();
+}
+
+/// Ack on two identical caches, one of which asks, under the partition
+/// lock, whether the user's slot is served (scale-out's check: a slot
+/// hash, an atomic load and a clock read), alternately.
+fn serving_check(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = EmbeddedStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let unchecked = filled_cache(&runtime, &store);
+    let checked = filled_cache(&runtime, &store);
+    let ownership = Ownership::serving_all(1024, Duration::from_secs(3_600));
+    checked.set_serving_gate(Arc::new(ownership));
+    let mut group = c.benchmark_group("engine_serving_check");
+    group.throughput(Throughput::Elements(1));
+    // One message counter: every ack moves its state forward.
+    let mut next = 2u64;
+    for round in 0..2 {
+        for (name, cache) in [("ack_unchecked", &unchecked), ("ack_checked", &checked)] {
+            group.bench_function(format!("{name}_{round}"), |b| {
+                b.iter(|| {
+                    next += 1;
+                    let id = user(1 + next % USERS);
+                    let c = channel(1 + next % CHANNELS_PER_USER);
+                    let m = message(next);
+                    black_box(cache.try_write(id, |txn| txn.ack(c, m)).is_ok())
+                })
+            });
+        }
+    }
     group.finish();
 }
 
@@ -307,6 +339,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = single_thread, two_threads, write_behind, embedded_store
+    targets = single_thread, serving_check, two_threads, write_behind, embedded_store
 }
 criterion_main!(benches);

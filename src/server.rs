@@ -19,7 +19,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::api::{ReadStatesService, proto};
 use crate::auth::{AuthError, Security, tls_incoming};
 use crate::cache::Cache;
-use crate::cluster::{Cluster, ClusterMetrics, Ownership};
+use crate::cluster::{Cluster, ClusterMetrics, Handoff, Ownership};
 use crate::config::{Config, StoreBackend};
 use crate::engine::Engine;
 use crate::metrics::{Metrics, serve_metrics};
@@ -228,11 +228,20 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     // After the store: its schema check has passed, so the cluster tables
     // exist. With `cluster.enabled = false` nothing of the cluster runs.
     let cluster = if config.cluster.enabled {
+        let handoff = Handoff {
+            cache: Arc::clone(&cache),
+            store: Arc::clone(&store),
+            flushes: flusher.barrier(),
+            timeout: config.cluster.handoff_timeout(),
+            batch_rows: config.flush.batch_size,
+            concurrency: config.flush.concurrency,
+        };
         Some(
-            Cluster::start(
+            Cluster::start_serving(
                 &config.scylla,
                 &config.cluster,
                 ClusterMetrics::of(&metrics),
+                handoff,
             )
             .await
             .context("joining the cluster of instances")?,

@@ -32,6 +32,11 @@ impl From<ApiError> for Status {
                 "{error}; call the instance that holds the slot, or retry with backoff while \
                  slots move"
             )),
+            // The slot stopped being served while the call ran (it is
+            // being handed off, or its lease lapsed): as NotOwner.
+            ApiError::Cache(CacheError::NotServed { .. }) => {
+                Status::unavailable(format!("{error}; its slot is moving: retry with backoff"))
+            }
             ApiError::Cache(CacheError::Backlog { .. }) => Status::unavailable(
                 "write backlog full: the store is not keeping up; retry with backoff",
             ),

@@ -48,6 +48,18 @@ pub(super) struct Inbox {
     since: Instant,
 }
 
+impl Inbox {
+    /// Applies the mentions, in the order they were accepted; returns how
+    /// many there were.
+    pub(super) fn apply_to(self, txn: &mut UserTxn<'_>) -> usize {
+        let merged = self.mentions.len();
+        for (channel_id, message_id) in self.mentions {
+            txn.add_mention(channel_id, message_id);
+        }
+        merged
+    }
+}
+
 /// What became of a mention offered to [`Cache::defer_mention`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deferral {
@@ -73,6 +85,7 @@ impl Cache {
         self.check_backlog()?;
         let mut guard = self.partition(user_id).lock();
         let partition = &mut *guard;
+        self.check_served(user_id)?;
         self.clock.check_lease_at(unix_micros())?;
         let apply = |txn: &mut UserTxn<'_>| {
             txn.add_mention(channel_id, message_id);
@@ -111,15 +124,12 @@ impl Cache {
             return;
         };
         let merged = inbox.mentions.len();
-        let mentions = inbox.mentions;
+        let since = inbox.since;
         let apply = move |txn: &mut UserTxn<'_>| {
-            for (channel_id, message_id) in mentions {
-                txn.add_mention(channel_id, message_id);
-            }
+            inbox.apply_to(txn);
         };
         // The user is in the LRU (the caller placed it), so this applies.
-        let applied =
-            self.try_apply_since(partition, user_id, apply, Use::AfterLoad, Some(inbox.since));
+        let applied = self.try_apply_since(partition, user_id, apply, Use::AfterLoad, Some(since));
         debug_assert!(
             applied.is_ok(),
             "the inbox's user was placed before its merge"

@@ -10,26 +10,35 @@
 //! beats an async one here. Capacity is counted in read states.
 //!
 //! A miss loads the user once however many requests wait for it (single
-//! flight). A dirty user leaving the LRU moves to the partition's `evicting`
-//! map until the flusher has written it, and a request for that user takes
-//! it back from there, so no read ever sees the older stored state.
+//! flight; see `load`). A dirty user leaving the LRU moves to the
+//! partition's `evicting` map until the flusher has written it, and a
+//! request for that user takes it back from there, so no read ever sees the
+//! older stored state.
 //!
 //! Dirty users are put in coarse timer buckets (one per flush tick) that the
 //! flusher drains; see `write_behind` and `flush`. Mentions of users not in
-//! memory may wait in an inbox for the users' next load; see `inbox`.
+//! memory may wait in an inbox for the users' next load; see `inbox`. With
+//! scale-out, a [`ServingGate`] says which users this instance may serve,
+//! and a slot's users leave the cache when it stops serving them; see
+//! `handoff`.
 
 mod entry;
+mod handoff;
 mod inbox;
+mod load;
 mod segmented;
+mod stats;
 mod write_behind;
 
 pub use entry::{StateView, UserTxn};
+pub use handoff::{Evicted, ServingGate};
 pub use inbox::Deferral;
+pub use stats::CacheStats;
 pub use write_behind::FlushJob;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -40,7 +49,9 @@ use crate::clock::{LeaseExpired, VersionClock, unix_micros};
 use crate::ids::UserId;
 use crate::store::{LoadPriority, Store, StoreError};
 use entry::UserEntry;
+use load::Miss;
 use segmented::SegmentedLru;
+use stats::PartitionStats;
 
 /// Why a cache operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +66,10 @@ pub enum CacheError {
     /// version lease in time.
     #[error(transparent)]
     LeaseExpired(#[from] LeaseExpired),
+    /// This instance does not serve the user (any more): its slot is not
+    /// held, or is being handed off (see [`ServingGate`]).
+    #[error("user_id {user_id} is not served by this instance now")]
+    NotServed { user_id: u64 },
 }
 
 /// Cache settings.
@@ -89,6 +104,8 @@ pub struct Cache {
     evicted: Notify,
     /// Wakes the deferred loader when a user got an inbox.
     inbox_ready: Notify,
+    /// With scale-out: which users this instance may serve now. Set once.
+    gate: OnceLock<Arc<dyn ServingGate>>,
 }
 
 struct Partition {
@@ -102,10 +119,17 @@ struct Partition {
     /// Users being loaded; waiters hold a receiver and wake when the loader
     /// drops its sender.
     loading: HashMap<UserId, watch::Receiver<()>>,
+    /// Users of `loading` whose slot stopped being served during the load:
+    /// the rows read may be older than the store now holds, so the load
+    /// must not place them (see `handoff`).
+    stale_loads: HashSet<UserId>,
     /// Dirty users evicted from the LRU, waiting for (or in) their write.
     evicting: HashMap<UserId, UserEntry>,
-    /// Users put in `evicting` since the flusher last looked: the ones that
-    /// need a write started.
+    /// Dirty users of slots this instance no longer serves, waiting for (or
+    /// in) their write: never served from, only written (see `handoff`).
+    released: HashMap<UserId, UserEntry>,
+    /// Users put in `evicting` or `released` since the flusher last looked:
+    /// the ones that need a write started.
     evicted: Vec<UserId>,
     /// Flush timer buckets: (due tick, users), due ticks ascending. A user
     /// may be listed after it left the bucket's care (evicted meanwhile);
@@ -117,50 +141,6 @@ struct Partition {
     /// Users whose inbox needs a load, since the loader last looked.
     inbox_ready: Vec<UserId>,
     stats: PartitionStats,
-}
-
-/// Event counts of one partition, kept under its lock (no shared atomics
-/// on the request path) and summed when metrics are collected.
-#[derive(Debug, Default, Clone, Copy)]
-struct PartitionStats {
-    hits: u64,
-    misses: u64,
-    evictions_clean: u64,
-    evictions_dirty: u64,
-    changed_states: u64,
-    newly_dirty: u64,
-    deferred_mentions: u64,
-}
-
-/// A snapshot of the cache's counters and sizes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
-    pub evictions_clean: u64,
-    pub evictions_dirty: u64,
-    /// State changes, and how many of them made a clean state dirty; the
-    /// rest were coalesced into a write already pending.
-    pub changed_states: u64,
-    pub newly_dirty: u64,
-    /// Mentions put in an inbox (ever), and those waiting there now.
-    pub deferred_mentions: u64,
-    pub waiting_mentions: usize,
-    pub dirty_states: usize,
-    /// Capacity in use (states; an empty user counts as one).
-    pub resident_states: usize,
-    pub resident_users: usize,
-    /// Cached users in the segmented LRU's protected segment.
-    pub protected_users: usize,
-    pub capacity: usize,
-    pub smallest_partition: usize,
-    pub largest_partition: usize,
-    /// Users waiting in timer buckets, and evicted users waiting for their write.
-    pub scheduled_users: usize,
-    pub evicting_users: usize,
-    /// Age of the oldest timer bucket's first change.
-    pub flush_lag: Duration,
-    pub estimated_bytes: usize,
 }
 
 impl Cache {
@@ -175,7 +155,9 @@ impl Cache {
                         weight: 0,
                         extras: 0,
                         loading: HashMap::new(),
+                        stale_loads: HashSet::new(),
                         evicting: HashMap::new(),
+                        released: HashMap::new(),
                         evicted: Vec::new(),
                         schedule: VecDeque::new(),
                         scheduled: 0,
@@ -198,6 +180,7 @@ impl Cache {
             flush_tick: settings.flush_tick.max(Duration::from_millis(1)),
             evicted: Notify::new(),
             inbox_ready: Notify::new(),
+            gate: OnceLock::new(),
         }
     }
 
@@ -275,6 +258,7 @@ impl Cache {
     {
         self.check_backlog()?;
         let mut partition = self.partition(user_id).lock();
+        self.check_served(user_id)?;
         self.clock.check_lease_at(unix_micros())?;
         Ok(self.try_apply(&mut partition, user_id, work, Use::Uncounted))
     }
@@ -287,107 +271,6 @@ impl Cache {
             return Err(CacheError::Backlog { dirty });
         }
         Ok(())
-    }
-
-    async fn access<R, F>(
-        &self,
-        store: &dyn Store,
-        user_id: UserId,
-        priority: LoadPriority,
-        work: F,
-    ) -> Result<R, CacheError>
-    where
-        F: FnOnce(&mut UserTxn<'_>) -> R,
-    {
-        let mut work = work;
-        let mut the_use = Use::Request;
-        loop {
-            // The guard lives in this block only: nothing awaits under it.
-            let next = {
-                let mut partition = self.partition(user_id).lock();
-                work = match self.try_apply(&mut partition, user_id, work, the_use) {
-                    Ok(result) => return Ok(result),
-                    Err(work) => work,
-                };
-                if the_use == Use::Request {
-                    partition.stats.misses += 1;
-                }
-                match partition.loading.get(&user_id) {
-                    Some(receiver) => Miss::Wait(receiver.clone()),
-                    None => {
-                        let (sender, receiver) = watch::channel(());
-                        partition.loading.insert(user_id, receiver);
-                        Miss::Load(sender)
-                    }
-                }
-            };
-            match next {
-                Miss::Load(sender) => {
-                    work = match self.load(store, user_id, priority, sender, work).await? {
-                        Ok(result) => return Ok(result),
-                        Err(work) => work,
-                    };
-                    the_use = Use::AfterLoad;
-                }
-                // Err means the loader finished (or gave up): look again.
-                // The user may have been evicted again meanwhile, under
-                // heavy churn; then this request leads the next load.
-                Miss::Wait(mut receiver) => {
-                    let _ = receiver.changed().await;
-                    the_use = Use::Uncounted;
-                }
-            }
-        }
-    }
-
-    /// Loads a user from the store into the LRU and applies `work` in the
-    /// same lock hold, so that the request always makes progress: under
-    /// heavy churn the user may be evicted again right after, but never
-    /// before the work that loaded it. The guard ends the single flight
-    /// however this future ends, cancellation included.
-    /// (`work` comes back only if the user could not be placed, which the
-    /// single flight rules out; the caller then simply looks again.)
-    async fn load<R, F>(
-        &self,
-        store: &dyn Store,
-        user_id: UserId,
-        priority: LoadPriority,
-        sender: watch::Sender<()>,
-        work: F,
-    ) -> Result<Result<R, F>, CacheError>
-    where
-        F: FnOnce(&mut UserTxn<'_>) -> R,
-    {
-        let guard = LoadGuard {
-            cache: self,
-            user_id,
-            _sender: sender,
-        };
-        let rows = store.load_user(user_id, priority).await?;
-        let result = {
-            let mut partition = self.partition(user_id).lock();
-            // A miss means the user was neither cached nor evicting, and
-            // only this single flight can bring it back; were it in memory
-            // now, that copy would be newer than the rows just read.
-            if !partition.lru.contains(&user_id) && !partition.evicting.contains_key(&user_id) {
-                // Deferred mentions are merged first, and need versions.
-                if partition.inbox.contains_key(&user_id) {
-                    self.clock.check_lease_at(unix_micros())?;
-                }
-                let entry = UserEntry::loaded(rows);
-                partition.weight += entry.weight();
-                partition.extras += entry.sizes().1;
-                partition.lru.put(user_id, entry);
-                self.merge_inbox(&mut partition, user_id);
-            }
-            let result = self.try_apply(&mut partition, user_id, work, Use::AfterLoad);
-            self.evict_over_capacity(&mut partition, Some(user_id));
-            result
-        };
-        // The partition lock is released: the guard takes it to end the
-        // single flight.
-        drop(guard);
-        Ok(result)
     }
 
     /// Applies `work` if the user is cached (taking it back from `evicting`
@@ -525,62 +408,6 @@ impl Cache {
         Duration::from_millis(self.flush_delay_ms.load(Ordering::Relaxed))
     }
 
-    /// Returns the cache's counters and sizes, locking each partition
-    /// briefly in turn.
-    pub fn stats(&self) -> CacheStats {
-        let now_tick = self.tick_at(Instant::now());
-        let mut stats = CacheStats {
-            dirty_states: self.dirty_states(),
-            waiting_mentions: self.deferred_mentions(),
-            capacity: self.capacity.load(Ordering::Relaxed),
-            smallest_partition: usize::MAX,
-            ..CacheStats::default()
-        };
-        let mut oldest_due_tick = None::<u64>;
-        let mut heap_bytes = 0;
-        for partition in self.partitions.iter() {
-            let partition = partition.lock();
-            let counts = partition.stats;
-            stats.hits += counts.hits;
-            stats.misses += counts.misses;
-            stats.evictions_clean += counts.evictions_clean;
-            stats.evictions_dirty += counts.evictions_dirty;
-            stats.changed_states += counts.changed_states;
-            stats.newly_dirty += counts.newly_dirty;
-            stats.deferred_mentions += counts.deferred_mentions;
-            stats.resident_states += partition.weight;
-            stats.resident_users += partition.lru.len();
-            stats.protected_users += partition.lru.protected_len();
-            stats.smallest_partition = stats.smallest_partition.min(partition.weight);
-            stats.largest_partition = stats.largest_partition.max(partition.weight);
-            stats.scheduled_users += partition.scheduled;
-            stats.evicting_users += partition.evicting.len();
-            if partition.scheduled > 0
-                && let Some((tick, _)) = partition.schedule.front()
-            {
-                oldest_due_tick = Some(oldest_due_tick.map_or(*tick, |oldest| oldest.min(*tick)));
-            }
-            // Estimated without walking the entries (a scrape must not hold
-            // a partition for long); tracked mention ids are not included.
-            heap_bytes += partition.lru.len() * LRU_NODE_BYTES
-                + partition.weight * std::mem::size_of::<entry::Slot>()
-                + partition.extras * std::mem::size_of::<entry::Extra>();
-        }
-        if stats.smallest_partition == usize::MAX {
-            stats.smallest_partition = 0;
-        }
-        if let Some(due_tick) = oldest_due_tick {
-            // A bucket is due one delay after its first change (to a tick).
-            let tick_ms = duration_millis(self.flush_tick);
-            let delay_ticks = self.flush_delay_ms.load(Ordering::Relaxed) / tick_ms.max(1);
-            let dirty_since_tick = due_tick.saturating_sub(delay_ticks);
-            stats.flush_lag =
-                Duration::from_millis(now_tick.saturating_sub(dirty_since_tick) * tick_ms);
-        }
-        stats.estimated_bytes = heap_bytes;
-        stats
-    }
-
     /// Returns the version clock.
     pub fn clock(&self) -> &VersionClock {
         &self.clock
@@ -595,11 +422,6 @@ impl Cache {
         &self.partitions[self.partition_of(user_id)]
     }
 }
-
-/// The memory an LRU node costs beside its value: key, two list pointers,
-/// and the hash table slot pointing at it.
-const LRU_NODE_BYTES: usize =
-    std::mem::size_of::<UserId>() + std::mem::size_of::<UserEntry>() + 2 * 8 + 16;
 
 fn duration_millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
@@ -619,32 +441,6 @@ enum Use {
     /// this neither counts nor promotes (a user seen once stays on
     /// probation).
     AfterLoad,
-}
-
-/// What a request does about a user that is not cached.
-enum Miss {
-    /// Load it: this request leads the single flight.
-    Load(watch::Sender<()>),
-    /// Wait for the request that is loading it.
-    Wait(watch::Receiver<()>),
-}
-
-/// Ends a single-flight load: removes the loading mark, then (by dropping
-/// the sender) wakes the waiters.
-struct LoadGuard<'a> {
-    cache: &'a Cache,
-    user_id: UserId,
-    _sender: watch::Sender<()>,
-}
-
-impl Drop for LoadGuard<'_> {
-    fn drop(&mut self) {
-        self.cache
-            .partition(self.user_id)
-            .lock()
-            .loading
-            .remove(&self.user_id);
-    }
 }
 
 /// Shares the cache with the service and the flusher.

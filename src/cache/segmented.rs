@@ -94,6 +94,13 @@ impl<V> SegmentedLru<V> {
         self.protected.pop_lru()
     }
 
+    /// Removes a user from whichever segment holds it.
+    pub fn remove(&mut self, user_id: &UserId) -> Option<V> {
+        self.protected
+            .pop(user_id)
+            .or_else(|| self.probation.pop(user_id))
+    }
+
     /// Iterates over every user, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&UserId, &V)> {
         self.protected.iter().chain(self.probation.iter())

@@ -148,7 +148,8 @@ impl Cache {
         let partition = &mut *guard;
         if all {
             partition.evicted.clear();
-            for (user_id, entry) in partition.evicting.iter_mut() {
+            let evicted = partition.evicting.iter_mut();
+            for (user_id, entry) in evicted.chain(partition.released.iter_mut()) {
                 entry.writing = true;
                 jobs.push(FlushJob::of(*user_id, entry));
             }
@@ -156,8 +157,12 @@ impl Cache {
         }
         for user_id in partition.evicted.drain(..) {
             // Taken back by a request since, or already queued twice.
-            let Some(entry) = partition.evicting.get_mut(&user_id) else {
-                continue;
+            let entry = match partition.evicting.get_mut(&user_id) {
+                Some(entry) => entry,
+                None => match partition.released.get_mut(&user_id) {
+                    Some(entry) => entry,
+                    None => continue,
+                },
             };
             if entry.writing {
                 continue;
@@ -176,16 +181,23 @@ impl Cache {
             let mut partition = self.partition(row.user_id).lock();
             let partition = &mut *partition;
             let channel_id: ChannelId = row.state.channel_id;
+            let version = row.state.version;
             if let Some(entry) = partition.lru.peek_mut(&row.user_id) {
                 let weight_before = entry.weight();
-                let was_cleared = entry.mark_written(channel_id, row.state.version);
+                let was_cleared = entry.mark_written(channel_id, version);
                 cleared += usize::from(was_cleared);
                 partition.weight -= weight_before - entry.weight();
             } else if let Some(entry) = partition.evicting.get_mut(&row.user_id) {
-                let was_cleared = entry.mark_written(channel_id, row.state.version);
+                let was_cleared = entry.mark_written(channel_id, version);
                 cleared += usize::from(was_cleared);
                 if entry.dirty_count() == 0 {
                     partition.evicting.remove(&row.user_id);
+                }
+            } else if let Some(entry) = partition.released.get_mut(&row.user_id) {
+                let was_cleared = entry.mark_written(channel_id, version);
+                cleared += usize::from(was_cleared);
+                if entry.dirty_count() == 0 {
+                    partition.released.remove(&row.user_id);
                 }
             }
         }

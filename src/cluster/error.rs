@@ -31,6 +31,9 @@ pub enum ClusterError {
         action: &'static str,
         message: String,
     },
+    /// The cache already takes its serving gate from another membership.
+    #[error("the cache already serves the slots of another cluster membership")]
+    GateTaken,
     /// The keyspace was set up with another slot count.
     #[error(
         "cluster.slots is {configured}, but keyspace {keyspace} is divided into {recorded} \

@@ -2,16 +2,21 @@
 //! 1. writes this instance's heartbeat row (when that fails, the round
 //!    ends there) and reads the members;
 //! 2. computes its target slots by rendezvous over the live members;
-//! 3. stops serving, then releases, the slots it holds that are no longer
-//!    its targets (their dirty users are not handed off yet: they are
-//!    written by the usual write-behind, after the new owner may have
-//!    loaded them);
-//! 4. acquires its free targets, and renews the leases it holds once half
-//!    of their serving time is spent.
+//! 3. stops serving the slots it holds that are no longer its targets,
+//!    hands them off (their users written and evicted; see `handoff`) and
+//!    then releases them; a handoff that does not complete keeps the
+//!    leases, which run out by themselves unless a later round's handoff
+//!    completes;
+//! 4. meanwhile acquires its free targets, and renews the leases it holds
+//!    once half of their serving time is spent;
+//! 5. evicts the users of the slots it lost without a handoff (a lease
+//!    that lapsed unrenewed or was found taken), and serves a slot newly
+//!    held only once none of its users has changes still to write.
 //!
 //! A slot's state here says what the lease table may hold for it; the
 //! request path reads only [`Ownership`], whose deadline lapses by itself
-//! when renewals fail.
+//! when renewals fail. Without a [`Handoff`] (the ownership task alone, as
+//! in tests), slots are released at once and nothing is evicted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ClusterMetrics;
 use super::error::ClusterError;
+use super::handoff::{Handoff, flagged};
 use super::lease::{LeaseTable, Outcome};
 use super::ownership::Ownership;
 use super::placement::Members;
@@ -69,6 +75,10 @@ pub struct Membership {
     leases: Vec<SlotLease>,
     members: Members,
     metrics: ClusterMetrics,
+    handoff: Option<Handoff>,
+    /// Slots held but not served yet: some of their users, evicted when the
+    /// slot was lost earlier, still have changes to write.
+    held_back: Vec<bool>,
 }
 
 impl Membership {
@@ -77,6 +87,7 @@ impl Membership {
         ownership: Arc<Ownership>,
         timing: Timing,
         metrics: ClusterMetrics,
+        handoff: Option<Handoff>,
     ) -> Self {
         let slots = ownership.slots() as usize;
         let me = table.me().holder.instance_id.clone();
@@ -87,6 +98,8 @@ impl Membership {
             leases: vec![SlotLease::Free; slots],
             members: Members::new([me]),
             metrics,
+            handoff,
+            held_back: vec![false; slots],
         }
     }
 
@@ -138,24 +151,44 @@ impl Membership {
             }
         }
         let now = Instant::now();
+        let slots = self.ownership.slots() as usize;
         let mut actions = Vec::new();
+        let mut moving = vec![false; slots];
+        let mut lost = vec![false; slots];
         for slot in 0..self.ownership.slots() {
             let target = self.members.owner_of(slot) == Some(me.as_str());
             let lease = &mut self.leases[slot as usize];
+            let was_held = matches!(*lease, SlotLease::Held { .. });
             let (lease_now, action) = plan(*lease, target, take_slots, now, self.timing.serving);
             *lease = lease_now;
-            if let Some(action) = action {
-                if let Action::Release = action {
+            // Lapsed unrenewed: lost, unless it is moving anyway.
+            lost[slot as usize] = was_held && lease_now == SlotLease::Unknown;
+            match action {
+                Some(Action::Release) => {
                     // Stop serving before the lease can pass to another.
                     self.ownership.revoke(slot);
+                    moving[slot as usize] = true;
+                    lost[slot as usize] = false;
                 }
-                actions.push((slot, action));
+                Some(action) => actions.push((slot, action)),
+                None => {}
             }
         }
+        self.drop_lost(&lost).await;
         let before = self.ownership.owned_slots();
         let table = &self.table;
         let metrics = &self.metrics;
-        let results: Vec<(Slot, SlotLease)> = futures_util::stream::iter(actions)
+        let handoff = self.handoff.as_ref();
+        let handing_off = async {
+            match handoff {
+                Some(handoff) if moving.contains(&true) => {
+                    handoff.hand_off(&moving, &metrics.handoffs).await
+                }
+                _ => true,
+            }
+        };
+        // The other slots' renewals do not wait for the handoff.
+        let requests = futures_util::stream::iter(actions)
             .map(|(slot, action)| async move {
                 let lease = run_action(table, slot, action).await;
                 if let Action::Renew = action {
@@ -168,17 +201,26 @@ impl Membership {
                 (slot, lease)
             })
             .buffer_unordered(MAX_IN_FLIGHT)
-            .collect()
-            .await;
+            .collect::<Vec<(Slot, SlotLease)>>();
+        let (handed_off, mut results) = tokio::join!(handing_off, requests);
+        if handed_off {
+            results.extend(release_all(table, flagged(&moving).collect()).await);
+        }
+        let mut lost = vec![false; slots];
+        let mut granted = Vec::new();
         for (slot, lease) in results {
+            let was_held = matches!(self.leases[slot as usize], SlotLease::Held { .. });
             self.leases[slot as usize] = lease;
             match lease {
-                SlotLease::Held { started } => {
-                    self.ownership.grant(slot, started, self.timing.serving);
+                SlotLease::Held { started } => granted.push((slot, started)),
+                SlotLease::Free | SlotLease::Unknown => {
+                    self.ownership.revoke(slot);
+                    lost[slot as usize] = was_held && !moving[slot as usize];
                 }
-                SlotLease::Free | SlotLease::Unknown => self.ownership.revoke(slot),
             }
         }
+        self.drop_lost(&lost).await;
+        self.grant(granted);
         let after = self.ownership.owned_slots();
         self.metrics.owned_slots.set(after as f64);
         if after != before {
@@ -186,22 +228,88 @@ impl Membership {
         }
     }
 
+    /// Serves the slots just acquired or renewed (`started`: when their
+    /// request was sent), and those held back before, except a slot not
+    /// served now whose users still have changes to write.
+    fn grant(&mut self, granted: Vec<(Slot, Instant)>) {
+        for (slot, lease) in self.leases.iter().enumerate() {
+            if !matches!(lease, SlotLease::Held { .. }) {
+                self.held_back[slot] = false;
+            }
+        }
+        let waiting = granted
+            .iter()
+            .any(|(slot, _)| !self.ownership.owns_slot(*slot))
+            || self.held_back.contains(&true);
+        let unwritten = match &self.handoff {
+            Some(handoff) if waiting => handoff.unwritten_slots(self.ownership.slots()),
+            _ => vec![false; self.leases.len()],
+        };
+        let held_back =
+            flagged(&self.held_back).filter_map(|slot| match self.leases[slot as usize] {
+                SlotLease::Held { started } => Some((slot, started)),
+                _ => None,
+            });
+        let candidates: Vec<(Slot, Instant)> = held_back.chain(granted).collect();
+        for (slot, started) in candidates {
+            let index = slot as usize;
+            if !self.ownership.owns_slot(slot) && unwritten[index] {
+                self.held_back[index] = true;
+                continue;
+            }
+            self.held_back[index] = false;
+            self.ownership.grant(slot, started, self.timing.serving);
+        }
+    }
+
+    /// Evicts the users of the slots flagged in `lost`, which stopped being
+    /// served without a handoff.
+    async fn drop_lost(&self, lost: &[bool]) {
+        let count = lost.iter().filter(|flag| **flag).count();
+        if count == 0 {
+            return;
+        }
+        for slot in flagged(lost) {
+            self.ownership.revoke(slot);
+        }
+        self.metrics.handoffs.slots_lost.increment(count as u64);
+        if let Some(handoff) = &self.handoff {
+            handoff.drop_lost(lost).await;
+        }
+    }
+
     /// Stops serving, releases every lease this process may hold, and
     /// removes the heartbeat row.
+    /// With a handoff, the slots are released only if their users are all
+    /// written (after a server's final flush there is nothing left to).
     async fn leave(&mut self) {
         self.ownership.revoke_all();
         self.metrics.owned_slots.set(0.0);
-        let table = &self.table;
-        let held: Vec<Slot> = (0..self.ownership.slots())
-            .filter(|slot| self.leases[*slot as usize] != SlotLease::Free)
+        let held: Vec<bool> = self
+            .leases
+            .iter()
+            .map(|lease| *lease != SlotLease::Free)
             .collect();
+        if let Some(handoff) = &self.handoff
+            && held.contains(&true)
+            && !handoff.hand_off(&held, &self.metrics.handoffs).await
+        {
+            tracing::warn!(
+                "leaving the cluster without releasing the leases; they expire by themselves"
+            );
+            self.leases.fill(SlotLease::Free);
+            if let Err(error) = self.table.leave().await {
+                tracing::warn!(%error, "removing the cluster heartbeat failed; it expires by itself");
+            }
+            return;
+        }
+        let held: Vec<Slot> = flagged(&held).collect();
         let released = held.len();
-        let failed = futures_util::stream::iter(held)
-            .map(|slot| async move { run_action(table, slot, Action::Release).await })
-            .buffer_unordered(MAX_IN_FLIGHT)
-            .filter(|lease| std::future::ready(*lease == SlotLease::Unknown))
-            .count()
-            .await;
+        let failed = release_all(&self.table, held)
+            .await
+            .into_iter()
+            .filter(|(_, lease)| *lease == SlotLease::Unknown)
+            .count();
         self.leases.fill(SlotLease::Free);
         if let Err(error) = self.table.leave().await {
             tracing::warn!(%error, "removing the cluster heartbeat failed; it expires by itself");
@@ -238,6 +346,16 @@ fn plan(
         _ => None,
     };
     (lease, action)
+}
+
+/// Releases `slots`, a bounded number at once; returns what the table
+/// holds for each afterwards.
+async fn release_all(table: &LeaseTable, slots: Vec<Slot>) -> Vec<(Slot, SlotLease)> {
+    futures_util::stream::iter(slots)
+        .map(|slot| async move { (slot, run_action(table, slot, Action::Release).await) })
+        .buffer_unordered(MAX_IN_FLIGHT)
+        .collect()
+        .await
 }
 
 /// Runs one lease request and returns what the table holds afterwards.

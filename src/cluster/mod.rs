@@ -6,12 +6,13 @@
 //! slot only while it holds the slot's lease, written with the cluster's
 //! lightweight transactions ([`lease`]), and only until its own clock says
 //! the lease might have run out ([`ownership`]). A background task keeps
-//! the heartbeat, the member list and the leases ([`membership`]).
+//! the heartbeat, the member list and the leases ([`membership`]), and
+//! hands a slot's users off before releasing its lease (`handoff`).
 //!
-//! Not yet: calls for another instance's users are not forwarded, and a
-//! slot's dirty users are not written before its lease is released.
+//! Not yet: calls for another instance's users are not forwarded.
 
 mod error;
+mod handoff;
 pub mod lease;
 mod membership;
 pub mod ownership;
@@ -26,13 +27,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ClusterError;
+pub use handoff::Handoff;
 pub use ownership::Ownership;
 pub use slots::{MAX_SLOTS, Slot, slot_of};
 
 use self::lease::{Holder, Identity, LeaseTable};
 use self::membership::{Membership, Timing};
+use crate::cache::ServingGate;
 use crate::config::{ClusterConfig, ScyllaConfig};
-use crate::metrics::LeaseRenewals;
+use crate::metrics::{HandoffMetrics, LeaseRenewals};
 
 /// The metrics the cluster task keeps.
 #[derive(Clone)]
@@ -40,6 +43,7 @@ pub struct ClusterMetrics {
     /// Slots served, as of the last round.
     pub owned_slots: ::metrics::Gauge,
     pub renewals: LeaseRenewals,
+    pub handoffs: HandoffMetrics,
 }
 
 impl ClusterMetrics {
@@ -48,6 +52,7 @@ impl ClusterMetrics {
         Self {
             owned_slots: metrics.cluster_owned_slots.clone(),
             renewals: metrics.cluster_lease_renewals.clone(),
+            handoffs: metrics.cluster_handoffs.clone(),
         }
     }
 }
@@ -58,6 +63,7 @@ impl Default for ClusterMetrics {
         Self {
             owned_slots: ::metrics::Gauge::noop(),
             renewals: LeaseRenewals::default(),
+            handoffs: HandoffMetrics::default(),
         }
     }
 }
@@ -72,7 +78,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Connects, checks the keyspace's slot count, and starts the task.
+    /// Connects, checks the keyspace's slot count, and starts the task
+    /// (which keeps the leases only: no cache is handed off).
     pub async fn start(
         scylla: &ScyllaConfig,
         config: &ClusterConfig,
@@ -89,6 +96,28 @@ impl Cluster {
         metrics: ClusterMetrics,
         customize: impl FnOnce(SessionBuilder) -> SessionBuilder,
     ) -> Result<Self, ClusterError> {
+        Self::launch(scylla, config, metrics, customize, None).await
+    }
+
+    /// Like [`Cluster::start`], for a serving instance: `handoff.cache`
+    /// serves only the users of the slots held here, and a slot's users are
+    /// written and evicted before its lease is released.
+    pub async fn start_serving(
+        scylla: &ScyllaConfig,
+        config: &ClusterConfig,
+        metrics: ClusterMetrics,
+        handoff: Handoff,
+    ) -> Result<Self, ClusterError> {
+        Self::launch(scylla, config, metrics, |builder| builder, Some(handoff)).await
+    }
+
+    async fn launch(
+        scylla: &ScyllaConfig,
+        config: &ClusterConfig,
+        metrics: ClusterMetrics,
+        customize: impl FnOnce(SessionBuilder) -> SessionBuilder,
+        handoff: Option<Handoff>,
+    ) -> Result<Self, ClusterError> {
         let session = crate::store::connect_scylla(scylla, customize).await?;
         let me = Identity {
             holder: Holder {
@@ -101,12 +130,19 @@ impl Cluster {
         let table = LeaseTable::prepare(session, scylla, me, ttl_secs).await?;
         table.check_slot_count(config.slots).await?;
         let ownership = Arc::new(Ownership::new(config.slots));
+        if let Some(handoff) = &handoff
+            && !handoff
+                .cache
+                .set_serving_gate(Arc::clone(&ownership) as Arc<dyn ServingGate>)
+        {
+            return Err(ClusterError::GateTaken);
+        }
         let timing = Timing {
             heartbeat: config.heartbeat(),
             serving: config.lease().saturating_sub(config.safety_margin()),
         };
         let stop = CancellationToken::new();
-        let membership = Membership::new(table, Arc::clone(&ownership), timing, metrics);
+        let membership = Membership::new(table, Arc::clone(&ownership), timing, metrics, handoff);
         let task = tokio::spawn(membership.run(stop.clone()));
         tracing::info!(
             instance_id = %config.instance_id,

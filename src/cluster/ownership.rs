@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::slots::{Slot, slot_of};
+use crate::cache::ServingGate;
 use crate::ids::UserId;
 
 /// Which slots this instance serves, and until when.
@@ -33,6 +34,17 @@ impl Ownership {
             epoch: Instant::now(),
             served_until: (0..slots).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// Serves every one of `slots` slots for `validity` from now, as if
+    /// each lease had just been acquired (benchmarks of the serving check).
+    pub fn serving_all(slots: u32, validity: Duration) -> Self {
+        let ownership = Self::new(slots);
+        let now = Instant::now();
+        for slot in 0..slots {
+            ownership.grant(slot, now, validity);
+        }
+        ownership
     }
 
     /// Returns the slot count.
@@ -96,6 +108,14 @@ impl Ownership {
 
     fn nanos(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The cache serves a user only while this instance serves its slot; see
+/// `cache::handoff`.
+impl ServingGate for Ownership {
+    fn serves(&self, user_id: UserId) -> bool {
+        self.owns(user_id)
     }
 }
 

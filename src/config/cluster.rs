@@ -35,6 +35,12 @@ pub struct ClusterConfig {
     /// How often the instance writes its heartbeat, reads the members and
     /// acquires, renews and releases its slots.
     pub heartbeat_ms: u64,
+    /// How long a slot's handoff may take (its dirty users written before
+    /// its lease is released); past it the lease is kept until it runs out,
+    /// and the users are written by the write-behind. At most
+    /// `(lease_ms - safety_margin_ms) / 2 - heartbeat_ms`, so the other
+    /// slots' renewals, made in the same round, are never late.
+    pub handoff_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -47,6 +53,7 @@ impl Default for ClusterConfig {
             lease_ms: 10_000,
             safety_margin_ms: 2_000,
             heartbeat_ms: 1_000,
+            handoff_timeout_ms: 2_000,
         }
     }
 }
@@ -58,7 +65,7 @@ impl ClusterConfig {
             return Ok(());
         }
         let usable_ms = self.lease_ms.saturating_sub(self.safety_margin_ms);
-        let checks: [(bool, &'static str, &'static str); 8] = [
+        let checks: [(bool, &'static str, &'static str); 9] = [
             (
                 !scylla_backend,
                 "cluster.enabled",
@@ -105,6 +112,13 @@ impl ClusterConfig {
                 "must be at least 1 and at most half of cluster.lease_ms - \
                  cluster.safety_margin_ms, so a lease is renewed at least twice before it runs out",
             ),
+            (
+                self.handoff_timeout_ms == 0
+                    || self.handoff_timeout_ms.saturating_add(self.heartbeat_ms) > usable_ms / 2,
+                "cluster.handoff_timeout_ms",
+                "must be at least 1 and at most (cluster.lease_ms - cluster.safety_margin_ms) / 2 - \
+                 cluster.heartbeat_ms: a round that hands slots off also renews the others",
+            ),
         ];
         match checks.into_iter().find(|(failed, _, _)| *failed) {
             Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
@@ -125,6 +139,11 @@ impl ClusterConfig {
     /// Returns the heartbeat interval.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// Returns the handoff timeout.
+    pub fn handoff_timeout(&self) -> Duration {
+        Duration::from_millis(self.handoff_timeout_ms)
     }
 }
 
@@ -202,7 +221,7 @@ mod tests {
     #[test]
     fn bad_values_are_refused_by_name() {
         assert_eq!(refused_field(&enabled(), false), "cluster.enabled");
-        let cases: [(ClusterConfig, &str); 10] = [
+        let cases: [(ClusterConfig, &str); 12] = [
             (
                 ClusterConfig {
                     instance_id: String::new(),
@@ -272,6 +291,20 @@ mod tests {
                     ..enabled()
                 },
                 "cluster.heartbeat_ms",
+            ),
+            (
+                ClusterConfig {
+                    handoff_timeout_ms: 0,
+                    ..enabled()
+                },
+                "cluster.handoff_timeout_ms",
+            ),
+            (
+                ClusterConfig {
+                    handoff_timeout_ms: 3_500,
+                    ..enabled()
+                },
+                "cluster.handoff_timeout_ms",
             ),
         ];
         for (config, field) in cases {

@@ -49,7 +49,8 @@ use crate::metrics::Metrics;
 use crate::store::{RowWrite, Store, StoreError};
 use backoff::Backoff;
 use deferred::DeferredLoader;
-use in_flight::InFlight;
+pub use in_flight::FlushBarrier;
+use in_flight::{InFlight, TakeRound};
 use lease::LeaseKeeper;
 use purge::Purger;
 use writer::{Batch, Outcome, write_until_done};
@@ -102,6 +103,9 @@ pub struct Flusher {
     /// Batches waiting for a permit, oldest first.
     queue: VecDeque<Batch>,
     in_flight: Arc<InFlight>,
+    /// The take round in progress: its batches are waited for by a
+    /// [`FlushBarrier`] made while it is open.
+    round: Option<TakeRound>,
     /// The partition the next round starts at: a round cut short by a full
     /// queue resumes where it stopped, so every partition gets its turn.
     next_partition: usize,
@@ -131,10 +135,17 @@ impl Flusher {
             writers: TaskTracker::new(),
             queue: VecDeque::new(),
             in_flight: Arc::new(InFlight::default()),
+            round: None,
             next_partition: 0,
             round_unfinished: false,
             lease,
         }
+    }
+
+    /// Returns a barrier that waits for the rows this flusher has taken
+    /// from the cache so far (a slot's handoff waits for them).
+    pub fn barrier(&self) -> FlushBarrier {
+        self.in_flight.barrier()
     }
 
     /// Flushes until `shutdown` is cancelled, then writes every dirty state,
@@ -239,6 +250,7 @@ impl Flusher {
         let mut jobs = Vec::new();
         let mut rows = Vec::new();
         self.round_unfinished = false;
+        self.round = Some(self.in_flight.begin_round());
         for _ in 0..partitions {
             if self.queue.len() >= self.queue_limit() {
                 self.round_unfinished = true;
@@ -254,6 +266,7 @@ impl Flusher {
         if !rows.is_empty() {
             self.enqueue(rows);
         }
+        self.round = None;
     }
 
     /// Takes every dirty state into batches, waiting for permits as the
@@ -262,6 +275,7 @@ impl Flusher {
     async fn take_all(&mut self, give_up: &CancellationToken) -> bool {
         let mut jobs = Vec::new();
         let mut rows = Vec::new();
+        self.round = Some(self.in_flight.begin_round());
         for partition in 0..self.cache.partition_count() {
             self.cache
                 .take_partition_flush_jobs(partition, true, &mut jobs);
@@ -269,7 +283,10 @@ impl Flusher {
             while self.queue.len() > self.queue_limit() {
                 self.start_queued(give_up);
                 tokio::select! {
-                    () = give_up.cancelled() => return false,
+                    () = give_up.cancelled() => {
+                        self.round = None;
+                        return false;
+                    }
                     () = self.batch_done.notified() => {}
                 }
             }
@@ -278,6 +295,7 @@ impl Flusher {
         if !rows.is_empty() {
             self.enqueue(rows);
         }
+        self.round = None;
         true
     }
 
@@ -308,7 +326,12 @@ impl Flusher {
     }
 
     fn enqueue(&mut self, rows: Vec<RowWrite>) {
-        let in_flight = self.in_flight.register(&rows);
+        let in_flight = match &self.round {
+            Some(round) => self.in_flight.register(round, &rows),
+            None => self
+                .in_flight
+                .register(&self.in_flight.begin_round(), &rows),
+        };
         self.queue.push_back(Batch {
             rows: rows.into(),
             queued_at: Instant::now(),

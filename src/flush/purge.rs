@@ -115,8 +115,9 @@ mod tests {
         let grace = Duration::from_secs(600);
         // A batch snapshotted an hour ago, retried through an outage.
         let hour_old = NOW - 3_600_000_000;
-        let stale = registry.register(&[row(1, hour_old + 5), row(2, hour_old)]);
-        let fresh = registry.register(&[row(3, NOW - 1_000)]);
+        let round = registry.begin_round();
+        let stale = registry.register(&round, &[row(1, hour_old + 5), row(2, hour_old)]);
+        let fresh = registry.register(&round, &[row(3, NOW - 1_000)]);
         assert_eq!(purge_cutoff(registry.oldest(), NOW, grace), hour_old);
         drop(stale);
         assert_eq!(

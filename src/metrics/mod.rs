@@ -12,9 +12,11 @@
 //! Names follow Prometheus conventions: `readstates_` prefix, base units,
 //! `_seconds`, `_bytes`, `_total`. Labels come from small fixed sets.
 
+mod handoff;
 mod histogram;
 mod http;
 
+pub use handoff::HandoffMetrics;
 pub use histogram::{AtomicHistogram, LATENCY_BUCKETS, SIZE_BUCKETS};
 pub use http::serve_metrics;
 
@@ -144,6 +146,8 @@ pub struct Metrics {
     pub cluster_owned_slots: Gauge,
     /// Slot lease renewals, by result.
     pub cluster_lease_renewals: LeaseRenewals,
+    /// Slot handoffs, and slots lost without one.
+    pub cluster_handoffs: HandoffMetrics,
     lease_remaining: Gauge,
     cache: CacheMetrics,
     process_resident_memory: Gauge,
@@ -447,6 +451,7 @@ impl Metrics {
                 "Slots whose users this instance serves now (cluster.enabled).",
             ),
             cluster_lease_renewals,
+            cluster_handoffs: HandoffMetrics::register(&recorder),
             lease_remaining: gauge(
                 "readstates_version_lease_remaining_seconds",
                 Some(Unit::Seconds),
@@ -579,6 +584,7 @@ impl Metrics {
             "# HELP {FLUSH_BATCH_ROWS} Rows per write-behind batch.\n# TYPE {FLUSH_BATCH_ROWS} histogram"
         );
         self.flush_batch_rows.render(FLUSH_BATCH_ROWS, "", out);
+        self.cluster_handoffs.render(out);
     }
 }
 

@@ -1,0 +1,154 @@
+//! Single-flight loads: a user not in memory is loaded from the store once,
+//! however many requests wait for it, without holding the partition lock
+//! across the load; the load that places the user applies its request's
+//! work in the same lock hold, so every request makes progress.
+
+use tokio::sync::watch;
+
+use super::{Cache, CacheError, Use, UserEntry, UserTxn};
+use crate::clock::unix_micros;
+use crate::ids::UserId;
+use crate::store::{LoadPriority, Store};
+
+impl Cache {
+    /// Runs `work` on the user's states, loading them first if the user is
+    /// neither cached nor evicting (leading the single flight, or waiting
+    /// for the request that leads it); refused while the user is not served.
+    pub(super) async fn access<R, F>(
+        &self,
+        store: &dyn Store,
+        user_id: UserId,
+        priority: LoadPriority,
+        work: F,
+    ) -> Result<R, CacheError>
+    where
+        F: FnOnce(&mut UserTxn<'_>) -> R,
+    {
+        let mut work = work;
+        let mut the_use = Use::Request;
+        loop {
+            // The guard lives in this block only: nothing awaits under it.
+            let next = {
+                let mut partition = self.partition(user_id).lock();
+                // Under the lock: a slot's eviction (`handoff`) takes every
+                // partition's lock after the slot stopped being served, so
+                // nothing passes this check and is applied after it.
+                self.check_served(user_id)?;
+                work = match self.try_apply(&mut partition, user_id, work, the_use) {
+                    Ok(result) => return Ok(result),
+                    Err(work) => work,
+                };
+                if the_use == Use::Request {
+                    partition.stats.misses += 1;
+                }
+                match partition.loading.get(&user_id) {
+                    Some(receiver) => Miss::Wait(receiver.clone()),
+                    None => {
+                        let (sender, receiver) = watch::channel(());
+                        partition.loading.insert(user_id, receiver);
+                        Miss::Load(sender)
+                    }
+                }
+            };
+            match next {
+                Miss::Load(sender) => {
+                    work = match self.load(store, user_id, priority, sender, work).await? {
+                        Ok(result) => return Ok(result),
+                        Err(work) => work,
+                    };
+                    the_use = Use::AfterLoad;
+                }
+                // Err means the loader finished (or gave up): look again.
+                // The user may have been evicted again meanwhile, under
+                // heavy churn; then this request leads the next load.
+                Miss::Wait(mut receiver) => {
+                    let _ = receiver.changed().await;
+                    the_use = Use::Uncounted;
+                }
+            }
+        }
+    }
+
+    /// Loads a user from the store into the LRU and applies `work` in the
+    /// same lock hold, so that the request always makes progress: under
+    /// heavy churn the user may be evicted again right after, but never
+    /// before the work that loaded it. The guard ends the single flight
+    /// however this future ends, cancellation included.
+    /// (`work` comes back only if the user could not be placed, which the
+    /// single flight rules out; the caller then simply looks again.)
+    pub(super) async fn load<R, F>(
+        &self,
+        store: &dyn Store,
+        user_id: UserId,
+        priority: LoadPriority,
+        sender: watch::Sender<()>,
+        work: F,
+    ) -> Result<Result<R, F>, CacheError>
+    where
+        F: FnOnce(&mut UserTxn<'_>) -> R,
+    {
+        let guard = LoadGuard {
+            cache: self,
+            user_id,
+            _sender: sender,
+        };
+        let rows = store.load_user(user_id, priority).await?;
+        let result = {
+            let mut partition = self.partition(user_id).lock();
+            if !self.serves(user_id) || partition.stale_loads.contains(&user_id) {
+                // Not placed: the caller looks again, and learns whether
+                // the user is served. Deferred mentions of a user no longer
+                // served are merged and written, never served from here.
+                if !self.serves(user_id) {
+                    self.release_inbox(&mut partition, user_id, rows)?;
+                }
+                return Ok(Err(work));
+            }
+            // A miss means the user was neither cached nor evicting, and
+            // only this single flight can bring it back; were it in memory
+            // now, that copy would be newer than the rows just read.
+            if !partition.lru.contains(&user_id) && !partition.evicting.contains_key(&user_id) {
+                // Deferred mentions are merged first, and need versions.
+                if partition.inbox.contains_key(&user_id) {
+                    self.clock.check_lease_at(unix_micros())?;
+                }
+                let entry = UserEntry::loaded(rows);
+                partition.weight += entry.weight();
+                partition.extras += entry.sizes().1;
+                partition.lru.put(user_id, entry);
+                self.merge_inbox(&mut partition, user_id);
+            }
+            let result = self.try_apply(&mut partition, user_id, work, Use::AfterLoad);
+            self.evict_over_capacity(&mut partition, Some(user_id));
+            result
+        };
+        // The partition lock is released: the guard takes it to end the
+        // single flight.
+        drop(guard);
+        Ok(result)
+    }
+}
+
+/// What a request does about a user that is not cached.
+pub(super) enum Miss {
+    /// Load it: this request leads the single flight.
+    Load(watch::Sender<()>),
+    /// Wait for the request that is loading it.
+    Wait(watch::Receiver<()>),
+}
+
+/// Ends a single-flight load: removes the loading mark, then (by dropping
+/// the sender) wakes the waiters.
+struct LoadGuard<'a> {
+    cache: &'a Cache,
+    user_id: UserId,
+    _sender: watch::Sender<()>,
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        let mut partition = self.cache.partition(self.user_id).lock();
+        partition.loading.remove(&self.user_id);
+        partition.stale_loads.remove(&self.user_id);
+    }
+}

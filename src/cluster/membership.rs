@@ -7,7 +7,8 @@
 //!    written by the usual write-behind, after the new owner may have
 //!    loaded them);
 //! 4. acquires its free targets, and renews the leases it holds once half
-//!    of their serving time is spent.
+//!    of their serving time is spent;
+//! 5. reads the lease table into the routing table (see [`Routing`]).
 //!
 //! A slot's state here says what the lease table may hold for it; the
 //! request path reads only [`Ownership`], whose deadline lapses by itself
@@ -25,6 +26,7 @@ use super::error::ClusterError;
 use super::lease::{LeaseTable, Outcome};
 use super::ownership::Ownership;
 use super::placement::Members;
+use super::routing::Routing;
 use super::slots::Slot;
 
 /// Lease requests in flight at once: a start acquires hundreds of slots,
@@ -69,6 +71,7 @@ pub struct Membership {
     leases: Vec<SlotLease>,
     members: Members,
     metrics: ClusterMetrics,
+    routing: Arc<Routing>,
 }
 
 impl Membership {
@@ -77,6 +80,7 @@ impl Membership {
         ownership: Arc<Ownership>,
         timing: Timing,
         metrics: ClusterMetrics,
+        routing: Arc<Routing>,
     ) -> Self {
         let slots = ownership.slots() as usize;
         let me = table.me().holder.instance_id.clone();
@@ -87,6 +91,7 @@ impl Membership {
             leases: vec![SlotLease::Free; slots],
             members: Members::new([me]),
             metrics,
+            routing,
         }
     }
 
@@ -184,6 +189,8 @@ impl Membership {
         if after != before {
             tracing::info!(before, after, "owned slots changed");
         }
+        // Last, so that the slots this round took are in it.
+        self.routing.refresh(&self.table).await;
     }
 
     /// Stops serving, releases every lease this process may hold, and

@@ -45,6 +45,7 @@ fn cluster_config(instance_id: &str) -> ClusterConfig {
         lease_ms: LEASE_MS,
         safety_margin_ms: 1_000,
         heartbeat_ms: 200,
+        ..ClusterConfig::default()
     };
     config.validate(true).unwrap();
     config

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::api::{ReadStatesService, proto};
+use crate::api::{Forwarding, ReadStatesService, proto};
 use crate::auth::{AuthError, Security, tls_incoming};
 use crate::cache::Cache;
 use crate::cluster::{Cluster, ClusterMetrics, Ownership};
@@ -241,6 +241,14 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         None
     };
     let ownership = cluster.as_ref().map(Cluster::ownership);
+    let forwarding = match &cluster {
+        Some(cluster) => Some(
+            Forwarding::new(cluster, &config.cluster, Arc::clone(&metrics))
+                .await
+                .context("setting up forwarding to the other instances")?,
+        ),
+        None => None,
+    };
 
     let listener = TcpListener::bind(config.server.listen_addr)
         .await
@@ -288,8 +296,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         Arc::clone(&metrics),
     );
     let probe_stop = CancellationToken::new();
-    if let Some(ownership) = &ownership {
-        service = service.with_ownership(Arc::clone(ownership));
+    if let Some(forwarding) = forwarding {
+        service = service.with_forwarding(forwarding);
     }
     if config.limits.max_queue_delay_ms > 0 {
         let probe = QueueDelay::spawn(metrics.queue_delay.clone(), probe_stop.clone());

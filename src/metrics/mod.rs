@@ -12,9 +12,11 @@
 //! Names follow Prometheus conventions: `readstates_` prefix, base units,
 //! `_seconds`, `_bytes`, `_total`. Labels come from small fixed sets.
 
+mod forwarding;
 mod histogram;
 mod http;
 
+pub use forwarding::{ForwardResult, Forwards};
 pub use histogram::{AtomicHistogram, LATENCY_BUCKETS, SIZE_BUCKETS};
 pub use http::serve_metrics;
 
@@ -47,10 +49,11 @@ pub enum Method {
     GetReadState,
     GetUserReadStates,
     DeleteReadStates,
+    GetRouting,
 }
 
 impl Method {
-    const ALL: [Method; 8] = [
+    const ALL: [Method; 9] = [
         Method::Ack,
         Method::BulkAck,
         Method::AddMentions,
@@ -59,6 +62,7 @@ impl Method {
         Method::GetReadState,
         Method::GetUserReadStates,
         Method::DeleteReadStates,
+        Method::GetRouting,
     ];
 
     /// Returns the RPC's name as gRPC spells it.
@@ -72,6 +76,7 @@ impl Method {
             Method::GetReadState => "GetReadState",
             Method::GetUserReadStates => "GetUserReadStates",
             Method::DeleteReadStates => "DeleteReadStates",
+            Method::GetRouting => "GetRouting",
         }
     }
 }
@@ -144,6 +149,8 @@ pub struct Metrics {
     pub cluster_owned_slots: Gauge,
     /// Slot lease renewals, by result.
     pub cluster_lease_renewals: LeaseRenewals,
+    /// Calls forwarded to their slot's owner.
+    pub cluster_forwards: Forwards,
     lease_remaining: Gauge,
     cache: CacheMetrics,
     process_resident_memory: Gauge,
@@ -447,6 +454,7 @@ impl Metrics {
                 "Slots whose users this instance serves now (cluster.enabled).",
             ),
             cluster_lease_renewals,
+            cluster_forwards: Forwards::register(&recorder),
             lease_remaining: gauge(
                 "readstates_version_lease_remaining_seconds",
                 Some(Unit::Seconds),
@@ -579,6 +587,7 @@ impl Metrics {
             "# HELP {FLUSH_BATCH_ROWS} Rows per write-behind batch.\n# TYPE {FLUSH_BATCH_ROWS} histogram"
         );
         self.flush_batch_rows.render(FLUSH_BATCH_ROWS, "", out);
+        self.cluster_forwards.render(out);
     }
 }
 

@@ -12,6 +12,7 @@ use anyhow::Context;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -357,7 +358,15 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
                 (Box::pin(serve), Some(handshakes))
             }
             None => {
-                let incoming = TcpListenerStream::new(listener);
+                // TCP_NODELAY, as tonic sets it on the listeners it binds
+                // itself: without it the kernel holds a response's later
+                // small writes until the client acknowledges the first,
+                // which a client delaying its ACKs does after up to 40 ms.
+                let incoming = TcpListenerStream::new(listener).map(|accepted| {
+                    accepted.inspect(|stream| {
+                        let _ = stream.set_nodelay(true);
+                    })
+                });
                 (
                     Box::pin(router.serve_with_incoming_shutdown(incoming, stopping)),
                     None,

@@ -118,10 +118,9 @@ impl Forwarding {
         config: &ClusterConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, AuthError> {
-        let instance_id = cluster
-            .instance_id()
-            .parse()
-            .map_err(|_| AuthError::Tls("cluster.instance_id is not ASCII".to_owned()))?;
+        let instance_id = cluster.instance_id().parse().map_err(|_| {
+            AuthError::Tls("cluster.instance_id cannot be sent as gRPC metadata".to_owned())
+        })?;
         Ok(Self {
             ownership: cluster.ownership(),
             routing: cluster.routing(),
@@ -185,7 +184,8 @@ impl Forwarding {
     {
         let started = Instant::now();
         let (budget, callers_deadline) = caller.budget(self.default_timeout);
-        let target = match slot {
+        // Formatted only for an error.
+        let target = || match slot {
             Some(slot) => format!(
                 "the holder of slot {slot} ({} at {})",
                 owner.instance_id, owner.address
@@ -205,7 +205,8 @@ impl Forwarding {
             Ok(Err(status)) if is_transport_failure(&status) => (
                 ForwardResult::Unreachable,
                 Err(Status::unavailable(format!(
-                    "forwarding to {target} failed: {}; retry with backoff",
+                    "forwarding to {} failed: {}; retry with backoff",
+                    target(),
                     status.message()
                 ))),
             ),
@@ -216,7 +217,8 @@ impl Forwarding {
             ),
             Err(_elapsed) => {
                 let message = format!(
-                    "{target} did not answer a forwarded call within {} ms",
+                    "{} did not answer a forwarded call within {} ms",
+                    target(),
                     budget.as_millis()
                 );
                 let status = if callers_deadline {

@@ -446,14 +446,18 @@ async fn a_dead_or_hung_owner_gives_unavailable_within_the_deadline() {
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
-    // The caller's deadline, shorter, bounds it instead.
+    // The caller's deadline, shorter, bounds it instead (the channel may
+    // also still answer with its last failed connection's error at once).
     let mut request = Request::new(ack_request(hung_user, 10, 100));
     request.set_timeout(Duration::from_millis(300));
     let started = Instant::now();
     let refused = a.client.ack(request).await.unwrap_err();
     let waited = started.elapsed();
     assert!(
-        matches!(refused.code(), Code::DeadlineExceeded | Code::Cancelled),
+        matches!(
+            refused.code(),
+            Code::DeadlineExceeded | Code::Cancelled | Code::Unavailable
+        ),
         "{refused:?}"
     );
     assert!(waited < Duration::from_millis(900), "{waited:?}");

@@ -512,6 +512,7 @@ impl Config {
                 self.scylla.validate()?;
                 self.cluster
                     .validate(self.store.backend == StoreBackend::Scylla)?;
+                self.cluster.validate_forwarding(&self.tls)?;
                 auth::validate(&self.tls, &self.auth)
             }
         }

@@ -12,11 +12,12 @@ use anyhow::Context;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::api::{ReadStatesService, proto};
+use crate::api::{Forwarding, ReadStatesService, proto};
 use crate::auth::{AuthError, Security, tls_incoming};
 use crate::cache::Cache;
 use crate::cluster::{Cluster, ClusterMetrics, Handoff, Ownership};
@@ -250,6 +251,14 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         None
     };
     let ownership = cluster.as_ref().map(Cluster::ownership);
+    let forwarding = match &cluster {
+        Some(cluster) => Some(
+            Forwarding::new(cluster, &config.cluster, Arc::clone(&metrics))
+                .await
+                .context("setting up forwarding to the other instances")?,
+        ),
+        None => None,
+    };
 
     let listener = TcpListener::bind(config.server.listen_addr)
         .await
@@ -297,8 +306,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         Arc::clone(&metrics),
     );
     let probe_stop = CancellationToken::new();
-    if let Some(ownership) = &ownership {
-        service = service.with_ownership(Arc::clone(ownership));
+    if let Some(forwarding) = forwarding {
+        service = service.with_forwarding(forwarding);
     }
     if config.limits.max_queue_delay_ms > 0 {
         let probe = QueueDelay::spawn(metrics.queue_delay.clone(), probe_stop.clone());
@@ -358,7 +367,15 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
                 (Box::pin(serve), Some(handshakes))
             }
             None => {
-                let incoming = TcpListenerStream::new(listener);
+                // TCP_NODELAY, as tonic sets it on the listeners it binds
+                // itself: without it the kernel holds a response's later
+                // small writes until the client acknowledges the first,
+                // which a client delaying its ACKs does after up to 40 ms.
+                let incoming = TcpListenerStream::new(listener).map(|accepted| {
+                    accepted.inspect(|stream| {
+                        let _ = stream.set_nodelay(true);
+                    })
+                });
                 (
                     Box::pin(router.serve_with_incoming_shutdown(incoming, stopping)),
                     None,

@@ -67,6 +67,7 @@ fn server_config(
         safety_margin_ms: 1_000,
         heartbeat_ms: 200,
         handoff_timeout_ms: 500,
+        ..ClusterConfig::default()
     };
     config.validate().unwrap();
     config

@@ -605,10 +605,13 @@ async fn a_tiny_cache_evicting_all_the_time_loses_no_update() {
         });
     }
     // Readers load users concurrently, pushing others out of the cache.
+    // Each comes back to every user it read HAMMER_USERS reads earlier,
+    // long evicted by then, so users are reloaded however fast the calls
+    // run (with 40-ms stalls gone, a run can end before any other reload).
     for r in 0..2u64 {
         let mut c = server.client.clone();
         tasks.spawn(async move {
-            for i in 0..150u64 {
+            for i in 0..(HAMMER_USERS + 150) {
                 let user = (i * 37 + r * 101) % HAMMER_USERS + 1;
                 let (states, _) = user_states(&mut c, user).await;
                 assert!(states.len() <= HAMMER_CHANNELS.len());

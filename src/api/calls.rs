@@ -1,23 +1,32 @@
 //! The calls of `readstates.v1.ReadStates`: each validates its request,
-//! checks that this instance serves its users, and runs it on the cache.
+//! forwards it to its users' owner if this instance does not serve them
+//! (`cluster.enabled`), and otherwise runs it on the cache.
 
 use tonic::Status;
+use tonic::transport::Channel;
 
+use super::proto::read_states_client::ReadStatesClient;
 use super::validate::{
     ApiError, channel_id, list_length, mentioned_message_id, message_id, parse_user_ids, to_proto,
     user_id,
 };
-use super::{ReadStatesService, proto};
+use super::{Caller, ReadStatesService, proto};
+
+type Client = ReadStatesClient<Channel>;
 
 impl ReadStatesService {
     pub(super) async fn ack_call(
         &self,
         request: proto::AckRequest,
+        caller: &Caller,
     ) -> Result<proto::AckResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = message_id("message_id", request.message_id)?;
-        self.check_served(&[user])?;
+        if let Some(remote) = self.route(user, caller)? {
+            let call = |mut client: Client, request| async move { client.ack(request).await };
+            return remote.forward(caller, request, call).await;
+        }
         let view = if request.manual {
             let count = request.mention_count.unwrap_or(0);
             self.cache
@@ -39,6 +48,7 @@ impl ReadStatesService {
     pub(super) async fn bulk_ack_call(
         &self,
         request: proto::BulkAckRequest,
+        caller: &Caller,
     ) -> Result<proto::BulkAckResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         list_length("acks", request.acks.len(), self.limits.max_bulk_acks)?;
@@ -52,7 +62,10 @@ impl ReadStatesService {
                 ))
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
-        self.check_served(&[user])?;
+        if let Some(remote) = self.route(user, caller)? {
+            let call = |mut client: Client, request| async move { client.bulk_ack(request).await };
+            return remote.forward(caller, request, call).await;
+        }
         let read_states = self
             .cache
             .write(self.store.as_ref(), user, |txn| {
@@ -68,11 +81,16 @@ impl ReadStatesService {
     pub(super) async fn add_mentions_call(
         &self,
         request: proto::AddMentionsRequest,
+        caller: &Caller,
     ) -> Result<proto::AddMentionsResponse, Status> {
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = mentioned_message_id("message_id", request.message_id)?;
         let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
-        self.check_served(&users)?;
+        if let Some(split) = self.split(&users, caller)? {
+            return self
+                .add_mentions_across(split, &users, (channel, message), request, caller)
+                .await;
+        }
         if request.omit_read_states {
             self.defer_mentions(&users, channel, message).await?;
             return Ok(proto::AddMentionsResponse::default());
@@ -86,11 +104,16 @@ impl ReadStatesService {
     pub(super) async fn remove_mentions_call(
         &self,
         request: proto::RemoveMentionsRequest,
+        caller: &Caller,
     ) -> Result<proto::RemoveMentionsResponse, Status> {
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = mentioned_message_id("message_id", request.message_id)?;
         let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
-        self.check_served(&users)?;
+        if let Some(split) = self.split(&users, caller)? {
+            return self
+                .remove_mentions_across(split, &users, (channel, message), request, caller)
+                .await;
+        }
         let read_states = self
             .fan_out(&users, |txn| txn.remove_mention(channel, message))
             .await?;
@@ -100,11 +123,15 @@ impl ReadStatesService {
     pub(super) async fn ack_pins_call(
         &self,
         request: proto::AckPinsRequest,
+        caller: &Caller,
     ) -> Result<proto::AckPinsResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         let channel = channel_id("channel_id", request.channel_id)?;
         let pin_timestamp_ms = request.pin_timestamp_ms;
-        self.check_served(&[user])?;
+        if let Some(remote) = self.route(user, caller)? {
+            let call = |mut client: Client, request| async move { client.ack_pins(request).await };
+            return remote.forward(caller, request, call).await;
+        }
         let view = self
             .cache
             .write(self.store.as_ref(), user, |txn| {
@@ -120,10 +147,15 @@ impl ReadStatesService {
     pub(super) async fn get_read_state_call(
         &self,
         request: proto::GetReadStateRequest,
+        caller: &Caller,
     ) -> Result<proto::GetReadStateResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         let channel = channel_id("channel_id", request.channel_id)?;
-        self.check_served(&[user])?;
+        if let Some(remote) = self.route(user, caller)? {
+            let call =
+                |mut client: Client, request| async move { client.get_read_state(request).await };
+            return remote.forward(caller, request, call).await;
+        }
         let view = self
             .cache
             .read(self.store.as_ref(), user, |txn| txn.view(channel))
@@ -137,10 +169,16 @@ impl ReadStatesService {
     pub(super) async fn get_user_read_states_call(
         &self,
         request: proto::GetUserReadStatesRequest,
+        caller: &Caller,
     ) -> Result<proto::GetUserReadStatesResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         let since_version = request.since_version.unwrap_or(0);
-        self.check_served(&[user])?;
+        if let Some(remote) = self.route(user, caller)? {
+            let call = |mut client: Client, request| async move {
+                client.get_user_read_states(request).await
+            };
+            return remote.forward(caller, request, call).await;
+        }
         let (views, version) = self
             .cache
             .read(self.store.as_ref(), user, |txn| {
@@ -160,6 +198,7 @@ impl ReadStatesService {
     pub(super) async fn delete_read_states_call(
         &self,
         request: proto::DeleteReadStatesRequest,
+        caller: &Caller,
     ) -> Result<proto::DeleteReadStatesResponse, Status> {
         let user = user_id("user_id", request.user_id)?;
         list_length(
@@ -172,7 +211,12 @@ impl ReadStatesService {
             .iter()
             .map(|&raw| channel_id("channel_ids", raw))
             .collect::<Result<Vec<_>, ApiError>>()?;
-        self.check_served(&[user])?;
+        if let Some(remote) = self.route(user, caller)? {
+            let call = |mut client: Client, request| async move {
+                client.delete_read_states(request).await
+            };
+            return remote.forward(caller, request, call).await;
+        }
         let read_states = self
             .cache
             .write(self.store.as_ref(), user, |txn| {

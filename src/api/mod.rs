@@ -4,7 +4,10 @@
 //!
 //! Here: the service, its admission (overload limits) and per-call metrics,
 //! and the tonic trait. The calls themselves are in `calls`, fan-outs in
-//! `fan_out`, validation and the error mapping in `validate`.
+//! `fan_out`, validation and the error mapping in `validate`; with
+//! `cluster.enabled`, forwarding to a slot's owner in `forward` (over the
+//! pooled `channels`), fan-outs split by owner in `split`, and the slot
+//! map of `GetRouting` in `slot_map`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,7 +18,6 @@ use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
 use crate::cache::Cache;
-use crate::cluster::Ownership;
 use crate::config::LimitsConfig;
 use crate::ids::UserId;
 use crate::metrics::{Method, Metrics};
@@ -34,10 +36,18 @@ pub mod proto {
 use proto::read_states_server::ReadStates;
 
 mod calls;
+mod channels;
 mod fan_out;
+mod forward;
+mod slot_map;
+mod split;
 mod validate;
 
+pub use forward::{FORWARDED_BY, Forwarding, parse_grpc_timeout};
+pub use slot_map::{SLOT_HASH, slot_map};
 pub use validate::ApiError;
+
+use forward::{Caller, Remote};
 
 /// The `ReadStates` service.
 pub struct ReadStatesService {
@@ -49,8 +59,9 @@ pub struct ReadStatesService {
     in_flight: AtomicUsize,
     /// The workers' queueing delay, if `limits.max_queue_delay_ms` is set.
     queue_delay: Option<Arc<QueueDelay>>,
-    /// With `cluster.enabled`: the slots whose users this instance serves.
-    ownership: Option<Arc<Ownership>>,
+    /// With `cluster.enabled`: the slots this instance serves, and where
+    /// the others' calls go.
+    forwarding: Option<Forwarding>,
 }
 
 impl ReadStatesService {
@@ -68,32 +79,44 @@ impl ReadStatesService {
             metrics,
             in_flight: AtomicUsize::new(0),
             queue_delay: None,
-            ownership: None,
+            forwarding: None,
         }
     }
 
-    /// Serves only the users of the slots `ownership` holds; the others'
-    /// calls get `UNAVAILABLE` naming the slot.
-    pub fn with_ownership(mut self, ownership: Arc<Ownership>) -> Self {
-        self.ownership = Some(ownership);
+    /// Serves only the users of the slots this instance holds, and
+    /// forwards the others' calls to their slot's holder.
+    pub fn with_forwarding(mut self, forwarding: Forwarding) -> Self {
+        self.forwarding = Some(forwarding);
         self
     }
 
-    /// Refuses the call unless this instance serves every one of `users`
-    /// (always, without `cluster.enabled`). Checked once, after the request
-    /// is validated and before it runs: a call still running when its
-    /// slot's lease lapses is not stopped.
-    fn check_served(&self, users: &[UserId]) -> Result<(), ApiError> {
-        let Some(ownership) = &self.ownership else {
-            return Ok(());
+    /// Returns where `user`'s call runs: `None` here (always, without
+    /// `cluster.enabled`), or the owner to forward it to, and the slot.
+    /// Checked once, after the request is validated and before it runs: a
+    /// call still running when its slot's lease lapses is not stopped.
+    fn route(&self, user: UserId, caller: &Caller) -> Result<Option<Remote<'_>>, ApiError> {
+        let Some(forwarding) = &self.forwarding else {
+            return Ok(None);
         };
-        match users.iter().find(|user| !ownership.owns(**user)) {
-            Some(user) => Err(ApiError::NotOwner {
-                user_id: user.get(),
-                slot: ownership.slot_of(*user),
-            }),
-            None => Ok(()),
+        if forwarding.serves(user) {
+            return Ok(None);
         }
+        let route = forwarding.route(&forwarding.snapshot(), user, caller)?;
+        Ok(route.map(|(owner, slot)| Remote {
+            forwarding,
+            owner,
+            slot,
+        }))
+    }
+
+    /// Splits a call into what a forward needs of it and its message.
+    fn caller<T>(&self, request: Request<T>) -> (Caller, T) {
+        let (metadata, _extensions, message) = request.into_parts();
+        let caller = match &self.forwarding {
+            Some(_) => Caller::of(&metadata),
+            None => Caller::none(),
+        };
+        (caller, message)
     }
 
     /// Refuses calls while `delay` exceeds `limits.max_queue_delay_ms`.
@@ -189,14 +212,14 @@ impl ReadStates for ReadStatesService {
         &self,
         request: Request<proto::AckRequest>,
     ) -> Result<Response<proto::AckResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = self.caller(request);
         let span = tracing::debug_span!(
             "rpc",
             method = "Ack",
             user_id = request.user_id,
             channel_id = request.channel_id
         );
-        self.observe(Method::Ack, span, self.ack_call(request))
+        self.observe(Method::Ack, span, self.ack_call(request, &caller))
             .await
     }
 
@@ -204,14 +227,14 @@ impl ReadStates for ReadStatesService {
         &self,
         request: Request<proto::BulkAckRequest>,
     ) -> Result<Response<proto::BulkAckResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = self.caller(request);
         let span = tracing::debug_span!(
             "rpc",
             method = "BulkAck",
             user_id = request.user_id,
             acks = request.acks.len()
         );
-        self.observe(Method::BulkAck, span, self.bulk_ack_call(request))
+        self.observe(Method::BulkAck, span, self.bulk_ack_call(request, &caller))
             .await
     }
 
@@ -219,22 +242,26 @@ impl ReadStates for ReadStatesService {
         &self,
         request: Request<proto::AddMentionsRequest>,
     ) -> Result<Response<proto::AddMentionsResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = self.caller(request);
         let span = tracing::debug_span!(
             "rpc",
             method = "AddMentions",
             channel_id = request.channel_id,
             users = request.user_ids.len()
         );
-        self.observe(Method::AddMentions, span, self.add_mentions_call(request))
-            .await
+        self.observe(
+            Method::AddMentions,
+            span,
+            self.add_mentions_call(request, &caller),
+        )
+        .await
     }
 
     async fn remove_mentions(
         &self,
         request: Request<proto::RemoveMentionsRequest>,
     ) -> Result<Response<proto::RemoveMentionsResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = self.caller(request);
         let span = tracing::debug_span!(
             "rpc",
             method = "RemoveMentions",
@@ -244,7 +271,7 @@ impl ReadStates for ReadStatesService {
         self.observe(
             Method::RemoveMentions,
             span,
-            self.remove_mentions_call(request),
+            self.remove_mentions_call(request, &caller),
         )
         .await
     }
@@ -253,14 +280,14 @@ impl ReadStates for ReadStatesService {
         &self,
         request: Request<proto::AckPinsRequest>,
     ) -> Result<Response<proto::AckPinsResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = self.caller(request);
         let span = tracing::debug_span!(
             "rpc",
             method = "AckPins",
             user_id = request.user_id,
             channel_id = request.channel_id
         );
-        self.observe(Method::AckPins, span, self.ack_pins_call(request))
+        self.observe(Method::AckPins, span, self.ack_pins_call(request, &caller))
             .await
     }
 
@@ -268,7 +295,7 @@ impl ReadStates for ReadStatesService {
         &self,
         request: Request<proto::GetReadStateRequest>,
     ) -> Result<Response<proto::GetReadStateResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = self.caller(request);
         let span = tracing::debug_span!(
             "rpc",
             method = "GetReadState",
@@ -278,7 +305,7 @@ impl ReadStates for ReadStatesService {
         self.observe(
             Method::GetReadState,
             span,
-            self.get_read_state_call(request),
+            self.get_read_state_call(request, &caller),
         )
         .await
     }
@@ -287,7 +314,7 @@ impl ReadStates for ReadStatesService {
         &self,
         request: Request<proto::GetUserReadStatesRequest>,
     ) -> Result<Response<proto::GetUserReadStatesResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = self.caller(request);
         let span = tracing::debug_span!(
             "rpc",
             method = "GetUserReadStates",
@@ -296,7 +323,7 @@ impl ReadStates for ReadStatesService {
         self.observe(
             Method::GetUserReadStates,
             span,
-            self.get_user_read_states_call(request),
+            self.get_user_read_states_call(request, &caller),
         )
         .await
     }
@@ -305,7 +332,7 @@ impl ReadStates for ReadStatesService {
         &self,
         request: Request<proto::DeleteReadStatesRequest>,
     ) -> Result<Response<proto::DeleteReadStatesResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = self.caller(request);
         let span = tracing::debug_span!(
             "rpc",
             method = "DeleteReadStates",
@@ -315,8 +342,17 @@ impl ReadStates for ReadStatesService {
         self.observe(
             Method::DeleteReadStates,
             span,
-            self.delete_read_states_call(request),
+            self.delete_read_states_call(request, &caller),
         )
         .await
+    }
+
+    async fn get_routing(
+        &self,
+        _request: Request<proto::GetRoutingRequest>,
+    ) -> Result<Response<proto::GetRoutingResponse>, Status> {
+        let span = tracing::debug_span!("rpc", method = "GetRouting");
+        self.observe(Method::GetRouting, span, async { self.get_routing_call() })
+            .await
     }
 }

@@ -18,20 +18,34 @@ pub enum ApiError {
     /// The cache could not serve the request.
     #[error(transparent)]
     Cache(#[from] CacheError),
-    /// A user's slot is not served by this instance (`cluster.enabled`).
+    /// The routing table names this instance as the holder of a user's
+    /// slot, which it does not serve (its lease lapsed here, or is being
+    /// renewed).
     #[error("user_id {user_id} is in slot {slot}, which this instance does not serve")]
     NotOwner { user_id: u64, slot: Slot },
+    /// A call forwarded here by another instance is for a slot this one
+    /// does not serve: refused rather than forwarded a second time.
+    #[error(
+        "user_id {user_id} is in slot {slot}: this instance is not the owner, and the call was \
+         already forwarded once (no second hop, so no forwarding loop)"
+    )]
+    ForwardedToNonOwner { user_id: u64, slot: Slot },
+    /// No instance is known to hold a user's slot.
+    #[error("user_id {user_id} is in slot {slot}, whose owner is not known")]
+    UnknownOwner { user_id: u64, slot: Slot },
 }
 
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match error {
             ApiError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
-            // Forwarding to the slot's owner is not built yet.
-            ApiError::NotOwner { .. } => Status::unavailable(format!(
-                "{error}; call the instance that holds the slot, or retry with backoff while \
-                 slots move"
-            )),
+            // The slot is moving, or its owner died: a new owner takes it
+            // within a lease.
+            ApiError::NotOwner { .. }
+            | ApiError::ForwardedToNonOwner { .. }
+            | ApiError::UnknownOwner { .. } => {
+                Status::unavailable(format!("{error}; retry with backoff while slots move"))
+            }
             // The slot stopped being served while the call ran (it is
             // being handed off, or its lease lapsed): as NotOwner.
             ApiError::Cache(CacheError::NotServed { .. }) => {

@@ -69,6 +69,9 @@ async fn accept_loop(
         while handshakes.try_join_next().is_some() {}
         match accepted {
             Ok((stream, peer)) => {
+                // As on plaintext connections (see `server`); a socket
+                // that refuses it only answers later.
+                let _ = stream.set_nodelay(true);
                 // The configuration in force now: a reload applies to the
                 // connections accepted after it.
                 let handshake = handshake(

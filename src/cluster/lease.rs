@@ -14,6 +14,7 @@ use ::scylla::serialize::row::SerializeRow;
 use ::scylla::statement::SerialConsistency;
 use ::scylla::statement::prepared::PreparedStatement;
 use ::scylla::value::{CqlValue, Row};
+use futures_util::StreamExt;
 
 use super::error::ClusterError;
 use super::slots::Slot;
@@ -61,6 +62,7 @@ pub struct LeaseTable {
     leave: PreparedStatement,
     members: PreparedStatement,
     record_slots: PreparedStatement,
+    owners: PreparedStatement,
 }
 
 impl LeaseTable {
@@ -114,6 +116,10 @@ impl LeaseTable {
                 "record_slots",
                 format!("INSERT INTO {keyspace}.meta (name, value) VALUES (?, ?) IF NOT EXISTS"),
             ),
+            (
+                "owners",
+                format!("SELECT slot, owner, address FROM {keyspace}.slot_leases"),
+            ),
         ];
         let mut prepared = Vec::with_capacity(texts.len());
         for (statement, text) in texts {
@@ -129,7 +135,7 @@ impl LeaseTable {
             if lightweight {
                 statement_prepared.set_serial_consistency(Some(SerialConsistency::Serial));
                 statement_prepared.set_consistency(driver_consistency(config.write_consistency));
-            } else if statement == "members" {
+            } else if matches!(statement, "members" | "owners") {
                 statement_prepared.set_consistency(driver_consistency(config.read_consistency));
                 statement_prepared.set_is_idempotent(true);
             } else {
@@ -146,7 +152,8 @@ impl LeaseTable {
             leave,
             members,
             record_slots,
-        ]: [PreparedStatement; 7] = prepared.try_into().map_err(|_| ClusterError::Prepare {
+            owners,
+        ]: [PreparedStatement; 8] = prepared.try_into().map_err(|_| ClusterError::Prepare {
             statement: "all",
             message: "the statement list changed length".to_owned(),
         })?;
@@ -162,6 +169,7 @@ impl LeaseTable {
             leave,
             members,
             record_slots,
+            owners,
         })
     }
 
@@ -301,6 +309,29 @@ impl LeaseTable {
             });
         }
         Ok(members)
+    }
+}
+
+impl LeaseTable {
+    /// Returns every held slot's `(slot, owner, address)`, read in pages.
+    pub async fn slot_owners(&self) -> Result<Vec<(Slot, String, String)>, ClusterError> {
+        const ACTION: &str = "reading the slot owners";
+        let pager = self
+            .session
+            .execute_iter(self.owners.clone(), ())
+            .await
+            .map_err(|error| request_failed(ACTION, error))?;
+        let mut rows = pager
+            .rows_stream::<(i32, Option<String>, Option<String>)>()
+            .map_err(|error| unreadable(ACTION, error))?;
+        let mut owners = Vec::new();
+        while let Some(row) = rows.next().await {
+            let (slot, owner, address) = row.map_err(|error| request_failed(ACTION, error))?;
+            if let (Ok(slot), Some(owner), Some(address)) = (Slot::try_from(slot), owner, address) {
+                owners.push((slot, owner, address));
+            }
+        }
+        Ok(owners)
     }
 }
 

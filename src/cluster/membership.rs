@@ -11,7 +11,8 @@
 //!    once half of their serving time is spent;
 //! 5. evicts the users of the slots it lost without a handoff (a lease
 //!    that lapsed unrenewed or was found taken), and serves a slot newly
-//!    held only once none of its users has changes still to write.
+//!    held only once none of its users has changes still to write;
+//! 6. reads the lease table into the routing table (see [`Routing`]).
 //!
 //! A slot's state here says what the lease table may hold for it; the
 //! request path reads only [`Ownership`], whose deadline lapses by itself
@@ -31,6 +32,7 @@ use super::handoff::{Handoff, flagged};
 use super::lease::{LeaseTable, Outcome};
 use super::ownership::Ownership;
 use super::placement::Members;
+use super::routing::Routing;
 use super::slots::Slot;
 
 /// Lease requests in flight at once: a start acquires hundreds of slots,
@@ -79,6 +81,7 @@ pub struct Membership {
     /// Slots held but not served yet: some of their users, evicted when the
     /// slot was lost earlier, still have changes to write.
     held_back: Vec<bool>,
+    routing: Arc<Routing>,
 }
 
 impl Membership {
@@ -88,6 +91,7 @@ impl Membership {
         timing: Timing,
         metrics: ClusterMetrics,
         handoff: Option<Handoff>,
+        routing: Arc<Routing>,
     ) -> Self {
         let slots = ownership.slots() as usize;
         let me = table.me().holder.instance_id.clone();
@@ -100,6 +104,7 @@ impl Membership {
             metrics,
             handoff,
             held_back: vec![false; slots],
+            routing,
         }
     }
 
@@ -226,6 +231,8 @@ impl Membership {
         if after != before {
             tracing::info!(before, after, "owned slots changed");
         }
+        // Last, so that the slots this round took are in it.
+        self.routing.refresh(&self.table).await;
     }
 
     /// Serves the slots just acquired or renewed (`started`: when their

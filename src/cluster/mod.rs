@@ -6,10 +6,10 @@
 //! slot only while it holds the slot's lease, written with the cluster's
 //! lightweight transactions ([`lease`]), and only until its own clock says
 //! the lease might have run out ([`ownership`]). A background task keeps
-//! the heartbeat, the member list and the leases ([`membership`]), and
-//! hands a slot's users off before releasing its lease (`handoff`).
-//!
-//! Not yet: calls for another instance's users are not forwarded.
+//! the heartbeat, the member list and the leases ([`membership`]), hands a
+//! slot's users off before releasing its lease (`handoff`), and keeps the
+//! routing table that sends other slots' calls to their holders
+//! ([`routing`]).
 
 mod error;
 mod handoff;
@@ -17,6 +17,7 @@ pub mod lease;
 mod membership;
 pub mod ownership;
 pub mod placement;
+pub mod routing;
 pub mod slots;
 
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ClusterError;
 pub use handoff::Handoff;
 pub use ownership::Ownership;
+pub use routing::{Owner, Routing, RoutingSnapshot};
 pub use slots::{MAX_SLOTS, Slot, slot_of};
 
 use self::lease::{Holder, Identity, LeaseTable};
@@ -72,6 +74,8 @@ impl Default for ClusterMetrics {
 /// Dropping it stops the task as [`Cluster::stop`] does, without waiting.
 pub struct Cluster {
     ownership: Arc<Ownership>,
+    routing: Arc<Routing>,
+    instance_id: String,
     stop: CancellationToken,
     /// `None` once stopped or abandoned.
     task: Option<JoinHandle<()>>,
@@ -142,7 +146,15 @@ impl Cluster {
             serving: config.lease().saturating_sub(config.safety_margin()),
         };
         let stop = CancellationToken::new();
-        let membership = Membership::new(table, Arc::clone(&ownership), timing, metrics, handoff);
+        let routing = Arc::new(Routing::new(config.slots, config.lease()));
+        let membership = Membership::new(
+            table,
+            Arc::clone(&ownership),
+            timing,
+            metrics,
+            handoff,
+            Arc::clone(&routing),
+        );
         let task = tokio::spawn(membership.run(stop.clone()));
         tracing::info!(
             instance_id = %config.instance_id,
@@ -152,6 +164,8 @@ impl Cluster {
         );
         Ok(Self {
             ownership,
+            routing,
+            instance_id: config.instance_id.clone(),
             stop,
             task: Some(task),
         })
@@ -160,6 +174,16 @@ impl Cluster {
     /// Returns the request path's view of the slots served here.
     pub fn ownership(&self) -> Arc<Ownership> {
         Arc::clone(&self.ownership)
+    }
+
+    /// Returns the routing table: every slot's holder, as last read.
+    pub fn routing(&self) -> Arc<Routing> {
+        Arc::clone(&self.routing)
+    }
+
+    /// Returns this instance's id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
     }
 
     /// Stops serving, releases every lease and leaves the members.

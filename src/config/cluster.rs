@@ -2,11 +2,13 @@
 //! ScyllaDB/Cassandra keyspace, each user served by exactly one of them
 //! (see `cluster`). Off by default; with it off nothing else changes.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::auth::TlsConfig;
 use crate::cluster::MAX_SLOTS;
 
 /// Scale-out over one keyspace.
@@ -41,6 +43,25 @@ pub struct ClusterConfig {
     /// `(lease_ms - safety_margin_ms) / 2 - heartbeat_ms`, so the other
     /// slots' renewals, made in the same round, are never late.
     pub handoff_timeout_ms: u64,
+    /// How long a call forwarded to its slot's owner may take when its
+    /// caller set no deadline (`grpc-timeout`); with one, the caller's
+    /// remaining time bounds it instead.
+    pub forward_timeout_ms: u64,
+    /// PEM file of the CA certificates that sign the other instances'
+    /// server certificates: forwarded calls go over TLS when set, and it
+    /// must be set when `[tls]` is on.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate chain this instance presents to
+    /// the others (with `tls_key_file`); needed when `tls.client_ca_file`
+    /// asks callers for certificates. Its name must be in
+    /// `auth.allowed_callers`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM file of that client certificate's private key.
+    pub tls_key_file: Option<PathBuf>,
+    /// The name the other instances' certificates are checked against,
+    /// when it is not the host of their `advertise_addr` (one certificate
+    /// shared by every instance, say).
+    pub tls_server_name: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -54,6 +75,11 @@ impl Default for ClusterConfig {
             safety_margin_ms: 2_000,
             heartbeat_ms: 1_000,
             handoff_timeout_ms: 2_000,
+            forward_timeout_ms: 5_000,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
         }
     }
 }
@@ -65,7 +91,7 @@ impl ClusterConfig {
             return Ok(());
         }
         let usable_ms = self.lease_ms.saturating_sub(self.safety_margin_ms);
-        let checks: [(bool, &'static str, &'static str); 9] = [
+        let checks: [(bool, &'static str, &'static str); 11] = [
             (
                 !scylla_backend,
                 "cluster.enabled",
@@ -119,11 +145,59 @@ impl ClusterConfig {
                 "must be at least 1 and at most (cluster.lease_ms - cluster.safety_margin_ms) / 2 - \
                  cluster.heartbeat_ms: a round that hands slots off also renews the others",
             ),
+            (
+                self.forward_timeout_ms == 0 || self.forward_timeout_ms > 600_000,
+                "cluster.forward_timeout_ms",
+                "must be between 1 and 600000",
+            ),
+            (
+                self.tls_cert_file.is_some() != self.tls_key_file.is_some(),
+                "cluster.tls_key_file",
+                "and cluster.tls_cert_file must be set together",
+            ),
         ];
         match checks.into_iter().find(|(failed, _, _)| *failed) {
             Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
             None => Ok(()),
         }
+    }
+
+    /// Checks that this instance can forward calls to the others when the
+    /// gRPC port (theirs too: instances share a configuration) is behind
+    /// TLS, or mutual TLS; only when enabled.
+    pub fn validate_forwarding(&self, tls: &TlsConfig) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let checks: [(bool, &'static str, &'static str); 3] = [
+            (
+                tls.enabled() && self.tls_ca_file.is_none(),
+                "cluster.tls_ca_file",
+                "must be set when tls.cert_file is: the other instances serve TLS only, so calls \
+                 forwarded to them need the CA that signs their certificates",
+            ),
+            (
+                tls.client_ca_file.is_some() && self.tls_cert_file.is_none(),
+                "cluster.tls_cert_file",
+                "must be set when tls.client_ca_file is: the other instances ask callers for a \
+                 certificate, so forwarded calls need one (with cluster.tls_key_file)",
+            ),
+            (
+                !tls.enabled() && self.tls_ca_file.is_some(),
+                "cluster.tls_ca_file",
+                "needs tls.cert_file: instances share one configuration, and without [tls] the \
+                 others serve plaintext",
+            ),
+        ];
+        match checks.into_iter().find(|(failed, _, _)| *failed) {
+            Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// Returns the default bound of a forwarded call.
+    pub fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.forward_timeout_ms)
     }
 
     /// Returns the lease duration.
@@ -219,9 +293,63 @@ mod tests {
     }
 
     #[test]
+    fn tls_on_the_port_needs_tls_for_forwards() {
+        let tls = TlsConfig {
+            cert_file: Some("server.pem".into()),
+            key_file: Some("server.key".into()),
+            client_ca_file: None,
+        };
+        let refused =
+            |cluster: &ClusterConfig, tls: &TlsConfig| match cluster.validate_forwarding(tls) {
+                Err(ConfigError::Invalid { field, .. }) => Some(field),
+                Ok(()) => None,
+                Err(other) => panic!("{other}"),
+            };
+        assert_eq!(refused(&enabled(), &TlsConfig::default()), None);
+        assert_eq!(refused(&enabled(), &tls), Some("cluster.tls_ca_file"));
+        let with_ca = ClusterConfig {
+            tls_ca_file: Some("ca.pem".into()),
+            ..enabled()
+        };
+        assert_eq!(refused(&with_ca, &tls), None);
+        assert_eq!(
+            refused(&with_ca, &TlsConfig::default()),
+            Some("cluster.tls_ca_file"),
+            "TLS to instances that serve plaintext"
+        );
+        let mutual = TlsConfig {
+            client_ca_file: Some("clients.pem".into()),
+            ..tls.clone()
+        };
+        assert_eq!(refused(&with_ca, &mutual), Some("cluster.tls_cert_file"));
+        let with_identity = ClusterConfig {
+            tls_cert_file: Some("instance.pem".into()),
+            tls_key_file: Some("instance.key".into()),
+            ..with_ca
+        };
+        assert_eq!(refused(&with_identity, &mutual), None);
+        let off = ClusterConfig::default();
+        assert_eq!(refused(&off, &mutual), None, "only checked when enabled");
+    }
+
+    #[test]
     fn bad_values_are_refused_by_name() {
         assert_eq!(refused_field(&enabled(), false), "cluster.enabled");
-        let cases: [(ClusterConfig, &str); 12] = [
+        let cases: [(ClusterConfig, &str); 14] = [
+            (
+                ClusterConfig {
+                    forward_timeout_ms: 0,
+                    ..enabled()
+                },
+                "cluster.forward_timeout_ms",
+            ),
+            (
+                ClusterConfig {
+                    tls_cert_file: Some("instance.pem".into()),
+                    ..enabled()
+                },
+                "cluster.tls_key_file",
+            ),
             (
                 ClusterConfig {
                     instance_id: String::new(),

@@ -12,10 +12,12 @@
 //! Names follow Prometheus conventions: `readstates_` prefix, base units,
 //! `_seconds`, `_bytes`, `_total`. Labels come from small fixed sets.
 
+mod forwarding;
 mod handoff;
 mod histogram;
 mod http;
 
+pub use forwarding::{ForwardResult, Forwards};
 pub use handoff::HandoffMetrics;
 pub use histogram::{AtomicHistogram, LATENCY_BUCKETS, SIZE_BUCKETS};
 pub use http::serve_metrics;
@@ -49,10 +51,11 @@ pub enum Method {
     GetReadState,
     GetUserReadStates,
     DeleteReadStates,
+    GetRouting,
 }
 
 impl Method {
-    const ALL: [Method; 8] = [
+    const ALL: [Method; 9] = [
         Method::Ack,
         Method::BulkAck,
         Method::AddMentions,
@@ -61,6 +64,7 @@ impl Method {
         Method::GetReadState,
         Method::GetUserReadStates,
         Method::DeleteReadStates,
+        Method::GetRouting,
     ];
 
     /// Returns the RPC's name as gRPC spells it.
@@ -74,6 +78,7 @@ impl Method {
             Method::GetReadState => "GetReadState",
             Method::GetUserReadStates => "GetUserReadStates",
             Method::DeleteReadStates => "DeleteReadStates",
+            Method::GetRouting => "GetRouting",
         }
     }
 }
@@ -148,6 +153,8 @@ pub struct Metrics {
     pub cluster_lease_renewals: LeaseRenewals,
     /// Slot handoffs, and slots lost without one.
     pub cluster_handoffs: HandoffMetrics,
+    /// Calls forwarded to their slot's owner.
+    pub cluster_forwards: Forwards,
     lease_remaining: Gauge,
     cache: CacheMetrics,
     process_resident_memory: Gauge,
@@ -452,6 +459,7 @@ impl Metrics {
             ),
             cluster_lease_renewals,
             cluster_handoffs: HandoffMetrics::register(&recorder),
+            cluster_forwards: Forwards::register(&recorder),
             lease_remaining: gauge(
                 "readstates_version_lease_remaining_seconds",
                 Some(Unit::Seconds),
@@ -585,6 +593,7 @@ impl Metrics {
         );
         self.flush_batch_rows.render(FLUSH_BATCH_ROWS, "", out);
         self.cluster_handoffs.render(out);
+        self.cluster_forwards.render(out);
     }
 }
 

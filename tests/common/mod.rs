@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod cluster;
 pub mod faults;
+pub mod routing;
 
 use std::path::Path;
 use std::sync::Arc;

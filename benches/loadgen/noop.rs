@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use readstates::api::proto::read_states_server::{ReadStates, ReadStatesServer};
@@ -156,7 +157,13 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         .load_shed(true)
         .add_service(ReadStatesServer::new(Noop))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // TCP_NODELAY, as the real server sets it: without it a
+            // response's later writes wait for the client's delayed ACK.
+            tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+                accepted.inspect(|stream| {
+                    let _ = stream.set_nodelay(true);
+                })
+            }),
             async {
                 tokio::select! {
                     _ = terminate.recv() => {}

@@ -15,8 +15,9 @@ use readstates::api::proto::read_states_server::{ReadStates, ReadStatesServer};
 use readstates::api::proto::{
     AckPinsRequest, AckPinsResponse, AckRequest, AckResponse, AddMentionsRequest,
     AddMentionsResponse, BulkAckRequest, BulkAckResponse, DeleteReadStatesRequest,
-    DeleteReadStatesResponse, GetReadStateRequest, GetReadStateResponse, GetUserReadStatesRequest,
-    GetUserReadStatesResponse, ReadState, RemoveMentionsRequest, RemoveMentionsResponse,
+    DeleteReadStatesResponse, GetReadStateRequest, GetReadStateResponse, GetRoutingRequest,
+    GetRoutingResponse, GetUserReadStatesRequest, GetUserReadStatesResponse, ReadState,
+    RemoveMentionsRequest, RemoveMentionsResponse,
 };
 
 /// A fixed timestamp for every response.
@@ -137,6 +138,16 @@ impl ReadStates for Noop {
                 .map(|channel| state(request.user_id, *channel, 0))
                 .collect(),
         }))
+    }
+
+    async fn get_routing(
+        &self,
+        _request: Request<GetRoutingRequest>,
+    ) -> Result<Response<GetRoutingResponse>, Status> {
+        // As readstates answers with the cluster off.
+        Err(Status::failed_precondition(
+            "no cluster: one instance serves every user",
+        ))
     }
 }
 

@@ -12,9 +12,9 @@
 #      realistic mix for DURATION, its connections spread round-robin over
 #      the instances (a client that does not know the owners);
 #   4. reports the generator's SUMMARY, the instances' CPU per call, and the
-#      calls forwarded (readstates_cluster_forwards_total) against the calls
-#      served (readstates_rpc_duration_seconds_count), then stops them with
-#      SIGTERM and checks that each exits 0.
+#      forwards (readstates_cluster_forwards_total) per call sent (calls
+#      answered, readstates_rpc_duration_seconds_count, less the forwards),
+#      then stops them with SIGTERM and checks that each exits 0.
 #
 # Usage: benches/loadgen/cluster.sh        (settings below, as environment variables)
 #   VARIANTS="3" RATE=1000 DURATION=30s SKIP_BUILD=1 benches/loadgen/cluster.sh
@@ -127,7 +127,9 @@ EOF
         echo "== $n instance(s), $RATE req/s for $DURATION; keyspace $keyspace"
         grep '^SUMMARY' "$OUT/run-$n.txt"
         echo "instances' CPU per generator call: $us_per_call us (all instances together)"
-        echo "calls handled by the instances: $calls (forwarded calls count twice: at the forwarder and at the owner); forwarded: $forwarded ($(ratio "$forwarded" "$ok") of the generator's calls)"
+        # A forwarded call is counted by the instance it reached and by its
+        # owner; a fan-out sends one forward per other owner.
+        echo "calls the instances answered (warm-up included): $calls, of them $forwarded forwards; forwards per call sent: $(ratio "$forwarded" $((calls - forwarded)))"
     } | tee -a "$OUT/summary.txt"
 
     for pid in "${pids[@]}"; do kill -TERM "$pid"; done

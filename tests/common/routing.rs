@@ -41,6 +41,7 @@ pub fn instance_config(settings: &ScyllaConfig, id: &str, dir: &Path) -> Config 
         lease_ms: 3_000,
         safety_margin_ms: 1_000,
         heartbeat_ms: 200,
+        handoff_timeout_ms: 500,
         forward_timeout_ms: 1_000,
         ..ClusterConfig::default()
     };

@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,20 +55,6 @@ fn cluster_config(instance_id: &str) -> ClusterConfig {
 /// (kept after the task stops: a dead task's view lapses by itself).
 type Views = Arc<Mutex<Vec<(String, Arc<Ownership>)>>>;
 
-/// Returns each slot's holder in the lease table.
-async fn lease_holders(cluster: &ScyllaCluster, settings: &ScyllaConfig) -> BTreeMap<u32, String> {
-    let cql = format!("SELECT slot, owner FROM {}.slot_leases", settings.keyspace);
-    let result = cluster.admin.query_unpaged(cql, &[]).await.unwrap();
-    let rows = result.into_rows_result().unwrap();
-    rows.rows::<(i32, Option<String>)>()
-        .unwrap()
-        .filter_map(|row| {
-            let (slot, owner) = row.unwrap();
-            Some((u32::try_from(slot).unwrap(), owner?))
-        })
-        .collect()
-}
-
 /// Returns the slots `view` serves.
 fn served(view: &Ownership) -> Vec<bool> {
     (0..SLOTS).map(|slot| view.owns_slot(slot)).collect()
@@ -104,7 +89,7 @@ async fn watch(
         }
         if samples % 10 == 0 {
             let before: Vec<Vec<bool>> = views.iter().map(|(_, view)| served(view)).collect();
-            let holders = lease_holders(&cluster, &settings).await;
+            let holders = cluster.lease_holders(&settings).await;
             let after: Vec<Vec<bool>> = views.iter().map(|(_, view)| served(view)).collect();
             for (index, (id, _)) in views.iter().enumerate() {
                 for slot in 0..SLOTS as usize {
@@ -146,7 +131,7 @@ async fn settled(
             return false;
         }
     }
-    let holders = lease_holders(cluster, settings).await;
+    let holders = cluster.lease_holders(settings).await;
     (0..SLOTS).all(|slot| holders.get(&slot).map(String::as_str) == members.owner_of(slot))
 }
 
@@ -239,7 +224,7 @@ async fn slots_move_as_members_join_leave_and_die_and_none_is_ever_served_twice(
     );
     a.stop().await;
     assert!(
-        lease_holders(&cluster, &settings).await.is_empty(),
+        cluster.lease_holders(&settings).await.is_empty(),
         "a released everything"
     );
     cluster.drop_keyspace(&settings).await;

@@ -171,25 +171,11 @@ struct Shared {
     resent: AtomicU64,
 }
 
-/// Returns each slot's holder in the lease table.
-async fn lease_holders(cluster: &Cluster, settings: &ScyllaConfig) -> HashMap<u32, String> {
-    let cql = format!("SELECT slot, owner FROM {}.slot_leases", settings.keyspace);
-    let result = cluster.admin.query_unpaged(cql, &[]).await.unwrap();
-    let rows = result.into_rows_result().unwrap();
-    rows.rows::<(i32, Option<String>)>()
-        .unwrap()
-        .filter_map(|row| {
-            let (slot, owner) = row.unwrap();
-            Some((u32::try_from(slot).unwrap(), owner?))
-        })
-        .collect()
-}
-
 /// Waits until every slot is held by one of `ids`.
 async fn wait_all_held(cluster: &Cluster, settings: &ScyllaConfig, ids: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let holders = lease_holders(cluster, settings).await;
+        let holders = cluster.lease_holders(settings).await;
         let held = holders
             .values()
             .filter(|owner| ids.contains(&owner.as_str()))
@@ -330,7 +316,7 @@ async fn changes_survive_joins_leaves_and_a_kill_across_instances() {
         set_live(&shared, &[&c, &d]);
         let killed_at = Instant::now();
         b.kill();
-        let holders = lease_holders(&cluster, &settings).await;
+        let holders = cluster.lease_holders(&settings).await;
         let slots_of_b: BTreeSet<u32> = holders
             .into_iter()
             .filter(|(_, owner)| owner == "b")

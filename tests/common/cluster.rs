@@ -5,6 +5,7 @@
 //! `readstates_test_<random>`, dropped when the test passes. [`Proxy`] and
 //! [`ThroughProxy`] cut a session off the cluster (single-node clusters).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,6 +94,21 @@ impl Cluster {
             .query_unpaged(cql.as_str(), &[])
             .await
             .unwrap_or_else(|error| panic!("{cql}: {error}"));
+    }
+
+    /// Returns each slot's holder in the lease table of `settings`'
+    /// keyspace.
+    pub async fn lease_holders(&self, settings: &ScyllaConfig) -> BTreeMap<u32, String> {
+        let cql = format!("SELECT slot, owner FROM {}.slot_leases", settings.keyspace);
+        let result = self.admin.query_unpaged(cql, &[]).await.unwrap();
+        let rows = result.into_rows_result().unwrap();
+        rows.rows::<(i32, Option<String>)>()
+            .unwrap()
+            .filter_map(|row| {
+                let (slot, owner) = row.unwrap();
+                Some((u32::try_from(slot).unwrap(), owner?))
+            })
+            .collect()
     }
 
     pub async fn drop_keyspace(&self, settings: &ScyllaConfig) {

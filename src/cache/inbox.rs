@@ -26,7 +26,6 @@
 
 use std::sync::atomic::Ordering;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Cache, CacheError, Miss, Partition, Use, UserTxn};
@@ -151,14 +150,7 @@ impl Cache {
                 if !partition.inbox.contains_key(&user_id) {
                     return Ok(());
                 }
-                match partition.loading.get(&user_id) {
-                    Some(receiver) => Miss::Wait(receiver.clone()),
-                    None => {
-                        let (sender, receiver) = watch::channel(());
-                        partition.loading.insert(user_id, receiver);
-                        Miss::Load(sender)
-                    }
-                }
+                Miss::join_or_lead(&mut partition.loading, user_id)
             };
             match next {
                 Miss::Load(sender) => {

@@ -3,6 +3,8 @@
 //! across the load; the load that places the user applies its request's
 //! work in the same lock hold, so every request makes progress.
 
+use std::collections::HashMap;
+
 use tokio::sync::watch;
 
 use super::{Cache, CacheError, Use, UserEntry, UserTxn};
@@ -41,14 +43,7 @@ impl Cache {
                 if the_use == Use::Request {
                     partition.stats.misses += 1;
                 }
-                match partition.loading.get(&user_id) {
-                    Some(receiver) => Miss::Wait(receiver.clone()),
-                    None => {
-                        let (sender, receiver) = watch::channel(());
-                        partition.loading.insert(user_id, receiver);
-                        Miss::Load(sender)
-                    }
-                }
+                Miss::join_or_lead(&mut partition.loading, user_id)
             };
             match next {
                 Miss::Load(sender) => {
@@ -135,6 +130,24 @@ pub(super) enum Miss {
     Load(watch::Sender<()>),
     /// Wait for the request that is loading it.
     Wait(watch::Receiver<()>),
+}
+
+impl Miss {
+    /// Joins the load of `user_id` in flight in `loading`, or marks one
+    /// started with this request leading it.
+    pub(super) fn join_or_lead(
+        loading: &mut HashMap<UserId, watch::Receiver<()>>,
+        user_id: UserId,
+    ) -> Self {
+        match loading.get(&user_id) {
+            Some(receiver) => Miss::Wait(receiver.clone()),
+            None => {
+                let (sender, receiver) = watch::channel(());
+                loading.insert(user_id, receiver);
+                Miss::Load(sender)
+            }
+        }
+    }
 }
 
 /// Ends a single-flight load: removes the loading mark, then (by dropping

@@ -1,12 +1,12 @@
 //! How a redb error becomes a retryable or permanent [`StoreError`].
 //!
-//! Retryable: an I/O error (a full disk, a transient device error) and the
-//! contention redb reports instead of waiting. Permanent: a damaged file,
-//! a file of another format or table layout, a value over redb's limits,
-//! and a database that refuses all work until it is reopened: redb answers
-//! `PreviousIo` after any I/O error and `DatabaseClosed` once closed, and
-//! this process does not reopen it, so only a restart helps. An error redb
-//! adds in a later release is retryable, as every error was before.
+//! Retryable: an I/O error (a full disk, a transient device error), the
+//! contention redb reports instead of waiting, and `PreviousIo`, redb's
+//! answer to everything after an I/O error until the database is reopened,
+//! which the store does by itself (see `handle`). Permanent: a damaged
+//! file, a file of another format or table layout, a value over redb's
+//! limits, and a database already closed. An error redb adds in a later
+//! release is retryable, as every error was before.
 
 use crate::store::{ErrorClass, StoreError};
 
@@ -25,6 +25,7 @@ fn classify(error: &redb::Error) -> ErrorClass {
     use redb::Error;
     match error {
         Error::Io(_)
+        | Error::PreviousIo
         | Error::DatabaseAlreadyOpen
         | Error::TransactionInProgress
         | Error::WouldBlock => ErrorClass::Retryable,
@@ -36,7 +37,6 @@ fn classify(error: &redb::Error) -> ErrorClass {
         | Error::TableIsNotMultimap(_)
         | Error::TableDoesNotExist(_)
         | Error::ValueTooLarge(_)
-        | Error::PreviousIo
         | Error::DatabaseClosed
         | Error::LockPoisoned(_)
         | Error::TransactionPoisoned
@@ -65,10 +65,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn io_and_contention_are_retryable_damage_and_a_dead_database_are_not() {
+    fn io_and_contention_are_retryable_damage_and_a_closed_database_are_not() {
         let io = std::io::Error::from(std::io::ErrorKind::StorageFull);
         let retryable = [
             redb::Error::Io(io),
+            redb::Error::PreviousIo,
             redb::Error::WouldBlock,
             redb::Error::DatabaseAlreadyOpen,
         ];
@@ -81,7 +82,6 @@ mod tests {
         }
         let permanent = [
             redb::Error::Corrupted("bad page checksum".to_owned()),
-            redb::Error::PreviousIo,
             redb::Error::DatabaseClosed,
             redb::Error::UpgradeRequired(2),
             redb::Error::ValueTooLarge(4 << 30),

@@ -46,6 +46,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::oneshot;
 
 mod error;
+mod handle;
 mod legacy;
 mod readers;
 mod tombstones;
@@ -57,6 +58,7 @@ use super::{
 use crate::clock::unix_micros;
 use crate::ids::{ChannelId, UserId};
 use error::redb_error;
+use handle::{DbHandle, open_database};
 use readers::Readers;
 use tombstones::{RowBytes, TOMBSTONES};
 
@@ -111,7 +113,7 @@ impl EmbeddedOptions {
 /// the thread holds none between jobs and the database closes as soon as
 /// the last store handle is dropped.
 struct WriteJob {
-    db: Arc<Database>,
+    handle: Arc<DbHandle>,
     work: Work,
 }
 
@@ -128,12 +130,15 @@ enum Work {
         max: usize,
         done: oneshot::Sender<Result<usize, StoreError>>,
     },
+    /// Nothing to write: a load failed, and the writer checks whether the
+    /// database must be reopened (see `handle`).
+    Probe,
 }
 
 /// The embedded redb store.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    handle: Arc<DbHandle>,
     writer: std::sync::mpsc::SyncSender<WriteJob>,
     readers: Arc<Readers>,
 }
@@ -152,24 +157,14 @@ impl EmbeddedStore {
         std::fs::create_dir_all(data_dir).map_err(|error| {
             StoreError::Unavailable(format!("cannot create {}: {error}", data_dir.display()))
         })?;
-        // After a crash, redb walks the whole file to verify it and rebuild
-        // its free-space map before it opens; say so, or a large store's
-        // start looks like a hang.
-        let db = Database::builder()
-            .set_cache_size(options.cache_mib.saturating_mul(1 << 20))
-            .set_repair_callback(|session| {
-                tracing::info!(
-                    progress_pct = (session.progress() * 100.0).round(),
-                    "the embedded database was not closed cleanly; checking and repairing it"
-                );
-            })
-            .create(data_dir.join(DATABASE_FILE))
-            .map_err(redb_error)?;
+        let path = data_dir.join(DATABASE_FILE);
+        let cache_bytes = options.cache_mib.saturating_mul(1 << 20);
+        let db = open_database(&path, cache_bytes)?;
         create_tables(&db)?;
         tombstones::index_if_missing(&db)?;
         legacy::import_if_present(data_dir, &db)?;
         Ok(Self {
-            db: Arc::new(db),
+            handle: Arc::new(DbHandle::of(db, path, cache_bytes)),
             writer: spawn_writer()?,
             readers: Arc::new(Readers::start(options.reader_threads)?),
         })
@@ -180,7 +175,7 @@ impl EmbeddedStore {
     /// an async worker.
     fn queue(&self, work: Work) -> StoreFuture<'static, ()> {
         let job = WriteJob {
-            db: Arc::clone(&self.db),
+            handle: Arc::clone(&self.handle),
             work,
         };
         let writer = self.writer.clone();
@@ -198,9 +193,9 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
+        let handle = Arc::clone(&self.handle);
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || work(&db))
+            tokio::task::spawn_blocking(move || handle.with(work))
                 .await
                 .map_err(|error| StoreError::Worker(error.to_string()))?
         })
@@ -213,8 +208,24 @@ impl Store for EmbeddedStore {
     }
 
     fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows> {
-        let db = Arc::clone(&self.db);
-        Box::pin(self.readers.run(priority, move || load_user(&db, user_id)))
+        let handle = Arc::clone(&self.handle);
+        let loaded = self
+            .readers
+            .run(priority, move || handle.with(|db| load_user(db, user_id)));
+        Box::pin(async move {
+            let rows = loaded.await;
+            if rows.is_err() && self.handle.is_suspect() {
+                // No write may come soon (nothing dirty): have the writer
+                // check the database now. A full queue has writes in it,
+                // and each of them checks first.
+                let probe = WriteJob {
+                    handle: Arc::clone(&self.handle),
+                    work: Work::Probe,
+                };
+                let _ = self.writer.try_send(probe);
+            }
+            rows
+        })
     }
 
     fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
@@ -358,6 +369,7 @@ fn write_group(db: &Database, group: &[WriteJob]) -> Result<Vec<usize>, StoreErr
                 Work::Purge { below, max, .. } => {
                     purged.push(tombstones::purge(&mut states, &mut index, *below, *max)?);
                 }
+                Work::Probe => purged.push(0),
             }
         }
     }
@@ -396,13 +408,17 @@ fn spawn_writer() -> Result<std::sync::mpsc::SyncSender<WriteJob>, StoreError> {
                     let Ok(next) = jobs.try_recv() else { break };
                     group.push(next);
                 }
-                let db = Arc::clone(&group[0].db);
-                let result = write_group(&db, &group);
-                drop(db);
-                for (position, WriteJob { db, work }) in group.drain(..).enumerate() {
+                // After a failed operation the handle checks the database
+                // first, and reopens it if an I/O error latched it.
+                let handle = Arc::clone(&group[0].handle);
+                let result = handle
+                    .recover()
+                    .and_then(|()| handle.with(|db| write_group(db, &group)));
+                drop(handle);
+                for (position, WriteJob { handle, work }) in group.drain(..).enumerate() {
                     // The handle goes before the answer: a caller that drops
                     // its store on hearing it may reopen the file at once.
-                    drop(db);
+                    drop(handle);
                     let purged = result
                         .as_ref()
                         .map(|purged| purged.get(position).copied().unwrap_or(0))
@@ -415,6 +431,7 @@ fn spawn_writer() -> Result<std::sync::mpsc::SyncSender<WriteJob>, StoreError> {
                         Work::Purge { done, .. } => {
                             let _ = done.send(purged);
                         }
+                        Work::Probe => {}
                     }
                 }
             }

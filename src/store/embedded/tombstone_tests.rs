@@ -62,17 +62,17 @@ async fn a_purge_removes_old_tombstones_and_keeps_newer_ones_and_live_rows() {
     )
     .await;
     assert_eq!(
-        index_entries(&store.db),
+        index_entries(&store.handle.get().unwrap()),
         [(11, 1, 2), (12, 2, 1), (20, 1, 3)]
     );
 
     assert_eq!(store.purge_tombstones(15, 100).await.unwrap(), 2);
 
     assert_eq!(
-        stored_rows(&store.db),
+        stored_rows(&store.handle.get().unwrap()),
         [(1, 1, 10, false), (1, 3, 20, true), (2, 2, 13, false)]
     );
-    assert_eq!(index_entries(&store.db), [(20, 1, 3)]);
+    assert_eq!(index_entries(&store.handle.get().unwrap()), [(20, 1, 3)]);
     let user1 = load(&store, UserId::new(1).unwrap()).await;
     assert_eq!(user1.states, vec![state(1, 50, 10)]);
     assert_eq!(user1.version, 20, "the kept tombstone still counts");
@@ -99,7 +99,7 @@ async fn a_stale_write_older_than_a_kept_tombstone_still_loses() {
     // (10) no longer guards its state: that is why the caller purges only
     // below the oldest version that may still be written.
     assert_eq!(user.states, vec![state(1, 77, 5)]);
-    assert_eq!(index_entries(&store.db), [(30, 1, 2)]);
+    assert_eq!(index_entries(&store.handle.get().unwrap()), [(30, 1, 2)]);
 }
 
 #[tokio::test]
@@ -115,13 +115,13 @@ async fn max_bounds_the_work_of_one_purge_oldest_first() {
     .await;
     assert_eq!(store.purge_tombstones(1_000, 2).await.unwrap(), 2);
     assert_eq!(
-        index_entries(&store.db),
+        index_entries(&store.handle.get().unwrap()),
         [(103, 9, 3), (104, 9, 4), (105, 9, 5)]
     );
     assert_eq!(store.purge_tombstones(1_000, 2).await.unwrap(), 2);
     assert_eq!(store.purge_tombstones(1_000, 2).await.unwrap(), 1);
     assert_eq!(store.purge_tombstones(1_000, 2).await.unwrap(), 0);
-    assert!(stored_rows(&store.db).is_empty());
+    assert!(stored_rows(&store.handle.get().unwrap()).is_empty());
     assert_eq!(store.purge_tombstones(1_000, 0).await.unwrap(), 0);
 }
 
@@ -156,10 +156,13 @@ async fn an_overwritten_tombstone_leaves_the_index() {
     .await;
     // A stale tombstone loses like any stale write, and adds no entry.
     put(&store, vec![tombstone(1, 1, 6)]).await;
-    assert_eq!(index_entries(&store.db), [(8, 1, 2)]);
+    assert_eq!(index_entries(&store.handle.get().unwrap()), [(8, 1, 2)]);
 
     assert_eq!(store.purge_tombstones(100, 100).await.unwrap(), 1);
-    assert_eq!(stored_rows(&store.db), [(1, 1, 7, false)]);
+    assert_eq!(
+        stored_rows(&store.handle.get().unwrap()),
+        [(1, 1, 7, false)]
+    );
 }
 
 #[tokio::test]
@@ -171,7 +174,7 @@ async fn a_tombstone_ahead_of_the_clock_is_kept() {
     let ahead = unix_micros() + 120_000_000;
     put(&store, vec![tombstone(1, 1, 10), tombstone(1, 2, ahead)]).await;
     assert_eq!(store.purge_tombstones(u64::MAX, 100).await.unwrap(), 1);
-    assert_eq!(index_entries(&store.db), [(ahead, 1, 2)]);
+    assert_eq!(index_entries(&store.handle.get().unwrap()), [(ahead, 1, 2)]);
     assert_eq!(load(&store, UserId::new(1).unwrap()).await.version, ahead);
 }
 
@@ -196,8 +199,12 @@ async fn purges_and_batches_queued_together_all_answer() {
     }
     purged += store.purge_tombstones(1_000, 100).await.unwrap();
     assert_eq!(purged, 30, "each tombstone purged exactly once");
-    assert!(index_entries(&store.db).is_empty());
-    assert_eq!(stored_rows(&store.db).len(), 30, "the live rows stay");
+    assert!(index_entries(&store.handle.get().unwrap()).is_empty());
+    assert_eq!(
+        stored_rows(&store.handle.get().unwrap()).len(),
+        30,
+        "the live rows stay"
+    );
 }
 
 /// Makes the database look like one written before the tombstone index:
@@ -223,13 +230,19 @@ async fn a_data_file_from_before_the_index_is_indexed_on_open() {
             ],
         )
         .await;
-        drop_the_index(&store.db);
+        drop_the_index(&store.handle.get().unwrap());
         assert_eq!(store.purge_tombstones(100, 100).await.unwrap(), 0);
     }
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    assert_eq!(index_entries(&store.db), [(3, 1, 1), (9, 2, 7)]);
+    assert_eq!(
+        index_entries(&store.handle.get().unwrap()),
+        [(3, 1, 1), (9, 2, 7)]
+    );
     assert_eq!(store.purge_tombstones(100, 100).await.unwrap(), 2);
-    assert_eq!(stored_rows(&store.db), [(1, 2, 4, false)]);
+    assert_eq!(
+        stored_rows(&store.handle.get().unwrap()),
+        [(1, 2, 4, false)]
+    );
 }
 
 #[tokio::test]
@@ -243,12 +256,16 @@ async fn indexing_in_chunks_misses_no_tombstone_at_a_chunk_edge() {
         })
         .collect();
     put(&store, rows).await;
-    let expected = index_entries(&store.db);
+    let expected = index_entries(&store.handle.get().unwrap());
     assert_eq!(expected.len(), 6);
     for chunk_rows in [1, 3, 5, 10, 11] {
-        drop_the_index(&store.db);
-        tombstones::index_in_chunks(&store.db, chunk_rows).unwrap();
-        assert_eq!(index_entries(&store.db), expected, "chunks of {chunk_rows}");
+        drop_the_index(&store.handle.get().unwrap());
+        tombstones::index_in_chunks(&store.handle.get().unwrap(), chunk_rows).unwrap();
+        assert_eq!(
+            index_entries(&store.handle.get().unwrap()),
+            expected,
+            "chunks of {chunk_rows}"
+        );
     }
 }
 
@@ -265,7 +282,13 @@ async fn imported_lsm_tombstones_are_indexed() {
         1_000,
     );
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    assert_eq!(index_entries(&store.db), [(7, 9, 2), (8, 10, 1)]);
+    assert_eq!(
+        index_entries(&store.handle.get().unwrap()),
+        [(7, 9, 2), (8, 10, 1)]
+    );
     assert_eq!(store.purge_tombstones(100, 100).await.unwrap(), 2);
-    assert_eq!(stored_rows(&store.db), [(9, 1, 3, false)]);
+    assert_eq!(
+        stored_rows(&store.handle.get().unwrap()),
+        [(9, 1, 3, false)]
+    );
 }

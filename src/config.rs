@@ -83,6 +83,11 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     /// Directory of the embedded database.
     pub data_dir: PathBuf,
+    /// Where a shutdown that cannot write its dirty states to the store
+    /// keeps them for the next start (see `flush::spill`); by default
+    /// `<data_dir>/spill`. On another filesystem than `data_dir`, a shutdown
+    /// during a full disk exits at once instead of waiting for space.
+    pub spill_dir: Option<PathBuf>,
     /// Threads that load users from the embedded database. Loads beyond
     /// them queue (a request's own load before a fan-out's), so a burst of
     /// cold users cannot crowd the request workers off the CPU.
@@ -218,6 +223,13 @@ impl Default for ServerConfig {
 }
 
 impl StoreConfig {
+    /// Returns the directory of spill files.
+    pub fn spill_dir(&self) -> PathBuf {
+        self.spill_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("spill"))
+    }
+
     /// Returns the injected store latency's median and p99, if configured.
     pub fn injected_latency(&self) -> Option<(Duration, Duration)> {
         (self.injected_latency_median_ms > 0).then(|| {
@@ -234,6 +246,7 @@ impl Default for StoreConfig {
         Self {
             backend: StoreBackend::Embedded,
             data_dir: PathBuf::from("data"),
+            spill_dir: None,
             reader_threads: crate::store::DEFAULT_READER_THREADS,
             cache_mib: crate::store::DEFAULT_CACHE_MIB,
             injected_latency_median_ms: 0,

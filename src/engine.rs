@@ -1,5 +1,6 @@
 //! The engine: the store wrapped for metrics (and any injected latency),
-//! the version lease recorded in it, the cache and its flusher. The gRPC
+//! the version lease recorded in it, the cache and its flusher, and the
+//! changes a shutdown spilled, written before anything else. The gRPC
 //! server builds it, and so does anything that drives the service without
 //! the network (the fuzz target), so both run the same wiring.
 
@@ -12,7 +13,7 @@ use anyhow::Context;
 use crate::cache::{Cache, CacheSettings};
 use crate::clock::unix_micros;
 use crate::config::Config;
-use crate::flush::{FlushSettings, Flusher};
+use crate::flush::{FlushSettings, Flusher, SpillDir, replay_spills};
 use crate::metrics::Metrics;
 use crate::store::{DelayedStore, MeteredStore, Store};
 
@@ -25,6 +26,8 @@ pub struct Engine {
     pub flusher: Flusher,
     /// Rows per flush batch, changeable on a running server.
     pub batch_size: Arc<AtomicUsize>,
+    /// Where a shutdown keeps what the store did not take.
+    pub spill: SpillDir,
 }
 
 impl Engine {
@@ -72,6 +75,20 @@ impl Engine {
             floor,
         ));
         cache.clock().set_lease(lease);
+        // What a shutdown could not write goes to the store before any call
+        // is served (see `flush::last_resort`).
+        let spill = SpillDir::new(config.store.spill_dir());
+        let (rows, mentions) =
+            replay_spills(&spill, &cache, store.as_ref(), config.flush.batch_size)
+                .await
+                .with_context(|| format!("replaying the spill in {}", spill.path().display()))?;
+        if rows + mentions > 0 {
+            tracing::warn!(
+                rows,
+                mentions,
+                "wrote the changes a shutdown spilled because the store refused them"
+            );
+        }
         let batch_size = Arc::new(AtomicUsize::new(config.flush.batch_size));
         let flusher = Flusher::new(
             Arc::clone(&cache),
@@ -95,6 +112,7 @@ impl Engine {
             cache,
             flusher,
             batch_size,
+            spill,
         })
     }
 }

@@ -39,8 +39,8 @@ enum Command {
     Migrate,
 }
 
-/// How long past `server.shutdown_timeout_ms` the process waits for the
-/// server to stop before it exits anyway.
+/// How long after a second signal the process waits for the server to stop
+/// before it exits anyway.
 const SHUTDOWN_BACKSTOP: Duration = Duration::from_secs(5);
 
 /// Changes the log filter of the running process.
@@ -117,15 +117,24 @@ async fn run(
             }
         }
     }
-    // The server gives up its final flush at the shutdown timeout and says
-    // what was left; this bound only catches anything else that hangs.
-    let timeout = Duration::from_millis(config.server.shutdown_timeout_ms) + SHUTDOWN_BACKSTOP;
+    // The server gives up its final flush at the shutdown timeout and
+    // spills what was left. Only if the spill fails too does it wait, for
+    // the store or the spill to work, or for a second signal.
+    let force = running.force_token();
     let cache = std::sync::Arc::clone(&running.cache);
-    match tokio::time::timeout(timeout, running.shutdown()).await {
+    let shutdown = running.shutdown();
+    tokio::pin!(shutdown);
+    tokio::select! {
+        result = &mut shutdown => return result,
+        _ = terminate.recv() => tracing::warn!("received a second SIGTERM: giving up what is not written"),
+        _ = interrupt.recv() => tracing::warn!("received a second SIGINT: giving up what is not written"),
+    }
+    force.cancel();
+    match tokio::time::timeout(SHUTDOWN_BACKSTOP, shutdown).await {
         Ok(result) => result,
         Err(_) => anyhow::bail!(
-            "shutdown did not finish within {} ms; {} dirty read states were not written",
-            timeout.as_millis(),
+            "shutdown did not finish {} ms after the second signal; {} dirty read states were not written",
+            SHUTDOWN_BACKSTOP.as_millis(),
             cache.dirty_states()
         ),
     }

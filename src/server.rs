@@ -23,6 +23,7 @@ use crate::cache::Cache;
 use crate::cluster::{Cluster, ClusterMetrics, Handoff, Ownership};
 use crate::config::{Config, StoreBackend};
 use crate::engine::Engine;
+use crate::flush::{FlushError, Kept, SpillDir, keep_unwritten};
 use crate::metrics::{Metrics, serve_metrics};
 use crate::overload::QueueDelay;
 use crate::store::{EmbeddedOptions, EmbeddedStore, ScyllaStore, Store};
@@ -86,6 +87,7 @@ pub struct Running {
     security: Arc<Security>,
     batch_size: Arc<AtomicUsize>,
     shutdown: CancellationToken,
+    force: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -204,6 +206,13 @@ impl Running {
         self.shutdown.clone()
     }
 
+    /// Returns a token that, cancelled during a shutdown that can neither
+    /// write its dirty states nor spill them, makes it give them up and
+    /// end (the second SIGTERM or SIGINT).
+    pub fn force_token(&self) -> CancellationToken {
+        self.force.clone()
+    }
+
     /// Waits for the server to stop (after its shutdown token is cancelled).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await.context("server task failed")?
@@ -225,6 +234,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         cache,
         flusher,
         batch_size,
+        spill,
     } = Engine::open(config, store, Arc::clone(&metrics)).await?;
     // After the store: its schema check has passed, so the cluster tables
     // exist. With `cluster.enabled = false` nothing of the cluster runs.
@@ -327,7 +337,14 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             give_up.cancel();
         }
     });
+    let store_health = tokio::spawn(report_store_health(
+        health_reporter.clone(),
+        flusher.write_failing(),
+        shutdown.clone(),
+    ));
     let flusher_task = tokio::spawn(flusher.run(flush_shutdown.clone(), give_up));
+    // A second signal: give up what neither the store nor the spill took.
+    let force = CancellationToken::new();
     let router = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(config.server.request_timeout_ms))
         // Advertised as the HTTP/2 stream limit, so clients queue past it
@@ -354,6 +371,9 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     let handshake_failures = metrics.tls_handshake_failures.clone();
     let serve_shutdown = shutdown.clone();
     let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);
+    let (task_cache, task_store, task_force) =
+        (Arc::clone(&cache), Arc::clone(&store), force.clone());
+    let batch_rows = config.flush.batch_size;
     let task = tokio::spawn(async move {
         let stopping = async {
             serve_shutdown.cancelled().await;
@@ -404,7 +424,24 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         flush_shutdown.cancel();
         let flushed = flusher_task.await;
         deadline.abort();
-        let flushed = flushed.context("flusher task failed")?;
+        let flushed = match flushed.context("flusher task failed")? {
+            Err(FlushError::GaveUp { dirty }) => {
+                tracing::warn!(
+                    dirty,
+                    "the final flush could not write everything; keeping the rest"
+                );
+                keep(
+                    &task_cache,
+                    task_store.as_ref(),
+                    &spill,
+                    batch_rows,
+                    &task_force,
+                )
+                .await
+            }
+            flushed => flushed.map_err(anyhow::Error::from),
+        };
+        let _ = store_health.await;
         // The leases go last, once this instance's dirty states are
         // written, so the slots' next owners load what it wrote.
         if let Some(cluster) = cluster {
@@ -442,6 +479,60 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         security,
         batch_size,
         shutdown,
+        force,
         task,
     })
+}
+
+/// The `grpc.health.v1` name whose status says whether the store takes the
+/// write-behind's writes: `NOT_SERVING` while it refuses them (see
+/// `flush::health`). The service's own status stays `SERVING`: cached
+/// reads, and changes until the dirty backlog fills, still work.
+pub const STORE_HEALTH: &str = "readstates.store";
+
+/// Keeps [`STORE_HEALTH`] in step with the flusher's view of the store
+/// until the shutdown starts.
+async fn report_store_health(
+    reporter: tonic_health::server::HealthReporter,
+    mut failing: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) {
+    use tonic_health::ServingStatus;
+    loop {
+        let status = if *failing.borrow_and_update() {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        reporter.set_service_status(STORE_HEALTH, status).await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = failing.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Keeps what the final flush could not write (see `flush::last_resort`).
+async fn keep(
+    cache: &Cache,
+    store: &dyn Store,
+    spill: &SpillDir,
+    batch_rows: usize,
+    force: &CancellationToken,
+) -> anyhow::Result<()> {
+    match keep_unwritten(cache, store, spill, batch_rows, force).await? {
+        Kept::Spilled {
+            path,
+            rows,
+            mentions,
+        } => tracing::warn!(
+            path = %path.display(),
+            rows,
+            mentions,
+            "the store refused the unwritten changes: spilled them, and the next start writes them"
+        ),
+        Kept::Written => tracing::info!("the store took the unwritten changes after all"),
+        Kept::Nothing => {}
+    }
+    Ok(())
 }

@@ -200,6 +200,22 @@ impl Cache {
         }
     }
 
+    /// Appends every deferred mention, user by user in the order each was
+    /// accepted, to `out` (a shutdown that cannot merge them spills them).
+    pub fn deferred_snapshot(&self, out: &mut Vec<(UserId, ChannelId, MessageId)>) {
+        for partition in self.partitions.iter() {
+            let partition = partition.lock();
+            for (user_id, inbox) in partition.inbox.iter() {
+                out.extend(
+                    inbox
+                        .mentions
+                        .iter()
+                        .map(|(channel_id, message_id)| (*user_id, *channel_id, *message_id)),
+                );
+            }
+        }
+    }
+
     /// Waits until a mention was deferred (a wake-up may be spurious).
     pub async fn deferred_ready(&self) {
         self.inbox_ready.notified().await;

@@ -29,9 +29,12 @@
 
 mod backoff;
 mod deferred;
+mod health;
 mod in_flight;
+mod last_resort;
 mod lease;
 mod purge;
+mod spill;
 mod writer;
 
 use std::collections::VecDeque;
@@ -49,10 +52,13 @@ use crate::metrics::Metrics;
 use crate::store::{RowWrite, Store, StoreError};
 use backoff::Backoff;
 use deferred::DeferredLoader;
+pub use health::WriteHealth;
 pub use in_flight::FlushBarrier;
 use in_flight::{InFlight, TakeRound};
+pub use last_resort::{GivenUp, Kept, ReplayError, keep_unwritten, replay_spills};
 use lease::LeaseKeeper;
 use purge::Purger;
+pub use spill::{DeferredMention, SpillDir, SpillError, Unwritten};
 use writer::{Batch, Outcome, write_until_done};
 
 /// How long the flusher waits after an eviction for more before writing.
@@ -113,6 +119,7 @@ pub struct Flusher {
     round_unfinished: bool,
     /// The version lease already recorded in the store.
     lease: u64,
+    health: Arc<WriteHealth>,
 }
 
 impl Flusher {
@@ -125,6 +132,7 @@ impl Flusher {
         lease: u64,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+        let health = Arc::new(WriteHealth::new(metrics.store_write_failing.clone()));
         Self {
             cache,
             store,
@@ -139,7 +147,14 @@ impl Flusher {
             next_partition: 0,
             round_unfinished: false,
             lease,
+            health,
         }
+    }
+
+    /// Returns a receiver of whether the store refuses the flusher's
+    /// writes (true while it does).
+    pub fn write_failing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.health.subscribe()
     }
 
     /// Returns a barrier that waits for the rows this flusher has taken
@@ -362,9 +377,17 @@ impl Flusher {
         let metrics = Arc::clone(&self.metrics);
         let batch_done = Arc::clone(&self.batch_done);
         let backoff = self.backoff();
+        let health = Arc::clone(&self.health);
         self.writers.spawn(async move {
-            let outcome =
-                write_until_done(&cache, store.as_ref(), &metrics, batch, backoff, &give_up).await;
+            let outcome = write_until_done(
+                &cache,
+                store.as_ref(),
+                (&metrics, &health),
+                batch,
+                backoff,
+                &give_up,
+            )
+            .await;
             debug_assert!(outcome == Outcome::Written || give_up.is_cancelled());
             drop(permit);
             batch_done.notify_one();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::WriteHealth;
 use super::backoff::Backoff;
 use super::in_flight::InFlightBatch;
 use crate::cache::Cache;
@@ -34,7 +35,7 @@ pub(super) enum Outcome {
 pub(super) async fn write_until_done(
     cache: &Cache,
     store: &dyn Store,
-    metrics: &Metrics,
+    (metrics, health): (&Metrics, &WriteHealth),
     batch: Batch,
     mut backoff: Backoff,
     give_up: &CancellationToken,
@@ -55,12 +56,14 @@ pub(super) async fn write_until_done(
             Ok(()) => {
                 // Landed: these rows can no longer arrive stale.
                 drop(in_flight);
+                health.written();
                 cache.mark_written(&rows);
                 metrics.record_flush_batch(rows.len());
                 return Outcome::Written;
             }
             Err(error) => error,
         };
+        health.failed();
         let wait = backoff.next_wait();
         tracing::warn!(%error, rows = rows.len(), attempt, retry_in_ms = wait.as_millis() as u64, "flush write failed");
         metrics.flush_retries.increment(1);

@@ -138,6 +138,9 @@ pub struct Metrics {
     pub flush_rows_written: Counter,
     pub flush_batches: Counter,
     pub flush_retries: Counter,
+    /// 1 while the store refuses the write-behind's writes (the last batch
+    /// write failed and none has landed since), else 0.
+    pub store_write_failing: Gauge,
     /// How late the runtime's probe task last woke (see `overload`).
     pub queue_delay: Gauge,
     /// ReadStates calls refused by the authentication check, by reason.
@@ -429,6 +432,11 @@ impl Metrics {
                 "readstates_flush_retries_total",
                 None,
                 "Failed batch writes that were retried.",
+            ),
+            store_write_failing: gauge(
+                "readstates_store_write_failing",
+                None,
+                "1 while the store refuses the write-behind's writes (the last batch write failed and none has landed since), else 0.",
             ),
             queue_delay: gauge(
                 "readstates_runtime_queue_delay_seconds",

@@ -269,3 +269,62 @@ async fn a_shutdown_with_nowhere_to_keep_changes_waits_until_space_frees() {
     server.shutdown().await;
     assert_stored(disk.path(), 20).await;
 }
+
+/// The binary as operators run it, with its data and spill on the full
+/// disk: SIGTERM does not make it exit with the changes unwritten; a second
+/// SIGTERM does, with exit status 1.
+#[tokio::test]
+async fn only_a_second_sigterm_gives_unwritten_changes_up() {
+    let Some(disk) = SmallDisk::mount("only_a_second_sigterm_gives_unwritten_changes_up") else {
+        return;
+    };
+    let config = disk.path().join("readstates.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten_addr = \"127.0.0.1:0\"\ndrain_timeout_ms = 500\nshutdown_timeout_ms = 1000\n\
+             [metrics]\nlisten_addr = \"127.0.0.1:0\"\n\
+             [store]\ndata_dir = \"{}\"\n\
+             [flush]\ndelay_ms = 100\ntick_ms = 10\nretry_initial_ms = 20\nretry_max_ms = 200\n",
+            disk.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut process =
+        common::binary::spawn(Path::new(env!("CARGO_BIN_EXE_readstates")), &config, GUARD);
+    let mut client = common::connect(process.addr).await;
+    client.ack(ack_request(1, 1, 10)).await.unwrap();
+    disk.fill();
+    for channel in 1..=CHANNELS {
+        client.ack(ack_request(2, channel, 20)).await.unwrap();
+    }
+    let metrics_addr = process.metrics_addr;
+    assert!(
+        eventually(GUARD, async || {
+            let (_, text) = common::http_get(metrics_addr, "/metrics").await;
+            sample(&text, "readstates_store_write_failing") == Some(1.0)
+        })
+        .await
+    );
+    drop(client);
+
+    let pid = nix::unistd::Pid::from_raw(process.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        process.child.try_wait().unwrap().is_none(),
+        "it exited with the changes neither written nor spilled"
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut status = None;
+    for _ in 0..200 {
+        status = process.child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = process.child.kill();
+    let status = status.expect("the second SIGTERM did not end it");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+}

@@ -910,3 +910,96 @@ async fn an_unreachable_cluster_gives_unavailable_and_recovers() {
     server.shutdown().await;
     cluster.drop_keyspace(&settings).await;
 }
+
+/// A restart taken while the cluster hangs (it keeps connections open and
+/// answers nothing, as a node under SIGSTOP): the shutdown gives up at its
+/// deadline and spills what the store did not take, and the next start,
+/// with the cluster back, writes it. Every acknowledged change is there.
+#[tokio::test]
+async fn a_restart_during_a_hung_cluster_loses_nothing_acknowledged() {
+    let Some(cluster) =
+        Cluster::from_env("a_restart_during_a_hung_cluster_loses_nothing_acknowledged").await
+    else {
+        return;
+    };
+    if cluster.admin.get_cluster_state().get_nodes_info().len() != 1 {
+        let _ = writeln!(
+            std::io::stderr(),
+            "scylla::a_restart_during_a_hung_cluster_loses_nothing_acknowledged: skipped: needs a \
+             single-node cluster"
+        );
+        return;
+    }
+    let settings = cluster.migrated().await;
+    let proxy = Proxy::start(cluster.contact_points[0].clone()).await;
+    let proxied = ScyllaConfig {
+        contact_points: vec![proxy.addr.to_string()],
+        request_timeout_ms: 1_000,
+        connect_timeout_ms: 1_000,
+        ..settings.clone()
+    };
+    let store = ScyllaStore::open_with(&proxied, |builder| {
+        builder
+            .disallow_shard_aware_port(true)
+            .address_translator(Arc::new(ThroughProxy(proxy.addr)))
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spill = tempfile::tempdir().unwrap();
+    let mut config = service_config(dir.path(), &proxied);
+    config.store.spill_dir = Some(spill.path().to_owned());
+    config.flush.delay_ms = 200;
+    config.flush.tick_ms = 20;
+    config.flush.retry_initial_ms = 50;
+    config.flush.retry_max_ms = 500;
+    config.server.drain_timeout_ms = 500;
+    config.server.shutdown_timeout_ms = 2_000;
+    let mut server = TestServer::start(&config, Arc::new(store)).await;
+    let users = 1..=30u64;
+    for user in users.clone() {
+        ack(&mut server.client, user, 1, 10).await;
+    }
+    let cache = Arc::clone(&server.running.cache);
+    assert!(eventually(Duration::from_secs(30), async || cache.dirty_states() == 0).await);
+
+    proxy.set_hung(true);
+    for user in users.clone() {
+        for channel in 1..=3 {
+            ack(&mut server.client, user, channel, 20).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(server.running.cache.dirty_states() > 0);
+    let TestServer { running, client } = server;
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(60), running.shutdown())
+        .await
+        .expect("the shutdown hung with the cluster")
+        .expect("the unwritten states were spilled");
+    assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 1);
+
+    // The cluster comes back (and this instance restarts on it directly).
+    proxy.set_hung(false);
+    let restarted_dir = tempfile::tempdir().unwrap();
+    let mut config = service_config(restarted_dir.path(), &settings);
+    config.store.spill_dir = Some(spill.path().to_owned());
+    let mut server = TestServer::start(&config, open(&settings).await).await;
+    assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
+    let observer = open(&settings).await;
+    for user in users {
+        for channel in 1..=3 {
+            assert_eq!(
+                get(&mut server.client, user, channel).await.last_message_id,
+                20
+            );
+            assert_eq!(
+                last_of(&load(observer.as_ref(), user).await, channel),
+                Some(20),
+                "user {user} channel {channel} in the store"
+            );
+        }
+    }
+    server.shutdown().await;
+    cluster.drop_keyspace(&settings).await;
+}

@@ -118,10 +118,13 @@ impl Cluster {
 }
 
 /// Forwards TCP connections to the cluster until cut; while cut, it closes
-/// every connection, new or open.
+/// every connection, new or open. While hung, it keeps every connection
+/// open and passes no byte either way, as a node that stopped (SIGSTOP)
+/// does; new connections are accepted and held.
 pub struct Proxy {
     pub addr: SocketAddr,
     up: watch::Sender<bool>,
+    hung: watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -130,29 +133,65 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let (up, _) = watch::channel(true);
         let state = up.clone();
+        let (hung, _) = watch::channel(false);
+        let hang = hung.clone();
         tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 if !*state.borrow() {
                     continue; // dropped: closed at once
                 }
                 let upstream = upstream.clone();
                 let mut watch_state = state.subscribe();
+                let hang = hang.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                    let _ = hang.subscribe().wait_for(|hung| !*hung).await;
+                    let Ok(server) = TcpStream::connect(&upstream).await else {
                         return;
                     };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = pump(client_read, server_write, hang.subscribe()) => {}
+                        () = pump(server_read, client_write, hang.subscribe()) => {}
                         _ = watch_state.wait_for(|up| !*up) => {}
                     }
                 });
             }
         });
-        Self { addr, up }
+        Self { addr, up, hung }
     }
 
     pub fn set_up(&self, up: bool) {
         self.up.send_replace(up);
+    }
+
+    pub fn set_hung(&self, hung: bool) {
+        self.hung.send_replace(hung);
+    }
+}
+
+/// Copies bytes one way, holding them while the proxy is hung.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut hung: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        if hung.wait_for(|hung| !*hung).await.is_err() {
+            return;
+        }
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if hung.wait_for(|hung| !*hung).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -27,12 +27,12 @@ fuzz_target!(|bytes: &[u8]| {
             encode_row(&state, true, &mut encoded);
         }
     }
-    assert!(
-        encoded.len() <= bytes.len(),
-        "re-encoding grew the row: {} bytes from {}",
-        encoded.len(),
-        bytes.len()
-    );
+    // Re-encoded in this release's layout: a live row's size is its fixed
+    // part and its mention ids, whatever layout it was read from.
+    if let Row::Live(state) = &row {
+        let expected = 3 + 44 + 4 + 8 * state.mentions.pending().len();
+        assert_eq!(encoded.len(), expected, "re-encoding made an odd size");
+    }
     let again = decode_row(channel_id, &encoded);
     assert_eq!(
         again.as_ref(),

@@ -72,6 +72,20 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, how long the drain and the final flush may take
     /// before the process gives up and exits non-zero.
     pub shutdown_timeout_ms: u64,
+    /// Most connections open at once; past it the longest-idle connection
+    /// is closed to make room (or, if every one has a call open, the new
+    /// one). Lowered at start to fit three quarters of the open-files
+    /// limit, less `metrics.max_connections`.
+    pub max_connections: usize,
+    /// A connection that has not started a call this long after its
+    /// accept (TLS handshake included) is closed.
+    pub first_request_timeout_ms: u64,
+    /// A connection with no call open for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// HTTP/2 pings to each connection this often (0: none); a client that
+    /// does not answer within `keepalive_timeout_ms` is disconnected.
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
 }
 
 /// Which store holds the states.
@@ -188,6 +202,13 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Address of the `/metrics` HTTP endpoint.
     pub listen_addr: SocketAddr,
+    /// Most connections open at once; past it the longest-idle one is
+    /// closed to make room, so a new scrape always gets through.
+    pub max_connections: usize,
+    /// A connection whose request headers have not all arrived this long
+    /// after its accept, or after its previous response (a kept-alive
+    /// connection left idle), is closed.
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for MetricsConfig {
@@ -195,6 +216,8 @@ impl Default for MetricsConfig {
         Self {
             enabled: true,
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            max_connections: 16,
+            header_read_timeout_ms: 5_000,
         }
     }
 }
@@ -218,6 +241,11 @@ impl Default for ServerConfig {
             request_timeout_ms: 10_000,
             drain_timeout_ms: 10_000,
             shutdown_timeout_ms: 60_000,
+            max_connections: 10_000,
+            first_request_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            keepalive_interval_ms: 60_000,
+            keepalive_timeout_ms: 20_000,
         }
     }
 }
@@ -522,6 +550,7 @@ impl Config {
         match checks.into_iter().find(|(failed, _, _)| *failed) {
             Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
             None => {
+                self.validate_connections()?;
                 self.scylla.validate()?;
                 self.cluster
                     .validate(self.store.backend == StoreBackend::Scylla)?;
@@ -529,6 +558,66 @@ impl Config {
                 auth::validate(&self.tls, &self.auth)
             }
         }
+    }
+}
+
+impl Config {
+    /// Checks the connection settings of `[server]` and `[metrics]`.
+    fn validate_connections(&self) -> Result<(), ConfigError> {
+        let (server, metrics) = (&self.server, &self.metrics);
+        let checks: [(bool, &'static str, &'static str); 7] = [
+            (
+                server.max_connections == 0,
+                "server.max_connections",
+                "must be at least 1 (and below the open-files limit, ulimit -n)",
+            ),
+            (
+                server.first_request_timeout_ms < 100,
+                "server.first_request_timeout_ms",
+                "must be at least 100",
+            ),
+            (
+                server.idle_timeout_ms < 1_000,
+                "server.idle_timeout_ms",
+                "must be at least 1000",
+            ),
+            (
+                server.keepalive_interval_ms != 0 && server.keepalive_interval_ms < 1_000,
+                "server.keepalive_interval_ms",
+                "must be 0 (no pings) or at least 1000",
+            ),
+            (
+                server.keepalive_timeout_ms < 100,
+                "server.keepalive_timeout_ms",
+                "must be at least 100",
+            ),
+            (
+                metrics.max_connections == 0,
+                "metrics.max_connections",
+                "must be at least 1",
+            ),
+            (
+                metrics.header_read_timeout_ms < 100,
+                "metrics.header_read_timeout_ms",
+                "must be at least 100",
+            ),
+        ];
+        match checks.into_iter().find(|(failed, _, _)| *failed) {
+            Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Returns the HTTP/2 keepalive ping interval, `None` when off.
+    pub fn keepalive_interval(&self) -> Option<Duration> {
+        (self.keepalive_interval_ms > 0).then(|| Duration::from_millis(self.keepalive_interval_ms))
+    }
+
+    /// Returns how long a keepalive ping may wait for its answer.
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.keepalive_timeout_ms)
     }
 }
 

@@ -5,6 +5,8 @@
 //!   mapping of errors to status codes.
 //! - [`auth`]: TLS on the gRPC port; client certificates or bearer tokens
 //!   checked before a ReadStates call runs.
+//! - [`connections`]: the gRPC and `/metrics` ports' connections, capped,
+//!   reaped when silent or idle, accepted with backoff.
 //! - [`cache`]: partitioned LRU of users' states; single-flight loads,
 //!   eviction, dirty tracking, the flush timer buckets, and the inbox of
 //!   mentions deferred until a cold user's next load.
@@ -33,6 +35,7 @@ pub mod cache;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod connections;
 pub mod engine;
 pub mod flush;
 pub mod ids;

@@ -12,8 +12,6 @@ use anyhow::Context;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
@@ -22,9 +20,12 @@ use crate::auth::{AuthError, Security, tls_incoming};
 use crate::cache::Cache;
 use crate::cluster::{Cluster, ClusterMetrics, Handoff, Ownership};
 use crate::config::{Config, StoreBackend};
+use crate::connections::{
+    Acceptor, CallTrackingLayer, ConnectionTable, open_files_limit, plain_incoming, port_limits,
+};
 use crate::engine::Engine;
 use crate::flush::{FlushError, Kept, SpillDir, keep_unwritten};
-use crate::metrics::{Metrics, serve_metrics};
+use crate::metrics::{ListenerPort, Metrics, serve_metrics};
 use crate::overload::QueueDelay;
 use crate::store::{EmbeddedOptions, EmbeddedStore, ScyllaStore, Store};
 
@@ -274,6 +275,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         .await
         .with_context(|| format!("binding {}", config.server.listen_addr))?;
     let addr = listener.local_addr()?;
+    let (grpc_limits, metrics_limits) = port_limits(config, open_files_limit());
     let shutdown = CancellationToken::new();
     let metrics_shutdown = CancellationToken::new();
     let (metrics_addr, metrics_task) = if config.metrics.enabled {
@@ -287,6 +289,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             metrics_listener,
             Arc::clone(&metrics),
             Arc::clone(&cache),
+            metrics_limits,
             metrics_shutdown.clone(),
         ));
         (Some(metrics_addr), Some(task))
@@ -345,8 +348,22 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     let flusher_task = tokio::spawn(flusher.run(flush_shutdown.clone(), give_up));
     // A second signal: give up what neither the store nor the spill took.
     let force = CancellationToken::new();
+    // The gRPC port's connections: capped, reaped when silent or idle (see
+    // `connections`); the layer below marks their calls.
+    let grpc_connections = metrics.connections.port(ListenerPort::Grpc);
+    let connection_table = Arc::new(ConnectionTable::new(grpc_limits, grpc_connections.clone()));
+    let acceptor = Acceptor::new(
+        listener,
+        Arc::clone(&connection_table),
+        grpc_connections,
+        ListenerPort::Grpc.name(),
+    );
     let router = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(config.server.request_timeout_ms))
+        // Pings find the connections of clients that vanished without a
+        // FIN (a crashed host, a dropped NAT entry).
+        .http2_keepalive_interval(config.server.keepalive_interval())
+        .http2_keepalive_timeout(Some(config.server.keepalive_timeout()))
         // Advertised as the HTTP/2 stream limit, so clients queue past it
         // instead of piling unread requests into the connection (see
         // `MAX_STREAMS_PER_CONNECTION`); the layer below refuses a client
@@ -356,6 +373,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         )
         .concurrency_limit_per_connection(config.server.max_concurrent_requests_per_connection)
         .load_shed(true)
+        .layer(CallTrackingLayer::new(connection_table))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -380,26 +398,16 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             tracing::info!("shutting down: finishing calls in flight");
             health_reporter.set_not_serving::<ReadStatesServer>().await;
         };
-        let (serve, handshakes): (ServeFuture<'_>, _) = match tls {
+        let (serve, accepting): (ServeFuture<'_>, _) = match tls {
             Some(tls) => {
-                let (incoming, handshakes) = tls_incoming(listener, tls, handshake_failures);
+                let (incoming, accepting) = tls_incoming(acceptor, tls, handshake_failures);
                 let serve = router.serve_with_incoming_shutdown(incoming, stopping);
-                (Box::pin(serve), Some(handshakes))
+                (Box::pin(serve), accepting)
             }
             None => {
-                // TCP_NODELAY, as tonic sets it on the listeners it binds
-                // itself: without it the kernel holds a response's later
-                // small writes until the client acknowledges the first,
-                // which a client delaying its ACKs does after up to 40 ms.
-                let incoming = TcpListenerStream::new(listener).map(|accepted| {
-                    accepted.inspect(|stream| {
-                        let _ = stream.set_nodelay(true);
-                    })
-                });
-                (
-                    Box::pin(router.serve_with_incoming_shutdown(incoming, stopping)),
-                    None,
-                )
+                let (incoming, accepting) = plain_incoming(acceptor);
+                let serve = router.serve_with_incoming_shutdown(incoming, stopping);
+                (Box::pin(serve), accepting)
             }
         };
         // A client that never lets its connection close must not keep the
@@ -417,9 +425,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             }
         };
         // The accepting task ends with the server's incoming stream.
-        if let Some(handshakes) = handshakes {
-            handshakes.await.context("TLS accepting task failed")?;
-        }
+        accepting.await.context("accepting task failed")?;
         tracing::info!("calls finished: flushing dirty read states");
         flush_shutdown.cancel();
         let flushed = flusher_task.await;

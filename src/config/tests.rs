@@ -153,3 +153,38 @@ fn bad_scylla_settings_are_refused_by_name() {
     assert!(!is_cql_identifier("_x"));
     assert!(!is_cql_identifier(&"a".repeat(49)));
 }
+
+#[test]
+fn connection_settings_out_of_range_are_refused_by_name() {
+    for (text, field) in [
+        ("[server]\nmax_connections = 0\n", "server.max_connections"),
+        (
+            "[server]\nfirst_request_timeout_ms = 0\n",
+            "server.first_request_timeout_ms",
+        ),
+        ("[server]\nidle_timeout_ms = 10\n", "server.idle_timeout_ms"),
+        (
+            "[server]\nkeepalive_interval_ms = 10\n",
+            "server.keepalive_interval_ms",
+        ),
+        (
+            "[server]\nkeepalive_timeout_ms = 0\n",
+            "server.keepalive_timeout_ms",
+        ),
+        (
+            "[metrics]\nmax_connections = 0\n",
+            "metrics.max_connections",
+        ),
+        (
+            "[metrics]\nheader_read_timeout_ms = 0\n",
+            "metrics.header_read_timeout_ms",
+        ),
+    ] {
+        let error = Config::from_toml_and_env(text, env(&[])).unwrap_err();
+        assert!(error.to_string().contains(field), "{text}: {error}");
+    }
+    // Keepalive pings can be turned off.
+    let config =
+        Config::from_toml_and_env("[server]\nkeepalive_interval_ms = 0\n", env(&[])).unwrap();
+    assert_eq!(config.server.keepalive_interval(), None);
+}

@@ -1,58 +1,73 @@
 //! The `/metrics` endpoint: a small HTTP/1.1 server on its own listener.
+//!
+//! Its connections are bounded like the gRPC port's (see `connections`): a
+//! cap that closes the longest-idle connection to make room, so a new
+//! scrape always gets through however many sockets sit idle; and a
+//! deadline on each request's headers, counted from the accept or from the
+//! previous response, so a slow, silent or idle client cannot hold a
+//! connection.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method as HttpMethod, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Metrics;
+use super::{ListenerPort, Metrics};
 use crate::cache::Cache;
+use crate::connections::{Acceptor, ConnectionLimits, ConnectionTable};
 
-/// How many scrapes are answered at once; more connections wait in the
-/// listener's backlog.
-const MAX_CONNECTIONS: usize = 16;
-
-/// Serves `GET /metrics` until `shutdown` is cancelled.
+/// Serves `GET /metrics` until `shutdown` is cancelled, within `limits`
+/// (whose first-request and idle timeouts are the header-read timeout).
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     cache: Arc<Cache>,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
+    // Bounded by the table's cap: a connection task ends once its
+    // connection is closed, and the table counts it until then.
     let connections = TaskTracker::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let port_metrics = metrics.connections.port(ListenerPort::Metrics);
+    let table = Arc::new(ConnectionTable::new(limits, port_metrics.clone()));
+    let mut acceptor = Acceptor::new(listener, table, port_metrics, ListenerPort::Metrics.name());
     loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            break;
-        };
-        let accepted = tokio::select! {
+        let stream = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "metrics listener accept failed");
-                continue;
-            }
+            stream = acceptor.next() => stream,
         };
         let metrics = Arc::clone(&metrics);
         let cache = Arc::clone(&cache);
         let shutdown = shutdown.clone();
+        let calls = stream.calls();
         connections.spawn(async move {
             let service = service_fn(move |request| {
-                let response = respond(&request, &metrics, &cache);
+                // Open until the page is written: an idle connection is one
+                // between a response and the next request's headers.
+                let call = calls.start();
+                let response = respond(&request, &metrics, &cache).map(|body| {
+                    body.map_frame(move |frame| {
+                        let _open = &call;
+                        frame
+                    })
+                });
                 async move { Ok::<_, Infallible>(response) }
             });
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            // The table closes (and counts) connections whose headers are
+            // late; hyper's own timer, a little later, is the backstop.
+            let header_read_backstop = limits.first_request_timeout + limits.reap_period() * 2;
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_backstop)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 result = connection => {
@@ -61,7 +76,6 @@ pub async fn serve_metrics(
                     }
                 }
             }
-            drop(permit);
         });
     }
     connections.close();

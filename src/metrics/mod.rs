@@ -12,11 +12,15 @@
 //! Names follow Prometheus conventions: `readstates_` prefix, base units,
 //! `_seconds`, `_bytes`, `_total`. Labels come from small fixed sets.
 
+mod connections;
 mod forwarding;
 mod handoff;
 mod histogram;
 mod http;
 
+pub use connections::{
+    AcceptFailure, ConnectionMetrics, ListenerPort, PortConnections, ReapReason,
+};
 pub use forwarding::{ForwardResult, Forwards};
 pub use handoff::HandoffMetrics;
 pub use histogram::{AtomicHistogram, LATENCY_BUCKETS, SIZE_BUCKETS};
@@ -158,6 +162,8 @@ pub struct Metrics {
     pub cluster_handoffs: HandoffMetrics,
     /// Calls forwarded to their slot's owner.
     pub cluster_forwards: Forwards,
+    /// Connections open, reaped and refused on the gRPC and metrics ports.
+    pub connections: ConnectionMetrics,
     lease_remaining: Gauge,
     cache: CacheMetrics,
     process_resident_memory: Gauge,
@@ -468,6 +474,7 @@ impl Metrics {
             cluster_lease_renewals,
             cluster_handoffs: HandoffMetrics::register(&recorder),
             cluster_forwards: Forwards::register(&recorder),
+            connections: ConnectionMetrics::register(&recorder),
             lease_remaining: gauge(
                 "readstates_version_lease_remaining_seconds",
                 Some(Unit::Seconds),

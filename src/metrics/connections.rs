@@ -1,0 +1,175 @@
+//! The metrics of the connections on the gRPC and `/metrics` ports (see
+//! `connections`): `readstates_connections_open{port}`, the connections the
+//! server closed itself, `readstates_connections_reaped_total{port,reason}`,
+//! and `readstates_connection_accept_errors_total{port,error}`. Together
+//! they show idle sockets piling up, the cap biting and a process that has
+//! run out of file descriptors.
+
+use metrics::{Counter, Gauge, Key, Label, Recorder};
+use metrics_exporter_prometheus::PrometheusRecorder;
+
+use super::METADATA;
+
+const OPEN: &str = "readstates_connections_open";
+const REAPED: &str = "readstates_connections_reaped_total";
+const ACCEPT_ERRORS: &str = "readstates_connection_accept_errors_total";
+
+/// The listening ports whose connections are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerPort {
+    /// The gRPC API, plaintext or TLS.
+    Grpc,
+    /// The `/metrics` endpoint.
+    Metrics,
+}
+
+impl ListenerPort {
+    /// Returns the `port` label's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerPort::Grpc => "grpc",
+            ListenerPort::Metrics => "metrics",
+        }
+    }
+}
+
+/// Why the server closed a connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReapReason {
+    /// No call started within the first-request timeout of its accept
+    /// (TLS handshake included).
+    FirstRequestTimeout,
+    /// No call open for the idle timeout.
+    Idle,
+    /// The longest-idle connection, closed to make room for a new one at
+    /// the cap (or when accepting ran out of file descriptors).
+    Evicted,
+    /// A new connection, closed at once: the cap was reached and every
+    /// connection had a call open.
+    Refused,
+}
+
+/// Why accepting a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptFailure {
+    /// The process or the system has no file descriptor left (EMFILE,
+    /// ENFILE).
+    FdLimit,
+    /// Anything else.
+    Other,
+}
+
+/// One port's connection metrics.
+#[derive(Clone)]
+pub struct PortConnections {
+    /// Connections open now (those being closed included: they still hold
+    /// their descriptors).
+    pub open: Gauge,
+    first_request_timeout: Counter,
+    idle: Counter,
+    evicted: Counter,
+    refused: Counter,
+    fd_limit: Counter,
+    other: Counter,
+}
+
+impl PortConnections {
+    /// Handles that record nothing anyone reads (for unit tests).
+    pub fn noop() -> Self {
+        Self {
+            open: Gauge::noop(),
+            first_request_timeout: Counter::noop(),
+            idle: Counter::noop(),
+            evicted: Counter::noop(),
+            refused: Counter::noop(),
+            fd_limit: Counter::noop(),
+            other: Counter::noop(),
+        }
+    }
+
+    /// Counts one connection the server closed for `reason`.
+    pub fn record_reaped(&self, reason: ReapReason) {
+        let counter = match reason {
+            ReapReason::FirstRequestTimeout => &self.first_request_timeout,
+            ReapReason::Idle => &self.idle,
+            ReapReason::Evicted => &self.evicted,
+            ReapReason::Refused => &self.refused,
+        };
+        counter.increment(1);
+    }
+
+    /// Counts one failed accept.
+    pub fn record_accept_failure(&self, failure: AcceptFailure) {
+        match failure {
+            AcceptFailure::FdLimit => self.fd_limit.increment(1),
+            AcceptFailure::Other => self.other.increment(1),
+        }
+    }
+
+    fn register(recorder: &PrometheusRecorder, port: ListenerPort) -> Self {
+        let port_label = || Label::new("port", port.name());
+        let reaped = |reason: &'static str| {
+            recorder.register_counter(
+                &Key::from_parts(REAPED, vec![port_label(), Label::new("reason", reason)]),
+                &METADATA,
+            )
+        };
+        let accept_error = |error: &'static str| {
+            recorder.register_counter(
+                &Key::from_parts(
+                    ACCEPT_ERRORS,
+                    vec![port_label(), Label::new("error", error)],
+                ),
+                &METADATA,
+            )
+        };
+        Self {
+            open: recorder.register_gauge(&Key::from_parts(OPEN, vec![port_label()]), &METADATA),
+            first_request_timeout: reaped("first_request_timeout"),
+            idle: reaped("idle"),
+            evicted: reaped("evicted"),
+            refused: reaped("refused"),
+            fd_limit: accept_error("fd_limit"),
+            other: accept_error("other"),
+        }
+    }
+}
+
+/// The connection metrics of both ports.
+pub struct ConnectionMetrics {
+    grpc: PortConnections,
+    metrics: PortConnections,
+}
+
+impl ConnectionMetrics {
+    /// Registers the gauges and counters with `recorder`.
+    pub(super) fn register(recorder: &PrometheusRecorder) -> Self {
+        recorder.describe_gauge(
+            OPEN.into(),
+            None,
+            "Connections open on the port (port=\"grpc\" or \"metrics\"), those being closed included.".into(),
+        );
+        recorder.describe_counter(
+            REAPED.into(),
+            None,
+            "Connections the server closed itself, by port and reason: \"first_request_timeout\" (no call started within server.first_request_timeout_ms or metrics.header_read_timeout_ms of the accept), \"idle\" (no call open for server.idle_timeout_ms; on the metrics port, no request headers within metrics.header_read_timeout_ms of the previous response), \"evicted\" (the longest-idle connection, closed to make room at the connection cap or when out of file descriptors), \"refused\" (a new connection closed at once: at the cap with a call open on every connection).".into(),
+        );
+        recorder.describe_counter(
+            ACCEPT_ERRORS.into(),
+            None,
+            "Failed accepts, by port and error: \"fd_limit\" (EMFILE or ENFILE: no file descriptor left; accepting backs off up to 1 s) or \"other\".".into(),
+        );
+        Self {
+            grpc: PortConnections::register(recorder, ListenerPort::Grpc),
+            metrics: PortConnections::register(recorder, ListenerPort::Metrics),
+        }
+    }
+
+    /// Returns `port`'s handles.
+    pub fn port(&self, port: ListenerPort) -> PortConnections {
+        match port {
+            ListenerPort::Grpc => self.grpc.clone(),
+            ListenerPort::Metrics => self.metrics.clone(),
+        }
+    }
+}

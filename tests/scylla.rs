@@ -1,6 +1,8 @@
 //! The ScyllaDB / Cassandra store against a real cluster: migrations, the
-//! store's versioned writes and paged reads, DESIGN.md section 2 through the
+//! store's paged reads and bounded writes, DESIGN.md section 2 through the
 //! service, write-behind and eviction, restarts, and an unreachable cluster.
+//! The contract every store keeps (versioned writes, deletes, the version
+//! floor) is checked against the cluster in `tests/store_contract.rs`.
 //!
 //! Enabled when `READSTATES_TEST_SCYLLA` names contact points, e.g.
 //! `READSTATES_TEST_SCYLLA=127.0.0.1:9042 cargo test --test scylla`
@@ -32,8 +34,7 @@ use readstates::api::proto::{
     RemoveMentionsRequest,
 };
 use readstates::config::{Config, ScyllaConfig, StoreBackend};
-use readstates::ids::{ChannelId, MessageId, UserId};
-use readstates::read_state::{Mentions, ReadState as StoreState};
+use readstates::ids::UserId;
 use readstates::store::{
     LoadPriority, MigrateError, RowWrite, ScyllaError, ScyllaStore, Store, UserRows,
 };
@@ -400,73 +401,6 @@ async fn a_table_or_column_changed_by_hand_is_refused() {
 // ---------------------------------------------------------------------------
 // The store itself
 // ---------------------------------------------------------------------------
-
-#[tokio::test]
-async fn the_newest_version_wins_deletes_included_from_any_instance() {
-    let Some(cluster) =
-        Cluster::from_env("the_newest_version_wins_deletes_included_from_any_instance").await
-    else {
-        return;
-    };
-    let settings = cluster.migrated().await;
-    // Two stores: two service instances writing the same user.
-    let first = open(&settings).await;
-    let second = open(&settings).await;
-
-    put(first.as_ref(), vec![write(7, state(1, 50, 10), false)]).await;
-    put(second.as_ref(), vec![write(7, state(1, 40, 9), false)]).await;
-    assert_eq!(
-        load(first.as_ref(), 7).await.states,
-        [state(1, 50, 10)],
-        "a stale write loses"
-    );
-
-    put(second.as_ref(), vec![write(7, state(1, 0, 11), true)]).await;
-    put(first.as_ref(), vec![write(7, state(1, 60, 10), false)]).await;
-    let rows = load(first.as_ref(), 7).await;
-    assert!(
-        rows.states.is_empty(),
-        "a delete wins over an older write: {rows:?}"
-    );
-    assert_eq!(rows.version, 11, "the user's version counts the deletion");
-
-    put(first.as_ref(), vec![write(7, state(1, 70, 12), false)]).await;
-    assert_eq!(load(second.as_ref(), 7).await.states, [state(1, 70, 12)]);
-
-    // Within one batch only the newest write of a row counts; a user's
-    // version is the highest written, even below a live row's.
-    put(
-        first.as_ref(),
-        vec![
-            write(8, state(1, 9, 30), false),
-            write(8, state(1, 5, 20), false),
-            write(8, state(2, 1, 40), true),
-        ],
-    )
-    .await;
-    let rows = load(first.as_ref(), 8).await;
-    assert_eq!(rows.states, [state(1, 9, 30)]);
-    assert_eq!(rows.version, 40);
-
-    // Every field survives the round trip.
-    let full = StoreState {
-        channel_id: ChannelId::new(i64::MAX as u64).unwrap(),
-        last_message_id: MessageId::new(1_000).unwrap(),
-        last_pin_timestamp_ms: u64::MAX,
-        updated_at_ms: 1_700_000_000_000,
-        version: 50,
-        mentions: Mentions::from_parts(vec![1_001, 1_005, i64::MAX as u64], 3, 2_000),
-    };
-    put(second.as_ref(), vec![write(9, full.clone(), false)]).await;
-    assert_eq!(load(first.as_ref(), 9).await.states, [full]);
-
-    // The larger version floor wins, in either order.
-    first.record_version_floor(1_000).await.unwrap();
-    second.record_version_floor(500).await.unwrap();
-    assert_eq!(first.load_version_floor().await.unwrap(), 1_000);
-    assert_eq!(load(first.as_ref(), 12_345).await, UserRows::default());
-    cluster.drop_keyspace(&settings).await;
-}
 
 #[tokio::test]
 async fn a_user_with_many_channels_loads_across_pages() {

@@ -1,8 +1,9 @@
 //! A user's deletes on the ScyllaDB / Cassandra store against a real
 //! cluster: a user who deleted more states than Cassandra's
-//! `tombstone_failure_threshold` (100,000 by default) still loads, and
+//! `tombstone_failure_threshold` (100,000 by default) still loads. That
 //! deletes keep last-write-wins by version (a stale write never brings a
-//! deleted state back, a newer one does).
+//! deleted state back, a newer one does) is part of the store contract,
+//! checked against the cluster in `tests/store_contract.rs`.
 //!
 //! Deletes are delete markers with a TTL of the table's `gc_grace_seconds`
 //! (see `migrations/0004_delete_markers.cql`): the last test shortens
@@ -112,48 +113,6 @@ async fn a_user_who_deleted_more_states_than_the_tombstone_threshold_still_loads
     .await;
     let rows = load(open(&settings).await.as_ref(), 5).await;
     assert_eq!(rows.states, [state(7, 70, 2_000_000)]);
-    cluster.drop_keyspace(&settings).await;
-}
-
-#[tokio::test]
-async fn a_deleted_state_loses_to_stale_writes_and_comes_back_with_a_newer_one() {
-    let Some(cluster) =
-        Cluster::from_env("a_deleted_state_loses_to_stale_writes_and_comes_back_with_a_newer_one")
-            .await
-    else {
-        return;
-    };
-    let settings = cluster.migrated().await;
-    // Two stores: two instances, or one before and after a restart.
-    let first = open(&settings).await;
-    let second = open(&settings).await;
-    let mut full = state(1, 50, 10);
-    full.last_pin_timestamp_ms = 7;
-    full.updated_at_ms = 8;
-    full.mentions = readstates::read_state::Mentions::from_parts(vec![60, 61], 2, 70);
-    put(first.as_ref(), vec![write(7, full, false)]).await;
-    put(second.as_ref(), vec![write(7, state(1, 0, 11), true)]).await;
-    // Stale writes older than the delete, from either store, in any order.
-    put(first.as_ref(), vec![write(7, state(1, 60, 10), false)]).await;
-    put(second.as_ref(), vec![write(7, state(1, 55, 9), false)]).await;
-    let rows = load(open(&settings).await.as_ref(), 7).await;
-    assert!(rows.states.is_empty(), "the delete wins: {rows:?}");
-    assert_eq!(rows.version, 11);
-
-    // Deleted, then re-acked: the newer write brings the state back, with
-    // nothing of the deleted one.
-    put(first.as_ref(), vec![write(7, state(1, 80, 12), false)]).await;
-    put(second.as_ref(), vec![write(7, state(1, 0, 11), true)]).await;
-    let rows = load(open(&settings).await.as_ref(), 7).await;
-    assert_eq!(rows.states, [state(1, 80, 12)]);
-    assert_eq!(rows.version, 12);
-
-    // Deleted again: and again a stale write loses.
-    put(second.as_ref(), vec![write(7, state(1, 0, 13), true)]).await;
-    put(first.as_ref(), vec![write(7, state(1, 80, 12), false)]).await;
-    let rows = load(first.as_ref(), 7).await;
-    assert!(rows.states.is_empty(), "{rows:?}");
-    assert_eq!(rows.version, 13);
     cluster.drop_keyspace(&settings).await;
 }
 

@@ -1,11 +1,13 @@
 //! Shared harness of the integration tests: a real server on 127.0.0.1:0
 //! over a real embedded store in a temporary directory, a gRPC client, and a
 //! store wrapper that counts writes and can simulate an outage; `faults`
-//! has a store whose operations fail, slow down or hang on demand.
+//! has a store whose operations fail, slow down or hang on demand;
+//! `contract` has the store contract every backend is checked against.
 #![allow(dead_code)]
 
 pub mod binary;
 pub mod cluster;
+pub mod contract;
 pub mod faults;
 pub mod routing;
 

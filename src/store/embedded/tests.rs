@@ -1,4 +1,7 @@
-//! Tests of the embedded store.
+//! Tests of what is the embedded store's own: a commit durable without a
+//! sync, the import of the earlier LSM store, the writer thread's
+//! priority. The contract every store keeps (versions, deletes, the
+//! version floor, reopening) is checked in `tests/store_contract.rs`.
 
 use super::*;
 use crate::ids::MessageId;
@@ -26,76 +29,6 @@ pub(super) async fn load(store: &EmbeddedStore, user: UserId) -> UserRows {
 }
 
 #[tokio::test]
-async fn stale_writes_never_overwrite_newer_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let user = UserId::new(7).unwrap();
-    store
-        .write_batch(Arc::from(vec![write(7, state(1, 50, 10), false)]))
-        .await
-        .unwrap();
-    store
-        .write_batch(Arc::from(vec![write(7, state(1, 40, 9), false)]))
-        .await
-        .unwrap();
-    assert_eq!(load(&store, user).await.states, vec![state(1, 50, 10)]);
-
-    store
-        .write_batch(Arc::from(vec![write(7, state(1, 0, 11), true)]))
-        .await
-        .unwrap();
-    store
-        .write_batch(Arc::from(vec![write(7, state(1, 60, 10), false)]))
-        .await
-        .unwrap();
-    assert!(
-        load(&store, user).await.states.is_empty(),
-        "delete wins over older write"
-    );
-
-    store
-        .write_batch(Arc::from(vec![write(7, state(1, 70, 12), false)]))
-        .await
-        .unwrap();
-    assert_eq!(load(&store, user).await.states, vec![state(1, 70, 12)]);
-}
-
-#[tokio::test]
-async fn users_are_separate_prefixes_and_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let rows = vec![
-            write(1, state(5, 1, 1), false),
-            write(2, state(3, 2, 1), false),
-            write(2, state(4, 3, 1), false),
-            write(3, state(1, 4, 1), false),
-        ];
-        store.write_batch(Arc::from(rows)).await.unwrap();
-        store.record_version_floor(99).await.unwrap();
-        store.record_version_floor(50).await.unwrap();
-        store.sync().await.unwrap();
-    }
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let user2 = load(&store, UserId::new(2).unwrap()).await.states;
-    assert_eq!(user2, vec![state(3, 2, 1), state(4, 3, 1)]);
-    assert_eq!(store.load_version_floor().await.unwrap(), 99);
-}
-
-#[tokio::test]
-async fn the_newest_duplicate_in_a_batch_wins() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let rows = vec![
-        write(1, state(1, 9, 3), false),
-        write(1, state(1, 5, 2), false),
-    ];
-    store.write_batch(Arc::from(rows)).await.unwrap();
-    let loaded = load(&store, UserId::new(1).unwrap()).await.states;
-    assert_eq!(loaded, vec![state(1, 9, 3)]);
-}
-
-#[tokio::test]
 async fn a_committed_batch_is_on_disk_without_a_sync() {
     let dir = tempfile::tempdir().unwrap();
     {
@@ -109,27 +42,6 @@ async fn a_committed_batch_is_on_disk_without_a_sync() {
     let loaded = load(&store, UserId::new(4).unwrap()).await;
     assert_eq!(loaded.states, vec![state(2, 8, 5)]);
     assert_eq!(loaded.version, 5);
-}
-
-#[tokio::test]
-async fn concurrent_batches_all_land() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let writes = (1..=40u64).map(|user| {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let rows = (1..=3).map(|channel| write(user, state(channel, user, user), false));
-            store.write_batch(Arc::from(rows.collect::<Vec<_>>())).await
-        })
-    });
-    for write in writes.collect::<Vec<_>>() {
-        write.await.unwrap().unwrap();
-    }
-    for user in 1..=40u64 {
-        let loaded = load(&store, UserId::new(user).unwrap()).await;
-        let expected: Vec<_> = (1..=3).map(|channel| state(channel, user, user)).collect();
-        assert_eq!(loaded.states, expected, "user {user}");
-    }
 }
 
 /// Writes rows the way the earlier LSM store laid them out.

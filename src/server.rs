@@ -297,7 +297,16 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         (None, None)
     };
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // Health and reflection requests carry a service, symbol or file name
+    // (a few hundred bytes at most), and they answer anyone, credentials
+    // or not: a small fixed limit instead of `limits.max_request_bytes`.
+    // It also bounds what reflection echoes back: an unknown symbol comes
+    // back whole in a NOT_FOUND message, which tonic-reflection writes and
+    // we cannot trim; under 4 KiB it stays within a client's default
+    // header list (16 KiB) even when every byte is percent-encoded.
+    const PROBE_MAX_REQUEST_BYTES: usize = 4 * 1024;
+    let (health_reporter, health_server) = tonic_health::server::health_reporter();
+    let health_service = health_server.max_decoding_message_size(PROBE_MAX_REQUEST_BYTES);
     health_reporter.set_serving::<ReadStatesServer>().await;
     // Reflection in both versions: much tooling (Python's grpcio-reflection,
     // older grpcurl, Postman and Evans builds) speaks only v1alpha.
@@ -308,10 +317,12 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     };
     let reflection_v1 = reflection()
         .build_v1()
-        .context("building the reflection service (v1)")?;
+        .context("building the reflection service (v1)")?
+        .max_decoding_message_size(PROBE_MAX_REQUEST_BYTES);
     let reflection_v1alpha = reflection()
         .build_v1alpha()
-        .context("building the reflection service (v1alpha)")?;
+        .context("building the reflection service (v1alpha)")?
+        .max_decoding_message_size(PROBE_MAX_REQUEST_BYTES);
     let mut service = ReadStatesService::new(
         Arc::clone(&cache),
         Arc::clone(&store),

@@ -5,20 +5,35 @@
 //! held digest, without stopping at a match: the time taken does not depend
 //! on which token matched, how much of one did, or its length. Tokens are
 //! never logged, and not kept in memory in the clear.
+//!
+//! A file that others can read is loaded with a warning, not refused: the
+//! service cannot tell a shared group set up on purpose from a mistake, and
+//! refusing would turn a careless `chmod` into an outage. A file with no
+//! token (empty, or only comments) is accepted, loudly: it is how every
+//! token is revoked at once. A missing or unreadable file is refused (at a
+//! reload the tokens in force stay): it is more likely a deploy caught half
+//! way (a volume not mounted yet, a secret being replaced) than a decision,
+//! and failing closed there would refuse every call by accident.
 
 use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 use ring::digest::{SHA256, SHA256_OUTPUT_LEN, digest};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+use tokio::io::AsyncReadExt;
 
 use super::AuthError;
 
 /// Shorter tokens are refused: a bearer token is a random secret, not a
 /// password (16 characters of hex already carry 64 bits).
 pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// The permission bits of the group and of others: a tokens file with any
+/// of them set gets a warning, the test ssh applies to private keys.
+const OPEN_TO_OTHERS: u32 = 0o077;
 
 /// One file's tokens.
 #[derive(Debug)]
@@ -134,23 +149,44 @@ impl TokenFile {
     }
 }
 
+/// Reads and parses the tokens file, warning when others may read it and
+/// when it holds no token.
 async fn read(path: &Path) -> Result<TokenSet, AuthError> {
-    let text = tokio::fs::read_to_string(path)
+    let file_error = |error: std::io::Error| AuthError::File {
+        setting: "auth.tokens_file",
+        path: path.to_owned(),
+        reason: error.to_string(),
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(file_error)?;
+    // The mode of the file opened, not of whatever the path names later.
+    let mode = file
+        .metadata()
         .await
-        .map_err(|error| AuthError::File {
-            setting: "auth.tokens_file",
-            path: path.to_owned(),
-            reason: error.to_string(),
-        })?;
+        .map_err(file_error)?
+        .permissions()
+        .mode();
+    if open_to_others(mode) {
+        tracing::warn!(
+            path = %path.display(),
+            mode = %format!("{:04o}", mode & 0o7777),
+            "bearer tokens file is open to users other than its owner; restrict it (chmod 600)"
+        );
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).await.map_err(file_error)?;
     let tokens = TokenSet::parse(path, &text)?;
     if tokens.is_empty() {
-        return Err(AuthError::File {
-            setting: "auth.tokens_file",
-            path: path.to_owned(),
-            reason: "holds no token: every call would be refused".to_owned(),
-        });
+        tracing::warn!(
+            path = %path.display(),
+            "bearer tokens file holds no token: every readstates call is refused until tokens are added"
+        );
     }
     Ok(tokens)
+}
+
+/// Returns whether a file mode lets the group or others in.
+fn open_to_others(mode: u32) -> bool {
+    mode & OPEN_TO_OTHERS != 0
 }
 
 #[cfg(test)]
@@ -215,8 +251,8 @@ mod tests {
 
         std::fs::write(&path, "a tooshort\n").unwrap();
         assert!(file.reload().await.is_err());
-        std::fs::write(&path, "# nothing\n").unwrap();
-        assert!(file.reload().await.is_err());
+        std::fs::remove_file(&path).unwrap();
+        assert!(file.reload().await.is_err(), "a missing file is refused");
         assert!(Arc::ptr_eq(&before, &file.current()));
 
         std::fs::write(&path, "b fedcba9876543210\n").unwrap();
@@ -226,5 +262,31 @@ mod tests {
             file.current().caller(b"fedcba9876543210").as_deref(),
             Some("b")
         );
+    }
+
+    #[tokio::test]
+    async fn a_file_without_tokens_revokes_every_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "a 0123456789abcdef\n").unwrap();
+        let file = TokenFile::open(&path).await.unwrap();
+
+        std::fs::write(&path, "# every token revoked\n").unwrap();
+        assert_eq!(file.reload().await.unwrap(), 0);
+        assert!(file.current().caller(b"0123456789abcdef").is_none());
+
+        std::fs::write(&path, "").unwrap();
+        let empty = TokenFile::open(&path).await.unwrap();
+        assert!(empty.current().is_empty(), "an empty file starts too");
+    }
+
+    #[test]
+    fn only_an_owner_only_mode_is_closed_to_others() {
+        for mode in [0o100600, 0o100400, 0o100700, 0o600, 0o4600] {
+            assert!(!open_to_others(mode), "{mode:o}");
+        }
+        for mode in [0o100644, 0o100640, 0o100604, 0o100620, 0o100666, 0o100610] {
+            assert!(open_to_others(mode), "{mode:o}");
+        }
     }
 }

@@ -36,7 +36,8 @@ pub struct TlsConfig {
 pub struct AuthConfig {
     /// Caller identities allowed: with `tls.client_ca_file`, a DNS or URI
     /// name of the certificate's subject alternative names, or its subject
-    /// common name; with `tokens_file`, caller names of that file (empty:
+    /// common name when it has no such SAN (RFC 6125); with `tokens_file`,
+    /// caller names of that file (empty:
     /// every caller the file names). Others get `PERMISSION_DENIED`. An
     /// environment override may list them separated by commas.
     #[serde(deserialize_with = "list_or_comma_separated")]
@@ -44,6 +45,9 @@ pub struct AuthConfig {
     /// A file of `caller token` lines (`#` starts a comment): each call
     /// must carry `authorization: Bearer <token>`. Re-read on SIGHUP. The
     /// alternative to client certificates, for meshes that end TLS first.
+    /// A file with no token refuses every call (the way to revoke them
+    /// all); a missing or unreadable one stops the start, and a reload
+    /// keeps the tokens in force.
     pub tokens_file: Option<PathBuf>,
 }
 

@@ -1,20 +1,23 @@
 //! Security of the gRPC port, over real TLS on loopback with certificates
 //! made at test time: TLS covers every service and refuses plaintext;
-//! mutual TLS admits listed caller identities (SAN DNS name, SAN URI or
-//! common name), refuses an unlisted one with `PERMISSION_DENIED`, a call
-//! without a certificate with `UNAUTHENTICATED`, and a certificate from
-//! another CA in the handshake; bearer tokens refuse a missing or wrong
-//! token with `UNAUTHENTICATED`, and a reload swaps them. Refused calls
-//! never reach the cache, and health and reflection answer without
-//! credentials in every mode.
+//! mutual TLS admits listed caller identities (SAN DNS name, SAN URI, or
+//! common name in a certificate without those SANs), refuses an unlisted
+//! one with `PERMISSION_DENIED`, a call without a certificate with
+//! `UNAUTHENTICATED`, and a certificate from another CA in the handshake;
+//! bearer tokens refuse a missing or wrong token with `UNAUTHENTICATED`,
+//! and a reload swaps them (a file without tokens revokes them all).
+//! Refused calls never reach the cache, and health and reflection answer
+//! without credentials in every mode, to small requests only.
 //!
-//! One test binary in four parts: [`pki`] makes the certificates, [`tls`]
+//! One test binary in five parts: [`pki`] makes the certificates, [`tls`]
 //! covers TLS and client certificates, [`tokens`] bearer tokens and their
-//! reload, [`startup`] the files a server refuses to start with.
+//! reload, [`startup`] the files a server refuses to start with, [`probes`]
+//! the size limits of health and reflection.
 
 #[path = "../common/mod.rs"]
 mod common;
 mod pki;
+mod probes;
 mod startup;
 mod tls;
 mod tokens;

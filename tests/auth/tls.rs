@@ -146,6 +146,48 @@ async fn client_certificates_admit_listed_identities_only() {
     running.shutdown().await.unwrap();
 }
 
+/// RFC 6125: the common name counts only in a certificate without DNS or
+/// URI SANs, so a listed CN cannot admit a certificate issued for another
+/// name.
+#[tokio::test]
+async fn a_listed_common_name_does_not_admit_a_certificate_whose_sans_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let mut config = test_config(&dir.path().join("data"));
+    pki.serve_tls(&mut config);
+    config.tls.client_ca_file = Some(pki.ca_file.clone());
+    config.auth.allowed_callers = vec!["search-api".to_owned()];
+    let running = start(&config, dir.path()).await;
+
+    let mismatched = [
+        pki.client(vec![dns("unlisted.internal")], Some("search-api")),
+        pki.client(
+            vec![uri("spiffe://example.org/unlisted")],
+            Some("search-api"),
+        ),
+    ];
+    for (user, identity) in (1..).zip(mismatched) {
+        let channel = tls_channel(running.addr, &pki, Some(identity))
+            .await
+            .unwrap();
+        let refused = ack(&channel, user, None).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+    assert_nothing_reached_the_cache(&running);
+
+    // Without a DNS or URI SAN the CN is still the identity.
+    let channel = tls_channel(
+        running.addr,
+        &pki,
+        Some(pki.client(Vec::new(), Some("search-api"))),
+    )
+    .await
+    .unwrap();
+    ack(&channel, 10, None).await.unwrap();
+    drop(channel);
+    running.shutdown().await.unwrap();
+}
+
 /// The README's certificates: `ops/make-certs.sh` (openssl) makes a CA, a
 /// server certificate and a caller's, and they work as documented.
 #[tokio::test]

@@ -119,6 +119,57 @@ async fn a_reload_swaps_the_tokens_and_a_bad_file_keeps_them() {
     server.shutdown().await;
 }
 
+/// Revoking every token: a file with no token (empty, or only comments)
+/// is put in force, at a reload and at a start, and refuses every call; a
+/// deleted file is refused (a deploy caught half way) and the tokens in
+/// force stay.
+#[tokio::test]
+async fn a_file_without_tokens_revokes_every_token_and_a_deleted_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    write_tokens(&tokens, &format!("orders {ORDERS_TOKEN}\n"));
+    let mut config = test_config(&dir.path().join("data"));
+    config.auth.tokens_file = Some(tokens.clone());
+    let store = InstrumentedStore::open(&dir.path().join("data"));
+    let server = TestServer::start(&config, store).await;
+    let channel = common::channel(server.running.addr).await;
+    let orders = format!("Bearer {ORDERS_TOKEN}");
+    ack(&channel, 1, Some(&orders)).await.unwrap();
+
+    std::fs::remove_file(&tokens).unwrap();
+    let error = server.running.reload_credentials().await.unwrap_err();
+    assert!(error.to_string().contains("auth.tokens_file"), "{error}");
+    ack(&channel, 2, Some(&orders)).await.unwrap();
+
+    write_tokens(&tokens, "# every token revoked\n");
+    server.running.reload_credentials().await.unwrap();
+    for authorization in [Some(orders.as_str()), None] {
+        let refused = ack(&channel, 3, authorization).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    }
+    // Health and reflection still answer: the process is up, only
+    // ReadStates callers are shut out.
+    health_and_reflection_answer(&channel).await;
+
+    // A restart keeps them revoked rather than failing to start.
+    write_tokens(&tokens, "");
+    let restarted_dir = dir.path().join("restarted");
+    let mut restarted_config = test_config(&restarted_dir.join("data"));
+    restarted_config.auth.tokens_file = Some(tokens.clone());
+    let restarted = start(&restarted_config, &restarted_dir).await;
+    let restarted_channel = common::channel(restarted.addr).await;
+    let refused = ack(&restarted_channel, 4, Some(&orders)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    // Tokens written back are in force at the next reload.
+    write_tokens(&tokens, &format!("orders {ORDERS_TOKEN}\n"));
+    server.running.reload_credentials().await.unwrap();
+    ack(&channel, 5, Some(&orders)).await.unwrap();
+    drop((channel, restarted_channel));
+    restarted.shutdown().await.unwrap();
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn tokens_also_work_over_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,10 +204,14 @@ impl Drop for Child {
 #[tokio::test]
 async fn sighup_makes_the_binary_reload_its_tokens_file() {
     use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
 
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     write_tokens(&tokens, &format!("orders {ORDERS_TOKEN}\n"));
+    // Readable by everyone: loaded, with a warning at start and at each
+    // reload (rewriting the file keeps its mode).
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
     let config = dir.path().join("readstates.toml");
     let text = format!(
         "[server]\nlisten_addr = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n\
@@ -176,8 +231,16 @@ async fn sighup_makes_the_binary_reload_its_tokens_file() {
     );
     let stdout = child.0.stdout.take().unwrap();
     let (sender, receiver) = std::sync::mpsc::channel();
+    let (warning_sender, warnings) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            assert!(
+                !line.contains(ORDERS_TOKEN) && !line.contains(BATCH_TOKEN),
+                "a token leaks: {line}"
+            );
+            if line.contains("WARN") && line.contains("bearer tokens file is open to users") {
+                let _ = warning_sender.send(line.clone());
+            }
             if let Some(addr) = line.split("grpc_addr=").nth(1) {
                 let addr = addr.split_whitespace().next().unwrap_or_default();
                 let _ = sender.send(addr.to_owned());
@@ -189,6 +252,16 @@ async fn sighup_makes_the_binary_reload_its_tokens_file() {
         .expect("the server never logged its address")
         .parse()
         .unwrap();
+    let warned = |when: &str| {
+        let line = warnings
+            .recv_timeout(HANG_GUARD)
+            .unwrap_or_else(|_| panic!("no warning about the file's mode at {when}"));
+        assert!(
+            line.contains(&format!("path={}", tokens.display())) && line.contains("mode=0644"),
+            "{line}"
+        );
+    };
+    warned("start");
     let channel = common::channel(addr).await;
     let old = format!("Bearer {ORDERS_TOKEN}");
     let new = format!("Bearer {BATCH_TOKEN}");
@@ -206,6 +279,7 @@ async fn sighup_makes_the_binary_reload_its_tokens_file() {
     );
     let refused = ack(&channel, 3, Some(&old)).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    warned("the reload");
 
     drop(channel);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();

@@ -1,5 +1,5 @@
-//! One user's cached states, kept together behind one LRU entry, and the
-//! transaction through which a request changes them.
+//! One user's cached states, kept together behind one LRU entry (the
+//! transaction through which a request changes them is in `txn`).
 //!
 //! Memory layout: a state is a 32-byte [`Slot`] (channel, last read message,
 //! version, update time, with the write-behind flags in the time's unused top
@@ -7,7 +7,6 @@
 //! states lack, live in a separate sorted list of [`Extra`]s, so the common
 //! state pays nothing for them.
 
-use crate::clock::{VersionClock, unix_micros};
 use crate::ids::{ChannelId, MessageId, UserId};
 use crate::read_state::{Mentions, ReadState};
 use crate::store::{RowWrite, UserRows};
@@ -30,7 +29,7 @@ impl StateView {
         Self::of(&ReadState::empty(channel_id))
     }
 
-    fn of(state: &ReadState) -> Self {
+    pub(super) fn of(state: &ReadState) -> Self {
         Self {
             channel_id: state.channel_id,
             last_message_id: state.last_message_id,
@@ -244,7 +243,7 @@ impl UserEntry {
 
     /// Moves the state at `index` out (its mentions are taken, not copied);
     /// [`UserEntry::put`] must follow.
-    fn take(&mut self, index: usize) -> ReadState {
+    pub(super) fn take(&mut self, index: usize) -> ReadState {
         let slot = self.slots[index];
         let (last_pin_timestamp_ms, mentions) = match self.find_extra(slot.channel_id) {
             Ok(extra) if slot.has(HAS_EXTRA) => {
@@ -260,7 +259,7 @@ impl UserEntry {
     }
 
     /// Stores `state` at `index`, keeping the slot's dirty and deleted flags.
-    fn put(&mut self, index: usize, state: ReadState) {
+    pub(super) fn put(&mut self, index: usize, state: ReadState) {
         let needs_extra = state.last_pin_timestamp_ms != 0 || state.mentions != Mentions::default();
         let slot = &mut self.slots[index];
         debug_assert_eq!(slot.channel_id, state.channel_id);
@@ -299,7 +298,25 @@ impl UserEntry {
             .map(|position| &self.extras[position])
     }
 
-    fn find(&self, channel_id: ChannelId) -> Result<usize, usize> {
+    /// Returns whether the state at `index` is a deletion not yet written.
+    pub(super) fn is_deleted(&self, index: usize) -> bool {
+        self.slots[index].has(DELETED)
+    }
+
+    /// Marks the state at `index` deleted (or revives it).
+    pub(super) fn set_deleted(&mut self, index: usize, deleted: bool) {
+        self.slots[index].set(DELETED, deleted);
+    }
+
+    /// Marks the state at `index` dirty; returns whether it was clean.
+    pub(super) fn mark_dirty(&mut self, index: usize) -> bool {
+        let slot = &mut self.slots[index];
+        let was_clean = !slot.is_dirty();
+        slot.set(DIRTY, true);
+        was_clean
+    }
+
+    pub(super) fn find(&self, channel_id: ChannelId) -> Result<usize, usize> {
         self.slots
             .binary_search_by_key(&channel_id, |slot| slot.channel_id)
     }
@@ -310,7 +327,7 @@ impl UserEntry {
     }
 
     /// Inserts an empty slot for `channel_id` at `index`.
-    fn insert_slot(&mut self, index: usize, channel_id: ChannelId) {
+    pub(super) fn insert_slot(&mut self, index: usize, channel_id: ChannelId) {
         // Grows by an eighth (at least one slot): a state stays near 32
         // bytes (at most 4 bytes of spare capacity per state, and a loaded
         // user is sized exactly), while a user gaining many channels in a
@@ -336,182 +353,15 @@ impl UserEntry {
     }
 }
 
-/// The changes one request makes to one user's states. All changes of a
-/// transaction share one version.
-pub struct UserTxn<'a> {
-    entry: &'a mut UserEntry,
-    clock: &'a VersionClock,
-    tracked_cap: usize,
-    version: Option<u64>,
-    now_ms: u64,
-    /// States that became dirty (were clean before).
-    pub(super) newly_dirty: usize,
-    /// States changed (each state at most once per change).
-    pub(super) changed_states: usize,
-}
-
-impl<'a> UserTxn<'a> {
-    pub(super) fn new(
-        entry: &'a mut UserEntry,
-        clock: &'a VersionClock,
-        tracked_cap: usize,
-    ) -> Self {
-        Self {
-            entry,
-            clock,
-            tracked_cap,
-            version: None,
-            now_ms: 0,
-            newly_dirty: 0,
-            changed_states: 0,
-        }
-    }
-
-    /// Returns whether any state changed.
-    pub(super) fn changed(&self) -> bool {
-        self.version.is_some()
-    }
-
-    /// Acknowledges `message_id` (see [`ReadState::ack`]).
-    pub fn ack(&mut self, channel_id: ChannelId, message_id: MessageId) -> StateView {
-        self.update(channel_id, |state, _| state.ack(message_id))
-    }
-
-    /// Marks as unread (see [`ReadState::manual_ack`]).
-    pub fn manual_ack(
-        &mut self,
-        channel_id: ChannelId,
-        message_id: MessageId,
-        mention_count: u32,
-    ) -> StateView {
-        self.update(channel_id, |state, _| {
-            state.manual_ack(message_id, mention_count)
-        })
-    }
-
-    /// Counts a mention (see [`ReadState::add_mention`]).
-    pub fn add_mention(&mut self, channel_id: ChannelId, message_id: MessageId) -> StateView {
-        self.update(channel_id, |state, cap| state.add_mention(message_id, cap))
-    }
-
-    /// Un-counts a mention (see [`ReadState::remove_mention`]).
-    pub fn remove_mention(&mut self, channel_id: ChannelId, message_id: MessageId) -> StateView {
-        self.update(channel_id, |state, _| state.remove_mention(message_id))
-    }
-
-    /// Records seen pins (see [`ReadState::ack_pins`]).
-    pub fn ack_pins(&mut self, channel_id: ChannelId, pin_timestamp_ms: u64) -> StateView {
-        self.update(channel_id, |state, _| state.ack_pins(pin_timestamp_ms))
-    }
-
-    /// Returns the live state of `channel_id`, or zeros.
-    pub fn view(&self, channel_id: ChannelId) -> StateView {
-        self.entry.view(channel_id)
-    }
-
-    /// Appends the live states changed after `since_version`.
-    pub fn views_since(&self, since_version: u64, out: &mut Vec<StateView>) {
-        self.entry.views_since(since_version, out);
-    }
-
-    /// Returns the user's current version.
-    pub fn user_version(&self) -> u64 {
-        self.entry.version
-    }
-
-    /// Deletes the state of `channel_id`; returns how the pair now reads
-    /// (zeros, with the version of the deletion when there was a state).
-    pub fn delete(&mut self, channel_id: ChannelId) -> StateView {
-        let Ok(index) = self.entry.find(channel_id) else {
-            return StateView::empty(channel_id);
-        };
-        if self.entry.slots[index].has(DELETED) {
-            return StateView::empty(channel_id);
-        }
-        let (version, now_ms) = self.stamp();
-        let mut state = ReadState::empty(channel_id);
-        state.version = version;
-        state.updated_at_ms = now_ms;
-        self.entry.put(index, state);
-        self.entry.slots[index].set(DELETED, true);
-        self.mark_changed(index);
-        StateView {
-            version,
-            updated_at_ms: now_ms,
-            ..StateView::empty(channel_id)
-        }
-    }
-
-    /// Applies `change` to the state of `channel_id` (zeros when there is
-    /// none, or when it is deleted); a change that changes nothing leaves no
-    /// trace.
-    fn update(
-        &mut self,
-        channel_id: ChannelId,
-        change: impl FnOnce(&mut ReadState, usize) -> bool,
-    ) -> StateView {
-        let cap = self.tracked_cap;
-        let found = self.entry.find(channel_id);
-        let live = matches!(found, Ok(index) if !self.entry.slots[index].has(DELETED));
-        let mut state = match found {
-            Ok(index) if live => self.entry.take(index),
-            _ => ReadState::empty(channel_id),
-        };
-        let changed = change(&mut state, cap);
-        if changed {
-            let (version, now_ms) = self.stamp();
-            state.version = version;
-            state.updated_at_ms = now_ms;
-        }
-        let view = StateView::of(&state);
-        let index = match found {
-            Ok(index) if live => index,
-            // A change that changes nothing leaves no slot behind.
-            _ if !changed => return view,
-            Ok(index) => {
-                // Revives a deleted state whose deletion is not yet written.
-                self.entry.slots[index].set(DELETED, false);
-                index
-            }
-            Err(index) => {
-                self.entry.insert_slot(index, channel_id);
-                index
-            }
-        };
-        self.entry.put(index, state);
-        if changed {
-            self.mark_changed(index);
-        }
-        view
-    }
-
-    fn mark_changed(&mut self, index: usize) {
-        self.changed_states += 1;
-        let slot = &mut self.entry.slots[index];
-        if !slot.is_dirty() {
-            slot.set(DIRTY, true);
-            self.newly_dirty += 1;
-        }
-    }
-
-    /// Returns the transaction's version and time, assigning them on the
-    /// first change.
-    fn stamp(&mut self) -> (u64, u64) {
-        if let Some(version) = self.version {
-            return (version, self.now_ms);
-        }
-        let now_micros = unix_micros();
-        let version = self.clock.next_version_at(self.entry.version, now_micros);
-        self.entry.version = version;
-        self.version = Some(version);
-        self.now_ms = now_micros / 1_000;
-        (version, self.now_ms)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::UserTxn;
     use super::*;
+    use crate::clock::VersionClock;
+
+    fn user(id: u64) -> UserId {
+        UserId::new(id).unwrap()
+    }
 
     fn channel(id: u64) -> ChannelId {
         ChannelId::new(id).unwrap()
@@ -525,13 +375,13 @@ mod tests {
     fn plain_states_carry_no_extra_and_mentions_or_pins_do() {
         let clock = VersionClock::default();
         let mut entry = UserEntry::default();
-        let mut txn = UserTxn::new(&mut entry, &clock, 1_000);
+        let mut txn = UserTxn::new(user(1), &mut entry, &clock, 1_000, None);
         txn.ack(channel(3), message(10));
         txn.add_mention(channel(1), message(5));
         txn.ack_pins(channel(2), 77);
         assert_eq!(entry.sizes(), (3, 2));
 
-        let mut txn = UserTxn::new(&mut entry, &clock, 1_000);
+        let mut txn = UserTxn::new(user(1), &mut entry, &clock, 1_000, None);
         let view = txn.ack(channel(1), message(5));
         assert_eq!(view.mention_count, 0);
         assert_eq!(entry.sizes(), (3, 1), "a cleared mention frees its extra");
@@ -544,7 +394,7 @@ mod tests {
     fn flags_do_not_leak_into_the_update_time() {
         let clock = VersionClock::default();
         let mut entry = UserEntry::default();
-        let mut txn = UserTxn::new(&mut entry, &clock, 1_000);
+        let mut txn = UserTxn::new(user(1), &mut entry, &clock, 1_000, None);
         let view = txn.ack(channel(1), message(10));
         assert!(view.updated_at_ms > 1_600_000_000_000 && view.updated_at_ms < TIME_MASK);
         assert_eq!(entry.view(channel(1)), view);
@@ -558,7 +408,7 @@ mod tests {
     fn a_no_op_on_an_unknown_channel_leaves_no_slot() {
         let clock = VersionClock::default();
         let mut entry = UserEntry::default();
-        let mut txn = UserTxn::new(&mut entry, &clock, 1_000);
+        let mut txn = UserTxn::new(user(1), &mut entry, &clock, 1_000, None);
         assert_eq!(
             txn.ack(channel(1), MessageId::NONE),
             StateView::empty(channel(1))
@@ -575,7 +425,8 @@ mod tests {
         for id in 1..=1_000 {
             let capacity_before = entry.slots.capacity();
             // Descending ids insert at the front: the costliest case.
-            UserTxn::new(&mut entry, &clock, 1_000).ack(channel(2_000 - id), message(id));
+            UserTxn::new(user(1), &mut entry, &clock, 1_000, None)
+                .ack(channel(2_000 - id), message(id));
             growths += usize::from(entry.slots.capacity() != capacity_before);
             let len = entry.slots.len();
             assert!(entry.slots.capacity() <= len + len / 8 + 1);

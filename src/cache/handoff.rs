@@ -231,7 +231,13 @@ impl Cache {
             .released
             .remove(&user_id)
             .unwrap_or_else(|| UserEntry::loaded(rows));
-        let mut txn = UserTxn::new(&mut entry, &self.clock, self.max_tracked_mentions);
+        let mut txn = UserTxn::new(
+            user_id,
+            &mut entry,
+            &self.clock,
+            self.max_tracked_mentions,
+            self.hook.get().map(|hook| hook.as_ref()),
+        );
         let merged = inbox.apply_to(&mut txn);
         let (newly_dirty, changed_states) = (txn.newly_dirty, txn.changed_states);
         partition.stats.changed_states += changed_states as u64;

@@ -28,12 +28,14 @@ mod inbox;
 mod load;
 mod segmented;
 mod stats;
+mod txn;
 mod write_behind;
 
-pub use entry::{StateView, UserTxn};
+pub use entry::StateView;
 pub use handoff::{Evicted, ServingGate};
 pub use inbox::Deferral;
 pub use stats::CacheStats;
+pub use txn::{AppliedChange, ChangeHook, UserTxn};
 pub use write_behind::FlushJob;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -106,6 +108,8 @@ pub struct Cache {
     inbox_ready: Notify,
     /// With scale-out: which users this instance may serve now. Set once.
     gate: OnceLock<Arc<dyn ServingGate>>,
+    /// Hears every applied change, once set (see [`ChangeHook`]).
+    hook: OnceLock<Arc<dyn ChangeHook>>,
 }
 
 struct Partition {
@@ -181,7 +185,15 @@ impl Cache {
             evicted: Notify::new(),
             inbox_ready: Notify::new(),
             gate: OnceLock::new(),
+            hook: OnceLock::new(),
         }
+    }
+
+    /// Makes `hook` hear every change applied from now on (see
+    /// [`ChangeHook`]). Returns false (and changes nothing) if a hook was
+    /// set before.
+    pub fn set_change_hook(&self, hook: Arc<dyn ChangeHook>) -> bool {
+        self.hook.set(hook).is_ok()
     }
 
     /// Returns the number of partitions.
@@ -326,7 +338,13 @@ impl Cache {
         };
         let weight_before = entry.weight();
         let extras_before = entry.sizes().1;
-        let mut txn = UserTxn::new(entry, &self.clock, self.max_tracked_mentions);
+        let mut txn = UserTxn::new(
+            user_id,
+            entry,
+            &self.clock,
+            self.max_tracked_mentions,
+            self.hook.get().map(|hook| hook.as_ref()),
+        );
         let result = work(&mut txn);
         let (changed, newly_dirty, changed_states) =
             (txn.changed(), txn.newly_dirty, txn.changed_states);

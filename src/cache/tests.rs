@@ -148,3 +148,53 @@ async fn concurrent_loads_into_a_full_cache_all_make_progress() {
         assert_eq!(view.unwrap().mention_count, 1);
     }
 }
+
+/// Records what the change hook hears.
+#[derive(Default)]
+struct Recorder(parking_lot::Mutex<Vec<(u64, u64, u64, bool)>>);
+
+impl ChangeHook for Recorder {
+    fn applied(&self, change: AppliedChange<'_>) {
+        self.0.lock().push((
+            change.user_id.get(),
+            change.view.channel_id.get(),
+            change.view.version,
+            change.deleted,
+        ));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_change_hook_hears_every_applied_change_in_version_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let cache = Cache::new(&settings(100), 0);
+    cache.clock().set_lease(u64::MAX);
+    let recorder = Arc::new(Recorder::default());
+    assert!(cache.set_change_hook(recorder.clone()));
+    assert!(!cache.set_change_hook(recorder.clone()), "set once");
+    let message = |id| MessageId::new(id).unwrap();
+    cache
+        .write(&store, user(1), |txn| {
+            txn.ack(channel(7), message(10));
+            txn.add_mention(channel(8), message(20))
+        })
+        .await
+        .unwrap();
+    // A stale ack changes nothing, and nothing is heard of it.
+    cache
+        .write(&store, user(1), |txn| txn.ack(channel(7), message(5)))
+        .await
+        .unwrap();
+    cache
+        .write(&store, user(1), |txn| txn.delete(channel(7)))
+        .await
+        .unwrap();
+    let heard = recorder.0.lock().clone();
+    assert_eq!(heard.len(), 3, "{heard:?}");
+    assert_eq!((heard[0].0, heard[0].1, heard[0].3), (1, 7, false));
+    assert_eq!((heard[1].1, heard[1].3), (8, false));
+    assert_eq!(heard[0].2, heard[1].2, "one transaction, one version");
+    assert_eq!((heard[2].1, heard[2].3), (7, true));
+    assert!(heard[2].2 > heard[1].2, "versions only grow");
+}

@@ -108,90 +108,55 @@ impl Running {
     /// their old values. The caller validates `new` first.
     pub fn reconfigure(&self, new: &Config) -> Vec<&'static str> {
         let mut current = self.config.lock();
-        if new.cache.capacity != current.cache.capacity {
+        let old = current.live_settings();
+        // Destructured without `..`: a setting made live does not compile
+        // until it is applied here.
+        let crate::config::LiveSettings {
+            cache_capacity,
+            flush_delay_ms,
+            max_dirty_states,
+            batch_size,
+            log: _,
+        } = new.live_settings();
+        if cache_capacity != old.cache_capacity {
             tracing::info!(
-                old = current.cache.capacity,
-                new = new.cache.capacity,
+                old = old.cache_capacity,
+                new = cache_capacity,
                 "cache capacity changed"
             );
-            current.cache.capacity = new.cache.capacity;
-            self.cache.set_capacity(new.cache.capacity);
+            self.cache.set_capacity(cache_capacity);
         }
-        if new.flush.delay_ms != current.flush.delay_ms {
+        if flush_delay_ms != old.flush_delay_ms {
             tracing::info!(
-                old = current.flush.delay_ms,
-                new = new.flush.delay_ms,
+                old = old.flush_delay_ms,
+                new = flush_delay_ms,
                 "flush delay changed"
             );
-            current.flush.delay_ms = new.flush.delay_ms;
             self.cache.set_flush_delay(new.flush.delay());
         }
-        if new.flush.max_dirty_states != current.flush.max_dirty_states {
+        if max_dirty_states != old.max_dirty_states {
             tracing::info!(
-                old = current.flush.max_dirty_states,
-                new = new.flush.max_dirty_states,
+                old = old.max_dirty_states,
+                new = max_dirty_states,
                 "dirty backlog limit changed"
             );
-            current.flush.max_dirty_states = new.flush.max_dirty_states;
-            self.cache.set_max_dirty_states(new.flush.max_dirty_states);
+            self.cache.set_max_dirty_states(max_dirty_states);
         }
-        if new.flush.batch_size != current.flush.batch_size {
+        if batch_size != old.batch_size {
             tracing::info!(
-                old = current.flush.batch_size,
-                new = new.flush.batch_size,
+                old = old.batch_size,
+                new = batch_size,
                 "flush batch size changed"
             );
-            current.flush.batch_size = new.flush.batch_size;
-            self.batch_size
-                .store(new.flush.batch_size, Ordering::Relaxed);
+            self.batch_size.store(batch_size, Ordering::Relaxed);
         }
-        current.log = new.log.clone();
-        let mut need_restart = Vec::new();
-        let restart_only = [
-            (new.server != current.server, "server"),
-            (new.store != current.store, "store"),
-            (
-                new.cache.partitions != current.cache.partitions,
-                "cache.partitions",
-            ),
-            (
-                new.cache.max_tracked_mentions != current.cache.max_tracked_mentions,
-                "cache.max_tracked_mentions",
-            ),
-            (new.flush.tick_ms != current.flush.tick_ms, "flush.tick_ms"),
-            (
-                new.flush.concurrency != current.flush.concurrency,
-                "flush.concurrency",
-            ),
-            (
-                new.flush.retry_initial_ms != current.flush.retry_initial_ms
-                    || new.flush.retry_max_ms != current.flush.retry_max_ms,
-                "flush.retry_*",
-            ),
-            (
-                new.flush.version_lease_ms != current.flush.version_lease_ms,
-                "flush.version_lease_ms",
-            ),
-            (
-                new.flush.purge_interval_ms != current.flush.purge_interval_ms
-                    || new.flush.tombstone_grace_ms != current.flush.tombstone_grace_ms,
-                "flush.purge_interval_ms, flush.tombstone_grace_ms",
-            ),
-            (new.limits != current.limits, "limits"),
-            (new.metrics != current.metrics, "metrics"),
-            (new.scylla != current.scylla, "scylla"),
-            (new.tls != current.tls, "tls"),
-            (new.auth != current.auth, "auth"),
-            (new.cluster != current.cluster, "cluster"),
-        ];
-        for (changed, name) in restart_only {
-            if changed {
-                tracing::warn!(
-                    setting = name,
-                    "changed in the config file; takes effect after a restart"
-                );
-                need_restart.push(name);
-            }
+        let need_restart = current.restart_only_changes(new);
+        *current = current.with_live_settings(new.live_settings());
+        for &name in &need_restart {
+            tracing::warn!(
+                setting = name,
+                "changed in the config file; takes effect after a restart"
+            );
         }
         need_restart
     }

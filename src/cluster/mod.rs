@@ -31,7 +31,7 @@ pub use error::ClusterError;
 pub use handoff::Handoff;
 pub use ownership::Ownership;
 pub use routing::{Owner, Routing, RoutingSnapshot};
-pub use slots::{MAX_SLOTS, Slot, slot_of};
+pub use slots::{Slot, slot_of};
 
 use self::lease::{Holder, Identity, LeaseTable};
 use self::membership::{Membership, Timing};

@@ -8,10 +8,8 @@
 //! bit. Snowflake ids carry a timestamp in their high bits and a counter in
 //! their low ones; the mixer spreads both over the slots.
 
+use crate::config::MAX_SLOTS;
 use crate::ids::UserId;
-
-/// The most slots a keyspace may be divided into.
-pub const MAX_SLOTS: u32 = 65_536;
 
 /// A slot number, below the keyspace's slot count.
 pub type Slot = u32;

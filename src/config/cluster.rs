@@ -9,7 +9,13 @@ use serde::Deserialize;
 
 use super::ConfigError;
 use super::auth::TlsConfig;
-use crate::cluster::MAX_SLOTS;
+
+/// The most slots a keyspace may be divided into (`cluster.slots`). Every
+/// instance keeps a serving deadline per slot and, each heartbeat round,
+/// places every slot by hashing it against every member: the bound keeps
+/// that work small, while leaving far more slots than a cluster has
+/// instances, so that they spread evenly.
+pub const MAX_SLOTS: u32 = 65_536;
 
 /// Scale-out over one keyspace.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

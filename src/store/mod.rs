@@ -13,7 +13,7 @@ mod row;
 mod scylla;
 
 pub use delayed::DelayedStore;
-pub use embedded::{DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS, EmbeddedOptions, EmbeddedStore};
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use metered::MeteredStore;
 pub use row::{Row, RowDecodeError, decode_row, encode_row};
 pub use scylla::{MigrateError, MigrationReport, ScyllaError, ScyllaStore};

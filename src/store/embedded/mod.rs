@@ -56,6 +56,7 @@ use super::{
     ErrorClass, LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows, newest_per_key,
 };
 use crate::clock::unix_micros;
+use crate::config::{DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS};
 use crate::ids::{ChannelId, UserId};
 use error::redb_error;
 use handle::{DbHandle, open_database};
@@ -74,14 +75,6 @@ pub const DATABASE_FILE: &str = "readstates.redb";
 /// The writer thread's nice value where `SCHED_IDLE` cannot be set: it gets
 /// roughly a tenth of a contended CPU against request threads at nice 0.
 const WRITER_NICE: i32 = 10;
-
-/// Reader threads when the configuration does not say: two keep a load
-/// from waiting behind one slow read without letting loads take every core
-/// of a small machine.
-pub const DEFAULT_READER_THREADS: usize = 2;
-
-/// The database's page cache when the configuration does not say.
-pub const DEFAULT_CACHE_MIB: usize = 128;
 
 /// Batches queued for the writer thread; the flusher bounds how many are in
 /// flight, so this only absorbs bursts.

@@ -1,0 +1,178 @@
+//! The sections of where read states live: `[store]`, the database that
+//! holds them; `[cache]`, the memory in front of it; and `[flush]`, the
+//! write-behind between the two.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `store.reader_threads` when the configuration does not say: two keep a
+/// load from waiting behind one slow read without letting loads take every
+/// core of a small machine.
+pub const DEFAULT_READER_THREADS: usize = 2;
+
+/// `store.cache_mib` when the configuration does not say: enough for the
+/// upper levels of the database's tree and the pages loaded most recently,
+/// small enough for a laptop, since the OS page cache holds the file too.
+pub const DEFAULT_CACHE_MIB: usize = 128;
+
+/// Which store holds the states.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `embedded` (the default, an on-disk database under `data_dir`) or
+    /// `scylla` (a ScyllaDB or Cassandra cluster, see [`super::ScyllaConfig`]).
+    pub backend: StoreBackend,
+    /// Directory of the embedded database.
+    pub data_dir: PathBuf,
+    /// Where a shutdown that cannot write its dirty states to the store
+    /// keeps them for the next start (see `flush::spill`); by default
+    /// `<data_dir>/spill`. On another filesystem than `data_dir`, a shutdown
+    /// during a full disk exits at once instead of waiting for space.
+    pub spill_dir: Option<PathBuf>,
+    /// Threads that load users from the embedded database. Loads beyond
+    /// them queue (a request's own load before a fan-out's), so a burst of
+    /// cold users cannot crowd the request workers off the CPU.
+    pub reader_threads: usize,
+    /// The embedded database's own page cache, in MiB (beside the OS page
+    /// cache, which holds the file too).
+    pub cache_mib: usize,
+    /// For benchmarks only: delays every load and batch write by a
+    /// log-normal latency of this median (0, the default: no delay), to
+    /// model a cluster store's round trips on one machine.
+    pub injected_latency_median_ms: u64,
+    /// ...and this p99.
+    pub injected_latency_p99_ms: u64,
+}
+
+/// The store backends.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Embedded,
+    #[serde(alias = "cassandra")]
+    Scylla,
+}
+
+/// The in-memory cache.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How many read states the cache holds (not users).
+    pub capacity: usize,
+    /// Independent LRU partitions; more partitions, less lock contention.
+    pub partitions: usize,
+    /// Pending mentions tracked by id per state (exact, retry-safe
+    /// counting); past this, mentions are counted without de-duplication.
+    pub max_tracked_mentions: usize,
+}
+
+/// Write-behind persistence.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlushConfig {
+    /// A change reaches the store at most this long after its state first
+    /// became dirty (plus the write itself).
+    pub delay_ms: u64,
+    /// Granularity of the flush timer: states becoming dirty within one tick
+    /// share a timer bucket.
+    pub tick_ms: u64,
+    /// Store writes in flight at once.
+    pub concurrency: usize,
+    /// Rows per store write.
+    pub batch_size: usize,
+    /// Dirty states held before writes are refused with `UNAVAILABLE`
+    /// (the store is not keeping up, or is down).
+    pub max_dirty_states: usize,
+    /// First and largest wait between retries of a failed write (and of a
+    /// failed renewal of the version lease).
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// How far ahead of the clock the version lease recorded in the store
+    /// runs; it is renewed when half is left. If the store cannot record a
+    /// new lease before it runs out, writes get `UNAVAILABLE`.
+    pub version_lease_ms: u64,
+    /// How often deletion tombstones are purged from the store.
+    pub purge_interval_ms: u64,
+    /// A tombstone is purged only once it is older than this (and older
+    /// than every write not yet landed); at least `delay_ms`.
+    pub tombstone_grace_ms: u64,
+}
+
+impl StoreConfig {
+    /// Returns the directory of spill files.
+    pub fn spill_dir(&self) -> PathBuf {
+        self.spill_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("spill"))
+    }
+
+    /// Returns the injected store latency's median and p99, if configured.
+    pub fn injected_latency(&self) -> Option<(Duration, Duration)> {
+        (self.injected_latency_median_ms > 0).then(|| {
+            (
+                Duration::from_millis(self.injected_latency_median_ms),
+                Duration::from_millis(self.injected_latency_p99_ms),
+            )
+        })
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Embedded,
+            data_dir: PathBuf::from("data"),
+            spill_dir: None,
+            reader_threads: DEFAULT_READER_THREADS,
+            cache_mib: DEFAULT_CACHE_MIB,
+            injected_latency_median_ms: 0,
+            injected_latency_p99_ms: 0,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 1_000_000,
+            partitions: 64,
+            max_tracked_mentions: 1_000,
+        }
+    }
+}
+
+impl Default for FlushConfig {
+    fn default() -> Self {
+        Self {
+            delay_ms: 30_000,
+            tick_ms: 1_000,
+            concurrency: 4,
+            batch_size: 512,
+            max_dirty_states: 1_000_000,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+            version_lease_ms: 120_000,
+            purge_interval_ms: 60_000,
+            tombstone_grace_ms: 600_000,
+        }
+    }
+}
+
+impl FlushConfig {
+    /// Returns the flush delay.
+    pub fn delay(&self) -> Duration {
+        Duration::from_millis(self.delay_ms)
+    }
+
+    /// Returns the flush timer granularity.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    /// Returns how far ahead of the clock the version lease runs.
+    pub fn version_lease(&self) -> Duration {
+        Duration::from_millis(self.version_lease_ms)
+    }
+}

@@ -19,7 +19,8 @@
 //! - [`clock`]: versions and timestamps.
 //! - [`ids`]: validated snowflake id types.
 //! - [`config`]: the TOML configuration and its environment overrides.
-//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
+//! - [`metrics`]: the Prometheus registry, histograms and exposition text.
+//! - [`scrape`]: the `/metrics` endpoint, on its own bounded listener.
 //! - [`server`]: wiring, serving and graceful shutdown.
 
 /// The allocator of every binary built on this crate (the service, its
@@ -42,5 +43,6 @@ pub mod ids;
 pub mod metrics;
 pub mod overload;
 pub mod read_state;
+pub mod scrape;
 pub mod server;
 pub mod store;

@@ -25,8 +25,9 @@ use crate::connections::{
 };
 use crate::engine::Engine;
 use crate::flush::{FlushError, Kept, SpillDir, keep_unwritten};
-use crate::metrics::{ListenerPort, Metrics, serve_metrics};
+use crate::metrics::{ListenerPort, Metrics};
 use crate::overload::QueueDelay;
+use crate::scrape::serve_metrics;
 use crate::store::{EmbeddedOptions, EmbeddedStore, ScyllaStore, Store};
 
 type ReadStatesServer = proto::read_states_server::ReadStatesServer<ReadStatesService>;
@@ -202,6 +203,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         batch_size,
         spill,
     } = Engine::open(config, store, Arc::clone(&metrics)).await?;
+    // The cache's gauges are read when `/metrics` is scraped.
+    metrics.register_cache(Arc::clone(&cache));
     // After the store: its schema check has passed, so the cluster tables
     // exist. With `cluster.enabled = false` nothing of the cluster runs.
     let cluster = if config.cluster.enabled {
@@ -253,7 +256,6 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         let task = tokio::spawn(serve_metrics(
             metrics_listener,
             Arc::clone(&metrics),
-            Arc::clone(&cache),
             metrics_limits,
             metrics_shutdown.clone(),
         ));

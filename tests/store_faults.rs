@@ -49,7 +49,7 @@ async fn start(config: &Config) -> (Arc<FaultyStore>, TestServer) {
 }
 
 fn metric(server: &TestServer, series: &str) -> f64 {
-    let text = server.running.metrics.render(&server.running.cache);
+    let text = server.running.metrics.render();
     sample(&text, series).unwrap_or_else(|| panic!("{series} is not rendered"))
 }
 

@@ -23,6 +23,7 @@
 //! `handoff`.
 
 mod entry;
+mod gauges;
 mod handoff;
 mod inbox;
 mod load;

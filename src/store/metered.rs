@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::{ErrorClass, LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows};
 use crate::ids::UserId;
-use crate::metrics::{Metrics, StoreOperation};
+use crate::metrics::{Metrics, StoreErrorClass, StoreOperation};
 
 /// Any store, measured.
 pub struct MeteredStore {
@@ -47,8 +47,15 @@ impl MeteredStore {
     }
 }
 
-fn failure_class<T>(result: &Result<T, StoreError>) -> Option<ErrorClass> {
-    result.as_ref().err().map(StoreError::class)
+/// Returns the `class` label of a failed operation, or `None` if it
+/// succeeded.
+fn failure_class<T>(result: &Result<T, StoreError>) -> Option<StoreErrorClass> {
+    // Mapped here, in the store's room, so that metrics imports nothing of
+    // the store.
+    result.as_ref().err().map(|error| match error.class() {
+        ErrorClass::Retryable => StoreErrorClass::Retryable,
+        ErrorClass::Permanent => StoreErrorClass::Permanent,
+    })
 }
 
 impl Store for MeteredStore {

@@ -103,7 +103,7 @@ async fn health_and_reflection_answer(channel: &Channel) {
 
 /// Returns a sample of the server's metrics (0 when absent).
 fn metric(running: &Running, series: &str) -> f64 {
-    sample(&running.metrics.render(&running.cache), series).unwrap_or(0.0)
+    sample(&running.metrics.render(), series).unwrap_or(0.0)
 }
 
 /// Waits for the server to count a failed handshake (the client may see
@@ -120,7 +120,7 @@ fn assert_nothing_reached_the_cache(running: &Running) {
     assert_eq!(metric(running, "readstates_cache_users"), 0.0);
     assert_eq!(metric(running, "readstates_cache_misses_total"), 0.0);
     assert_eq!(metric(running, "readstates_cache_hits_total"), 0.0);
-    let text = running.metrics.render(&running.cache);
+    let text = running.metrics.render();
     let handled = text
         .lines()
         .filter(|line| line.starts_with("readstates_rpc_duration_seconds_count{"))

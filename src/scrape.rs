@@ -1,4 +1,5 @@
-//! The `/metrics` endpoint: a small HTTP/1.1 server on its own listener.
+//! The `/metrics` endpoint: a small HTTP/1.1 server on its own listener,
+//! serving what [`Metrics::render`] writes.
 //!
 //! Its connections are bounded like the gRPC port's (see `connections`): a
 //! cap that closes the longest-idle connection to make room, so a new
@@ -20,16 +21,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{ListenerPort, Metrics};
-use crate::cache::Cache;
 use crate::connections::{Acceptor, ConnectionLimits, ConnectionTable};
+use crate::metrics::{ListenerPort, Metrics};
 
 /// Serves `GET /metrics` until `shutdown` is cancelled, within `limits`
 /// (whose first-request and idle timeouts are the header-read timeout).
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    cache: Arc<Cache>,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
@@ -45,7 +44,6 @@ pub async fn serve_metrics(
             stream = acceptor.next() => stream,
         };
         let metrics = Arc::clone(&metrics);
-        let cache = Arc::clone(&cache);
         let shutdown = shutdown.clone();
         let calls = stream.calls();
         connections.spawn(async move {
@@ -53,7 +51,7 @@ pub async fn serve_metrics(
                 // Open until the page is written: an idle connection is one
                 // between a response and the next request's headers.
                 let call = calls.start();
-                let response = respond(&request, &metrics, &cache).map(|body| {
+                let response = respond(&request, &metrics).map(|body| {
                     body.map_frame(move |frame| {
                         let _open = &call;
                         frame
@@ -82,12 +80,12 @@ pub async fn serve_metrics(
     connections.wait().await;
 }
 
-fn respond(request: &Request<Incoming>, metrics: &Metrics, cache: &Cache) -> Response<Full<Bytes>> {
+fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&HttpMethod::GET, "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(cache),
+            metrics.render(),
         ),
         (_, "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,

@@ -1,0 +1,211 @@
+//! The cache's counters and gauges, read from the cache when `/metrics` is
+//! scraped.
+//!
+//! The cache counts under the partition locks its requests hold anyway, so
+//! nothing is recorded on the request path; a scrape asks the one
+//! registered [`CacheGauges`] source for its [`CacheFigures`] and sets the
+//! handles from them. The source is registered rather than named, so that
+//! metrics, a floor below the cache, imports nothing of it.
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Key, Label, Recorder, Unit};
+use metrics_exporter_prometheus::PrometheusRecorder;
+
+use super::{METADATA, register_counter, register_gauge};
+
+/// The cache's figures at one scrape: counts since start and sizes now.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheFigures {
+    /// `readstates_cache_hits_total`.
+    pub hits: u64,
+    /// `readstates_cache_misses_total`.
+    pub misses: u64,
+    /// `readstates_cache_evictions_total{dirty="false"}`.
+    pub evictions_clean: u64,
+    /// `readstates_cache_evictions_total{dirty="true"}`.
+    pub evictions_dirty: u64,
+    /// `readstates_state_changes_total`.
+    pub changed_states: u64,
+    /// `readstates_flush_coalesced_updates_total`: changes to states that
+    /// were already dirty.
+    pub coalesced_updates: u64,
+    /// `readstates_mentions_deferred_total`.
+    pub deferred_mentions: u64,
+    /// `readstates_mentions_deferred_waiting`.
+    pub waiting_mentions: usize,
+    /// `readstates_cache_read_states` (an empty user counts as one).
+    pub resident_states: usize,
+    /// `readstates_cache_users`.
+    pub resident_users: usize,
+    /// `readstates_cache_protected_users`.
+    pub protected_users: usize,
+    /// `readstates_cache_capacity_read_states`.
+    pub capacity: usize,
+    /// `readstates_cache_partition_read_states_min`.
+    pub smallest_partition: usize,
+    /// `readstates_cache_partition_read_states_max`.
+    pub largest_partition: usize,
+    /// `readstates_cache_estimated_bytes`.
+    pub estimated_bytes: usize,
+    /// `readstates_dirty_read_states`.
+    pub dirty_states: usize,
+    /// `readstates_flush_queue_users`.
+    pub scheduled_users: usize,
+    /// `readstates_flush_eviction_queue_users`.
+    pub evicting_users: usize,
+    /// Age of the oldest change waiting in a flush timer bucket: the
+    /// cache's part of `readstates_flush_lag_seconds`.
+    pub flush_lag: Duration,
+    /// `readstates_version_lease_remaining_seconds`: time left on the
+    /// version lease (the version clock lives in the cache).
+    pub lease_left: Duration,
+}
+
+/// The source of the cache's figures, registered once with
+/// [`Metrics::register_cache`](super::Metrics::register_cache).
+pub trait CacheGauges: Send + Sync {
+    /// Returns the cache's figures now. Called once per scrape, off the
+    /// request path; it may lock each partition briefly.
+    fn cache_figures(&self) -> CacheFigures;
+}
+
+/// The handles set from [`CacheFigures`].
+pub(super) struct CacheMetrics {
+    hits: Counter,
+    misses: Counter,
+    evictions_clean: Counter,
+    evictions_dirty: Counter,
+    changed_states: Counter,
+    coalesced_updates: Counter,
+    deferred_mentions: Counter,
+    waiting_mentions: Gauge,
+    resident_states: Gauge,
+    resident_users: Gauge,
+    protected_users: Gauge,
+    capacity: Gauge,
+    smallest_partition: Gauge,
+    largest_partition: Gauge,
+    estimated_bytes: Gauge,
+    dirty_states: Gauge,
+    scheduled_users: Gauge,
+    evicting_users: Gauge,
+    lease_remaining: Gauge,
+}
+
+impl CacheMetrics {
+    /// Registers the counters and gauges with `recorder`.
+    pub(super) fn register(recorder: &PrometheusRecorder) -> Self {
+        let counter = |name, help| register_counter(recorder, name, None, help);
+        let gauge = |name, help| register_gauge(recorder, name, None, help);
+        recorder.describe_counter(
+            "readstates_cache_evictions_total".into(),
+            None,
+            "Users evicted from the cache; dirty=\"true\" ones were written on eviction.".into(),
+        );
+        let eviction = |dirty: &'static str| {
+            recorder.register_counter(
+                &Key::from_parts(
+                    "readstates_cache_evictions_total",
+                    vec![Label::new("dirty", dirty)],
+                ),
+                &METADATA,
+            )
+        };
+        Self {
+            hits: counter(
+                "readstates_cache_hits_total",
+                "Requests that found their user cached.",
+            ),
+            misses: counter(
+                "readstates_cache_misses_total",
+                "Requests that had to load their user from the store.",
+            ),
+            evictions_clean: eviction("false"),
+            evictions_dirty: eviction("true"),
+            changed_states: counter("readstates_state_changes_total", "Read-state changes."),
+            coalesced_updates: counter(
+                "readstates_flush_coalesced_updates_total",
+                "Changes to states already waiting for a write: coalesced into that write.",
+            ),
+            deferred_mentions: counter(
+                "readstates_mentions_deferred_total",
+                "Mentions of users not in memory, kept for the users' next load (AddMentions with omit_read_states).",
+            ),
+            waiting_mentions: gauge(
+                "readstates_mentions_deferred_waiting",
+                "Deferred mentions not yet merged into their users' states.",
+            ),
+            resident_states: gauge(
+                "readstates_cache_read_states",
+                "Cached read states (a cached user without states counts as one).",
+            ),
+            resident_users: gauge("readstates_cache_users", "Cached users."),
+            protected_users: gauge(
+                "readstates_cache_protected_users",
+                "Cached users in the LRU's protected segment (used again since their load).",
+            ),
+            capacity: gauge(
+                "readstates_cache_capacity_read_states",
+                "Cache capacity, in read states.",
+            ),
+            smallest_partition: gauge(
+                "readstates_cache_partition_read_states_min",
+                "Read states in the emptiest cache partition.",
+            ),
+            largest_partition: gauge(
+                "readstates_cache_partition_read_states_max",
+                "Read states in the fullest cache partition.",
+            ),
+            estimated_bytes: register_gauge(
+                recorder,
+                "readstates_cache_estimated_bytes",
+                Some(Unit::Bytes),
+                "Estimated heap memory of the cached read states.",
+            ),
+            dirty_states: gauge(
+                "readstates_dirty_read_states",
+                "Read states changed but not yet written to the store.",
+            ),
+            scheduled_users: gauge(
+                "readstates_flush_queue_users",
+                "Users waiting in flush timer buckets.",
+            ),
+            evicting_users: gauge(
+                "readstates_flush_eviction_queue_users",
+                "Evicted dirty users waiting for (or in) their write.",
+            ),
+            lease_remaining: register_gauge(
+                recorder,
+                "readstates_version_lease_remaining_seconds",
+                Some(Unit::Seconds),
+                "Time left on the version lease recorded in the store; at 0, writes get UNAVAILABLE until it is renewed.",
+            ),
+        }
+    }
+
+    /// Sets every handle from `figures`.
+    pub(super) fn set(&self, figures: &CacheFigures) {
+        // Counters are set, not incremented: the cache keeps the totals.
+        self.hits.absolute(figures.hits);
+        self.misses.absolute(figures.misses);
+        self.evictions_clean.absolute(figures.evictions_clean);
+        self.evictions_dirty.absolute(figures.evictions_dirty);
+        self.changed_states.absolute(figures.changed_states);
+        self.coalesced_updates.absolute(figures.coalesced_updates);
+        self.deferred_mentions.absolute(figures.deferred_mentions);
+        self.waiting_mentions.set(figures.waiting_mentions as f64);
+        self.resident_states.set(figures.resident_states as f64);
+        self.resident_users.set(figures.resident_users as f64);
+        self.protected_users.set(figures.protected_users as f64);
+        self.capacity.set(figures.capacity as f64);
+        self.smallest_partition
+            .set(figures.smallest_partition as f64);
+        self.largest_partition.set(figures.largest_partition as f64);
+        self.estimated_bytes.set(figures.estimated_bytes as f64);
+        self.dirty_states.set(figures.dirty_states as f64);
+        self.scheduled_users.set(figures.scheduled_users as f64);
+        self.evicting_users.set(figures.evicting_users as f64);
+        self.lease_remaining.set(figures.lease_left.as_secs_f64());
+    }
+}

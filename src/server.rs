@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,7 +23,6 @@ use crate::connections::{
     Acceptor, CallTrackingLayer, ConnectionTable, open_files_limit, plain_incoming, port_limits,
 };
 use crate::engine::Engine;
-use crate::flush::{FlushError, Kept, SpillDir, keep_unwritten};
 use crate::metrics::{ListenerPort, Metrics};
 use crate::overload::QueueDelay;
 use crate::scrape::serve_metrics;
@@ -87,7 +85,7 @@ pub struct Running {
     /// The configuration in force (live changes included).
     config: Mutex<Config>,
     security: Arc<Security>,
-    batch_size: Arc<AtomicUsize>,
+    engine: Arc<Engine>,
     shutdown: CancellationToken,
     force: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -149,7 +147,7 @@ impl Running {
                 new = batch_size,
                 "flush batch size changed"
             );
-            self.batch_size.store(batch_size, Ordering::Relaxed);
+            self.engine.set_batch_size(batch_size);
         }
         let need_restart = current.restart_only_changes(new);
         *current = current.with_live_settings(new.live_settings());
@@ -196,25 +194,14 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             .await
             .context("setting up TLS and authentication")?,
     );
-    let Engine {
-        store,
-        cache,
-        flusher,
-        batch_size,
-        spill,
-    } = Engine::open(config, store, Arc::clone(&metrics)).await?;
-    // The cache's gauges are read when `/metrics` is scraped.
-    metrics.register_cache(Arc::clone(&cache));
+    let engine = Engine::open(config, store, Arc::clone(&metrics)).await?;
+    let cache = Arc::clone(engine.cache());
     // After the store: its schema check has passed, so the cluster tables
     // exist. With `cluster.enabled = false` nothing of the cluster runs.
     let cluster = if config.cluster.enabled {
         let handoff = Handoff {
-            cache: Arc::clone(&cache),
-            store: Arc::clone(&store),
-            flushes: flusher.barrier(),
+            engine: Arc::clone(&engine),
             timeout: config.cluster.handoff_timeout(),
-            batch_rows: config.flush.batch_size,
-            concurrency: config.flush.concurrency,
         };
         Some(
             Cluster::start_serving(
@@ -291,8 +278,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         .context("building the reflection service (v1alpha)")?
         .max_decoding_message_size(PROBE_MAX_REQUEST_BYTES);
     let mut service = ReadStatesService::new(
-        Arc::clone(&cache),
-        Arc::clone(&store),
+        Arc::clone(&engine),
         config.limits.clone(),
         Arc::clone(&metrics),
     );
@@ -305,10 +291,15 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         service = service.with_queue_delay(probe);
     }
 
-    let flush_shutdown = CancellationToken::new();
+    let store_health = tokio::spawn(report_store_health(
+        health_reporter.clone(),
+        engine.write_failing(),
+        shutdown.clone(),
+    ));
+    let background = engine.start()?;
     // The shutdown deadline: past it the final flush stops retrying a store
-    // that fails or hangs, and the shutdown reports what was not written.
-    let give_up = CancellationToken::new();
+    // that fails or hangs, and keeps what is left (see `Background::stop`).
+    let give_up = background.give_up_token();
     let deadline = tokio::spawn({
         let (shutdown, give_up) = (shutdown.clone(), give_up.clone());
         let timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
@@ -318,12 +309,6 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             give_up.cancel();
         }
     });
-    let store_health = tokio::spawn(report_store_health(
-        health_reporter.clone(),
-        flusher.write_failing(),
-        shutdown.clone(),
-    ));
-    let flusher_task = tokio::spawn(flusher.run(flush_shutdown.clone(), give_up));
     // A second signal: give up what neither the store nor the spill took.
     let force = CancellationToken::new();
     // The gRPC port's connections: capped, reaped when silent or idle (see
@@ -367,9 +352,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     let handshake_failures = metrics.tls_handshake_failures.clone();
     let serve_shutdown = shutdown.clone();
     let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);
-    let (task_cache, task_store, task_force) =
-        (Arc::clone(&cache), Arc::clone(&store), force.clone());
-    let batch_rows = config.flush.batch_size;
+    let (task_engine, task_force) = (Arc::clone(&engine), force.clone());
     let task = tokio::spawn(async move {
         let stopping = async {
             serve_shutdown.cancelled().await;
@@ -405,26 +388,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         // The accepting task ends with the server's incoming stream.
         accepting.await.context("accepting task failed")?;
         tracing::info!("calls finished: flushing dirty read states");
-        flush_shutdown.cancel();
-        let flushed = flusher_task.await;
+        let flushed = background.stop(&task_engine, &task_force).await;
         deadline.abort();
-        let flushed = match flushed.context("flusher task failed")? {
-            Err(FlushError::GaveUp { dirty }) => {
-                tracing::warn!(
-                    dirty,
-                    "the final flush could not write everything; keeping the rest"
-                );
-                keep(
-                    &task_cache,
-                    task_store.as_ref(),
-                    &spill,
-                    batch_rows,
-                    &task_force,
-                )
-                .await
-            }
-            flushed => flushed.map_err(anyhow::Error::from),
-        };
         let _ = store_health.await;
         // The leases go last, once this instance's dirty states are
         // written, so the slots' next owners load what it wrote.
@@ -438,7 +403,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             task.await.context("metrics task failed")?;
         }
         served?;
-        flushed.context("final flush failed")?;
+        flushed?;
         tracing::info!("shutdown complete");
         Ok(())
     });
@@ -447,7 +412,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     }
     tracing::info!(
         grpc_addr = %addr,
-        store = store.backend(),
+        store = engine.backend(),
         tls = config.tls.enabled(),
         client_certificates = config.tls.client_ca_file.is_some(),
         bearer_tokens = config.auth.tokens_file.is_some(),
@@ -461,7 +426,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         ownership,
         config: Mutex::new(config.clone()),
         security,
-        batch_size,
+        engine,
         shutdown,
         force,
         task,
@@ -494,29 +459,4 @@ async fn report_store_health(
             changed = failing.changed() => if changed.is_err() { return },
         }
     }
-}
-
-/// Keeps what the final flush could not write (see `flush::last_resort`).
-async fn keep(
-    cache: &Cache,
-    store: &dyn Store,
-    spill: &SpillDir,
-    batch_rows: usize,
-    force: &CancellationToken,
-) -> anyhow::Result<()> {
-    match keep_unwritten(cache, store, spill, batch_rows, force).await? {
-        Kept::Spilled {
-            path,
-            rows,
-            mentions,
-        } => tracing::warn!(
-            path = %path.display(),
-            rows,
-            mentions,
-            "the store refused the unwritten changes: spilled them, and the next start writes them"
-        ),
-        Kept::Written => tracing::info!("the store took the unwritten changes after all"),
-        Kept::Nothing => {}
-    }
-    Ok(())
 }

@@ -22,8 +22,9 @@ use common::cluster::Cluster;
 use common::contract::{Backend, Capabilities, Instances, Tombstones};
 use common::faults::FaultyStore;
 use readstates::config::ScyllaConfig;
+use readstates::engine::MeteredStore;
 use readstates::metrics::Metrics;
-use readstates::store::{DelayedStore, EmbeddedStore, MeteredStore, ScyllaStore, Store};
+use readstates::store::{DelayedStore, EmbeddedStore, ScyllaStore, Store};
 use tempfile::TempDir;
 
 /// Generates one test per contract check for the backend `$backend`, in a

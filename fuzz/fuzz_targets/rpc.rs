@@ -23,7 +23,6 @@ use readstates::ids::MAX_ID;
 use readstates::metrics::Metrics;
 use readstates::store::{EmbeddedStore, Store};
 use tokio::runtime::Runtime;
-use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 
 /// The service and what keeps it running for the life of the process.
@@ -58,13 +57,10 @@ impl Harness {
             let engine = Engine::open(&config, Arc::new(store), Arc::clone(&metrics))
                 .await
                 .expect("the engine starts");
-            // Never stopped: the flusher runs until the process exits.
-            tokio::spawn(
-                engine
-                    .flusher
-                    .run(CancellationToken::new(), CancellationToken::new()),
-            );
-            ReadStatesService::new(engine.cache, engine.store, config.limits.clone(), metrics)
+            // Never stopped: the write-behind runs until the process exits.
+            let background = engine.start().expect("the engine's tasks start");
+            std::mem::forget(background);
+            ReadStatesService::new(engine, config.limits.clone(), metrics)
         });
         Self {
             runtime,

@@ -1,6 +1,6 @@
 //! The calls of `readstates.v1.ReadStates`: each validates its request,
 //! forwards it to its users' owner if this instance does not serve them
-//! (`cluster.enabled`), and otherwise runs it on the cache.
+//! (`cluster.enabled`), and otherwise runs it on the engine.
 
 use tonic::Status;
 use tonic::transport::Channel;
@@ -29,14 +29,12 @@ impl ReadStatesService {
         }
         let view = if request.manual {
             let count = request.mention_count.unwrap_or(0);
-            self.cache
-                .write(self.store.as_ref(), user, |txn| {
+            self.engine.write(user, |txn| {
                     txn.manual_ack(channel, message, count)
                 })
                 .await
         } else {
-            self.cache
-                .write(self.store.as_ref(), user, |txn| txn.ack(channel, message))
+            self.engine.write(user, |txn| txn.ack(channel, message))
                 .await
         }
         .map_err(ApiError::from)?;
@@ -66,9 +64,7 @@ impl ReadStatesService {
             let call = |mut client: Client, request| async move { client.bulk_ack(request).await };
             return remote.forward(caller, request, call).await;
         }
-        let read_states = self
-            .cache
-            .write(self.store.as_ref(), user, |txn| {
+        let read_states = self.engine.write(user, |txn| {
                 acks.iter()
                     .map(|&(channel, message)| to_proto(user, txn.ack(channel, message)))
                     .collect()
@@ -132,9 +128,7 @@ impl ReadStatesService {
             let call = |mut client: Client, request| async move { client.ack_pins(request).await };
             return remote.forward(caller, request, call).await;
         }
-        let view = self
-            .cache
-            .write(self.store.as_ref(), user, |txn| {
+        let view = self.engine.write(user, |txn| {
                 txn.ack_pins(channel, pin_timestamp_ms)
             })
             .await
@@ -156,9 +150,7 @@ impl ReadStatesService {
                 |mut client: Client, request| async move { client.get_read_state(request).await };
             return remote.forward(caller, request, call).await;
         }
-        let view = self
-            .cache
-            .read(self.store.as_ref(), user, |txn| txn.view(channel))
+        let view = self.engine.read(user, |txn| txn.view(channel))
             .await
             .map_err(ApiError::from)?;
         Ok(proto::GetReadStateResponse {
@@ -179,9 +171,7 @@ impl ReadStatesService {
             };
             return remote.forward(caller, request, call).await;
         }
-        let (views, version) = self
-            .cache
-            .read(self.store.as_ref(), user, |txn| {
+        let (views, version) = self.engine.read(user, |txn| {
                 let mut views = Vec::new();
                 txn.views_since(since_version, &mut views);
                 (views, txn.user_version())
@@ -217,9 +207,7 @@ impl ReadStatesService {
             };
             return remote.forward(caller, request, call).await;
         }
-        let read_states = self
-            .cache
-            .write(self.store.as_ref(), user, |txn| {
+        let read_states = self.engine.write(user, |txn| {
                 channels
                     .iter()
                     .map(|&channel| to_proto(user, txn.delete(channel)))

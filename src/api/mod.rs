@@ -1,5 +1,5 @@
-//! The gRPC API: validates requests at the edge, runs them against the
-//! cache, and maps results and errors to `readstates.v1` messages and gRPC
+//! The gRPC API: validates requests at the edge, runs them on the engine,
+//! and maps results and errors to `readstates.v1` messages and gRPC
 //! status codes (in one place: `From<ApiError> for Status`).
 //!
 //! Here: the service, its admission (overload limits) and per-call metrics,
@@ -17,12 +17,11 @@ use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use crate::cache::Cache;
 use crate::config::LimitsConfig;
+use crate::engine::Engine;
 use crate::ids::UserId;
 use crate::metrics::{Method, Metrics};
 use crate::overload::QueueDelay;
-use crate::store::Store;
 
 /// The generated protobuf and gRPC code of `readstates.v1`.
 pub mod proto {
@@ -51,8 +50,7 @@ use forward::{Caller, Remote};
 
 /// The `ReadStates` service.
 pub struct ReadStatesService {
-    cache: Arc<Cache>,
-    store: Arc<dyn Store>,
+    engine: Arc<Engine>,
     limits: LimitsConfig,
     metrics: Arc<Metrics>,
     /// Calls admitted and not yet ended, over all connections.
@@ -65,16 +63,10 @@ pub struct ReadStatesService {
 }
 
 impl ReadStatesService {
-    /// Creates the service over a cache and its store.
-    pub fn new(
-        cache: Arc<Cache>,
-        store: Arc<dyn Store>,
-        limits: LimitsConfig,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// Creates the service over the engine.
+    pub fn new(engine: Arc<Engine>, limits: LimitsConfig, metrics: Arc<Metrics>) -> Self {
         Self {
-            cache,
-            store,
+            engine,
             limits,
             metrics,
             in_flight: AtomicUsize::new(0),

@@ -6,10 +6,10 @@
 //! The calls in flight need no counter: the cache checks the gate (this
 //! instance's [`Ownership`](super::Ownership)) under the partition lock, and
 //! the eviction takes every partition's lock after the slot was revoked;
-//! see `cache::handoff`. The handoff then writes the slot's released users
-//! (their dirty states, and their deferred mentions merged by a load), and
-//! waits for the write-behind's batches taken before the eviction, which
-//! may hold older rows of the same users. All within
+//! see `cache::handoff`. The engine's write-behind then writes the slot's
+//! released users (their dirty states, and their deferred mentions merged
+//! by a load), after its batches taken before the eviction, which may hold
+//! older rows of the same users (see `flush::handoff`). All within
 //! `cluster.handoff_timeout_ms`: past it, or on a store error, the lease is
 //! not released (it runs out by itself, and the slot's next owner waits for
 //! that), and the users left are given to the write-behind, whose writes
@@ -25,40 +25,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{StreamExt, TryStreamExt};
 use tokio::time::Instant;
 
 use super::slots::{Slot, slot_of};
-use crate::cache::{Cache, CacheError, Evicted};
-use crate::flush::FlushBarrier;
+use crate::engine::Engine;
 use crate::ids::UserId;
 use crate::metrics::HandoffMetrics;
-use crate::store::{RowWrite, Store, StoreError};
 
-/// What a handoff needs: the cache and store it writes through, and the
-/// write-behind it waits for.
+/// What a handoff needs: the engine that writes the slots' users out, and
+/// how long it may take.
 pub struct Handoff {
-    pub cache: Arc<Cache>,
-    /// The store the write-behind writes to.
-    pub store: Arc<dyn Store>,
-    pub flushes: FlushBarrier,
+    pub engine: Arc<Engine>,
     /// `cluster.handoff_timeout_ms`.
     pub timeout: Duration,
-    /// Rows per write (`flush.batch_size`).
-    pub batch_rows: usize,
-    /// Writes and loads in flight at once (`flush.concurrency`).
-    pub concurrency: usize,
-}
-
-/// Why a handoff did not complete.
-#[derive(Debug, thiserror::Error)]
-enum HandoffError {
-    #[error("loading a user to merge its deferred mentions failed: {0}")]
-    Load(#[from] CacheError),
-    #[error("writing the slots' users failed: {0}")]
-    Write(#[from] StoreError),
-    #[error("{0} users of the slots still have changes not written")]
-    Unwritten(usize),
 }
 
 impl Handoff {
@@ -69,7 +48,7 @@ impl Handoff {
         let started = Instant::now();
         let count = slots.len() as u32;
         let selects = |user_id: UserId| slots[slot_of(user_id, count) as usize];
-        let outcome = tokio::time::timeout(self.timeout, self.write_out(&selects)).await;
+        let outcome = tokio::time::timeout(self.timeout, self.engine.write_out(&selects)).await;
         let elapsed = started.elapsed();
         metrics.duration.record_duration(elapsed);
         let moving = slots.iter().filter(|flag| **flag).count();
@@ -94,7 +73,7 @@ impl Handoff {
                 format!("past cluster.handoff_timeout_ms ({:?})", self.timeout)
             }
         };
-        let left = self.cache.requeue_released(&selects);
+        let left = self.engine.requeue_released(&selects);
         tracing::warn!(
             slots = moving,
             users_left_to_write_behind = left,
@@ -109,8 +88,8 @@ impl Handoff {
     pub(super) async fn drop_lost(&self, slots: &[bool]) {
         let count = slots.len() as u32;
         let selects = |user_id: UserId| slots[slot_of(user_id, count) as usize];
-        let evicted = self.evict(&selects).await;
-        let released = self.cache.requeue_released(&selects);
+        let evicted = self.engine.evict(&selects).await;
+        let released = self.engine.requeue_released(&selects);
         tracing::warn!(
             slots = slots.iter().filter(|flag| **flag).count(),
             users_evicted = evicted.users,
@@ -124,67 +103,12 @@ impl Handoff {
     /// not be served yet.
     pub(super) fn unwritten_slots(&self, slots: u32) -> Vec<bool> {
         let mut users = Vec::new();
-        self.cache.unwritten_users(&mut users);
+        self.engine.unwritten_users(&mut users);
         let mut flags = vec![false; slots as usize];
         for user_id in users {
             flags[slot_of(user_id, slots) as usize] = true;
         }
         flags
-    }
-
-    /// Evicts the selected users, merges their deferred mentions, writes
-    /// them, and waits for the write-behind's earlier batches; returns how
-    /// many users it wrote.
-    async fn write_out(
-        &self,
-        selects: &(dyn Fn(UserId) -> bool + Sync),
-    ) -> Result<usize, HandoffError> {
-        let evicted = self.evict(selects).await;
-        let cache = self.cache.as_ref();
-        let store = self.store.as_ref();
-        futures_util::stream::iter(evicted.inbox_users)
-            .map(|user_id| cache.load_deferred(store, user_id))
-            .buffer_unordered(self.concurrency.max(1))
-            .try_collect::<()>()
-            .await?;
-        let mut rows = Vec::new();
-        let users = self.cache.take_released(selects, &mut rows);
-        // Batches the write-behind took before the eviction may hold older
-        // rows of these users: none may land after the lease is released.
-        self.flushes.wait().await;
-        let batches: Vec<Arc<[RowWrite]>> =
-            rows.chunks(self.batch_rows.max(1)).map(Arc::from).collect();
-        futures_util::stream::iter(batches)
-            .map(|batch| async move {
-                store.write_batch(Arc::clone(&batch)).await?;
-                cache.mark_written(&batch);
-                Ok::<_, StoreError>(())
-            })
-            .buffer_unordered(self.concurrency.max(1))
-            .try_collect::<()>()
-            .await?;
-        let mut left = Vec::new();
-        self.cache.unwritten_users(&mut left);
-        let left = left.into_iter().filter(|user_id| selects(*user_id)).count();
-        if left > 0 {
-            return Err(HandoffError::Unwritten(left));
-        }
-        Ok(users)
-    }
-}
-
-impl Handoff {
-    /// Evicts the selected users a partition at a time, yielding between
-    /// partitions: each walks its partition's users under its lock, and a
-    /// large cache must not hold a runtime worker away from calls.
-    async fn evict(&self, selects: &(dyn Fn(UserId) -> bool + Sync)) -> Evicted {
-        let mut evicted = Evicted::default();
-        for index in 0..self.cache.partition_count() {
-            self.cache
-                .evict_partition_users(index, selects, &mut evicted);
-            tokio::task::yield_now().await;
-        }
-        evicted
     }
 }
 

@@ -103,7 +103,7 @@ impl Cluster {
         Self::launch(scylla, config, metrics, customize, None).await
     }
 
-    /// Like [`Cluster::start`], for a serving instance: `handoff.cache`
+    /// Like [`Cluster::start`], for a serving instance: `handoff.engine`
     /// serves only the users of the slots held here, and a slot's users are
     /// written and evicted before its lease is released.
     pub async fn start_serving(
@@ -136,7 +136,7 @@ impl Cluster {
         let ownership = Arc::new(Ownership::new(config.slots));
         if let Some(handoff) = &handoff
             && !handoff
-                .cache
+                .engine
                 .set_serving_gate(Arc::clone(&ownership) as Arc<dyn ServingGate>)
         {
             return Err(ClusterError::GateTaken);

@@ -16,6 +16,10 @@
 //! backlog is full. After a write, the cache clears only the dirty marks of
 //! states that did not change meanwhile.
 //!
+//! A slot's handoff writes its users through here too (`handoff`), so the
+//! write-behind is the one writer of dirty rows. At a shutdown the store
+//! refuses, what is left is spilled for the next start (`last_resort`).
+//!
 //! Beside the coordinator run the version lease's keeper (`lease`), the
 //! tombstone purge trigger (`purge`) and the loader of users with deferred
 //! mentions (`deferred`), each on its own task, so neither a hung store
@@ -29,6 +33,7 @@
 
 mod backoff;
 mod deferred;
+mod handoff;
 mod health;
 mod in_flight;
 mod last_resort;
@@ -52,6 +57,7 @@ use crate::metrics::Metrics;
 use crate::store::{RowWrite, Store, StoreError};
 use backoff::Backoff;
 use deferred::DeferredLoader;
+pub use handoff::{WriteOutError, WriteOutSettings, evict, write_out};
 pub use health::WriteHealth;
 pub use in_flight::FlushBarrier;
 use in_flight::{InFlight, TakeRound};

@@ -8,13 +8,11 @@
 
 mod delayed;
 mod embedded;
-mod metered;
 mod row;
 mod scylla;
 
 pub use delayed::DelayedStore;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
-pub use metered::MeteredStore;
 pub use row::{Row, RowDecodeError, decode_row, encode_row};
 pub use scylla::{MigrateError, MigrationReport, ScyllaError, ScyllaStore};
 /// Opens a driver session from `[scylla]` (the cluster's own session).

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{ErrorClass, LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows};
 use crate::ids::UserId;
 use crate::metrics::{Metrics, StoreErrorClass, StoreOperation};
+use crate::store::{ErrorClass, LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows};
 
 /// Any store, measured.
 pub struct MeteredStore {

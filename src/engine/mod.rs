@@ -1,0 +1,248 @@
+//! The engine: everything below the API. It owns the store (wrapped for
+//! metrics and any injected latency), the version lease recorded in it, the
+//! cache, and the write-behind with its background tasks, and offers the
+//! few operations the API and the cluster need: change or read a user,
+//! fan a change out to many users, defer mentions, and write out and evict
+//! the users of slots moving away. The API holds the engine and nothing of
+//! the store. See ARCHITECTURE.md, "The engine".
+//!
+//! `background` starts and stops the engine's tasks; `fan_out` is how one
+//! change reaches many users; `metered` wraps the store for metrics.
+
+mod background;
+mod fan_out;
+mod metered;
+
+pub use background::Background;
+pub use metered::MeteredStore;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::cache::{Cache, CacheError, CacheSettings, ChangeHook, Evicted, ServingGate, UserTxn};
+use crate::clock::unix_micros;
+use crate::config::Config;
+use crate::flush::{
+    FlushBarrier, FlushSettings, Flusher, SpillDir, WriteOutError, WriteOutSettings, replay_spills,
+};
+use crate::ids::UserId;
+use crate::metrics::Metrics;
+use crate::store::{DelayedStore, LoadPriority, Store};
+
+/// The parts of a running service below its API.
+pub struct Engine {
+    cache: Arc<Cache>,
+    /// The store, metered.
+    store: Arc<dyn Store>,
+    /// Where a shutdown keeps what the store did not take.
+    spill: SpillDir,
+    /// Rows per flush batch, changeable on a running server.
+    batch_size: Arc<AtomicUsize>,
+    write_out: WriteOutSettings,
+    flushes: FlushBarrier,
+    write_failing: watch::Receiver<bool>,
+    /// The write-behind until [`Engine::start`] runs it.
+    flusher: Mutex<Option<Flusher>>,
+}
+
+impl Engine {
+    /// Wraps `store`, records a new version lease in it, builds the cache
+    /// and the write-behind from `config`, and writes what a shutdown
+    /// spilled before anything else. Nothing runs until [`Engine::start`].
+    pub async fn open(
+        config: &Config,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let store: Arc<dyn Store> = match config.store.injected_latency() {
+            Some((median, p99)) => {
+                tracing::warn!(
+                    median_ms = median.as_millis() as u64,
+                    p99_ms = p99.as_millis() as u64,
+                    "store latency injected (a benchmark setting)"
+                );
+                Arc::new(DelayedStore::new(store, median, p99))
+            }
+            None => store,
+        };
+        // Metered outermost: the store metrics include any injected latency.
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
+        let floor = store
+            .load_version_floor()
+            .await
+            .context("reading the version floor from the store")?;
+        let lease_micros =
+            u64::try_from(config.flush.version_lease().as_micros()).unwrap_or(u64::MAX);
+        let lease = floor.max(unix_micros()).saturating_add(lease_micros);
+        store
+            .record_version_floor(lease)
+            .await
+            .context("recording the version lease in the store")?;
+
+        let cache = Arc::new(Cache::new(
+            &CacheSettings {
+                capacity: config.cache.capacity,
+                partitions: config.cache.partitions,
+                max_tracked_mentions: config.cache.max_tracked_mentions,
+                max_dirty_states: config.flush.max_dirty_states,
+                flush_delay: config.flush.delay(),
+                flush_tick: config.flush.tick(),
+            },
+            floor,
+        ));
+        cache.clock().set_lease(lease);
+        // The cache's gauges are read when `/metrics` is scraped.
+        metrics.register_cache(Arc::clone(&cache));
+        // What a shutdown could not write goes to the store before any call
+        // is served (see `flush::last_resort`).
+        let spill = SpillDir::new(config.store.spill_dir());
+        let (rows, mentions) =
+            replay_spills(&spill, &cache, store.as_ref(), config.flush.batch_size)
+                .await
+                .with_context(|| format!("replaying the spill in {}", spill.path().display()))?;
+        if rows + mentions > 0 {
+            tracing::warn!(
+                rows,
+                mentions,
+                "wrote the changes a shutdown spilled because the store refused them"
+            );
+        }
+        let batch_size = Arc::new(AtomicUsize::new(config.flush.batch_size));
+        let flusher = Flusher::new(
+            Arc::clone(&cache),
+            Arc::clone(&store),
+            metrics,
+            FlushSettings {
+                tick: config.flush.tick(),
+                concurrency: config.flush.concurrency,
+                batch_size: Arc::clone(&batch_size),
+                retry_initial: Duration::from_millis(config.flush.retry_initial_ms),
+                retry_max: Duration::from_millis(config.flush.retry_max_ms),
+                version_lease: config.flush.version_lease(),
+                purge_interval: Duration::from_millis(config.flush.purge_interval_ms),
+                tombstone_grace: Duration::from_millis(config.flush.tombstone_grace_ms),
+            },
+            lease,
+        );
+        Ok(Arc::new(Self {
+            flushes: flusher.barrier(),
+            write_failing: flusher.write_failing(),
+            flusher: Mutex::new(Some(flusher)),
+            cache,
+            store,
+            spill,
+            batch_size,
+            write_out: WriteOutSettings {
+                batch_rows: config.flush.batch_size,
+                concurrency: config.flush.concurrency,
+            },
+        }))
+    }
+
+    /// Returns the cache, for inspection (metrics, tests).
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// Returns the store's backend name, for logs and metrics.
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    /// Sets the rows per flush batch on a running server.
+    pub fn set_batch_size(&self, rows: usize) {
+        self.batch_size.store(rows, Ordering::Relaxed);
+    }
+
+    /// Returns a receiver of whether the store refuses the write-behind's
+    /// writes (true while it does).
+    pub fn write_failing(&self) -> watch::Receiver<bool> {
+        self.write_failing.clone()
+    }
+
+    /// Makes `hook` hear every change applied from now on (see
+    /// [`ChangeHook`]); false if one was set before.
+    pub fn set_change_hook(&self, hook: Arc<dyn ChangeHook>) -> bool {
+        self.cache.set_change_hook(hook)
+    }
+
+    /// Runs `change` on the user's states, loading them first if needed.
+    pub async fn write<R>(
+        &self,
+        user_id: UserId,
+        change: impl FnOnce(&mut UserTxn<'_>) -> R,
+    ) -> Result<R, CacheError> {
+        self.cache.write(self.store.as_ref(), user_id, change).await
+    }
+
+    /// Runs `read` on the user's states, loading them first if needed.
+    pub async fn read<R>(
+        &self,
+        user_id: UserId,
+        read: impl FnOnce(&mut UserTxn<'_>) -> R,
+    ) -> Result<R, CacheError> {
+        self.cache.read(self.store.as_ref(), user_id, read).await
+    }
+
+    /// Makes `gate` decide which users are served (with a cluster); false
+    /// if one was set before.
+    pub fn set_serving_gate(&self, gate: Arc<dyn ServingGate>) -> bool {
+        self.cache.set_serving_gate(gate)
+    }
+
+    /// Writes out and evicts the selected users, whom the serving gate
+    /// refuses now (a slot's handoff; see `flush::handoff`); returns how
+    /// many users it wrote.
+    pub async fn write_out(
+        &self,
+        selects: &(dyn Fn(UserId) -> bool + Sync),
+    ) -> Result<usize, WriteOutError> {
+        crate::flush::write_out(
+            &self.cache,
+            self.store.as_ref(),
+            &self.flushes,
+            self.write_out,
+            selects,
+        )
+        .await
+    }
+
+    /// Evicts the selected users (a slot lost without a handoff); their
+    /// dirty states stay for the write-behind.
+    pub async fn evict(&self, selects: &(dyn Fn(UserId) -> bool + Sync)) -> Evicted {
+        crate::flush::evict(&self.cache, selects).await
+    }
+
+    /// Gives the selected users evicted but not written to the
+    /// write-behind; returns how many.
+    pub fn requeue_released(&self, selects: &dyn Fn(UserId) -> bool) -> usize {
+        self.cache.requeue_released(selects)
+    }
+
+    /// Appends the users with changes outside the cache (evicted and not
+    /// written, or with deferred mentions).
+    pub fn unwritten_users(&self, out: &mut Vec<UserId>) {
+        self.cache.unwritten_users(out);
+    }
+
+    /// Loads a user at background priority, for a fan-out.
+    async fn write_in_background<R>(
+        &self,
+        user_id: UserId,
+        change: impl FnOnce(&mut UserTxn<'_>) -> R,
+    ) -> Result<R, CacheError> {
+        self.cache
+            .write_with_priority(
+                self.store.as_ref(),
+                user_id,
+                LoadPriority::Background,
+                change,
+            )
+            .await
+    }
+}

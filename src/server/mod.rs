@@ -1,7 +1,13 @@
-//! Wiring: opens the store, builds the engine (cache and flusher), serves the
-//! gRPC API (with health checking and reflection) and `/metrics`, applies
-//! configuration changes on a running server, and shuts down in order: stop
-//! accepting, finish calls in flight, flush every dirty state, sync.
+//! Wiring: opens the store, builds the engine, joins the cluster, serves
+//! the gRPC port (`grpc`, with health and reflection from `probes`) and
+//! `/metrics`, applies configuration changes on a running server, and shuts
+//! down in order: stop accepting, finish calls in flight, write every dirty
+//! state (or spill it), release the slots, stop `/metrics`.
+
+mod grpc;
+mod probes;
+
+pub use probes::STORE_HEALTH;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,28 +18,20 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 
-use crate::api::{Forwarding, ReadStatesService, proto};
-use crate::auth::{AuthError, Security, tls_incoming};
+use crate::api::{Forwarding, ReadStatesService};
+use crate::auth::{AuthError, Security};
 use crate::cache::Cache;
 use crate::cluster::{Cluster, ClusterMetrics, Handoff, Ownership};
 use crate::config::{Config, StoreBackend};
-use crate::connections::{
-    Acceptor, CallTrackingLayer, ConnectionTable, open_files_limit, plain_incoming, port_limits,
-};
+use crate::connections::{Acceptor, ConnectionTable, open_files_limit, port_limits};
 use crate::engine::Engine;
 use crate::metrics::{ListenerPort, Metrics};
 use crate::overload::QueueDelay;
 use crate::scrape::serve_metrics;
 use crate::store::{EmbeddedOptions, EmbeddedStore, ScyllaStore, Store};
 
-type ReadStatesServer = proto::read_states_server::ReadStatesServer<ReadStatesService>;
-
-/// The gRPC server's run, over plaintext or TLS connections.
-type ServeFuture<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'a>,
->;
+use grpc::{GrpcPort, serve_grpc};
 
 /// Opens the store the configuration names.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -198,33 +196,13 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     let cache = Arc::clone(engine.cache());
     // After the store: its schema check has passed, so the cluster tables
     // exist. With `cluster.enabled = false` nothing of the cluster runs.
-    let cluster = if config.cluster.enabled {
-        let handoff = Handoff {
-            engine: Arc::clone(&engine),
-            timeout: config.cluster.handoff_timeout(),
-        };
-        Some(
-            Cluster::start_serving(
-                &config.scylla,
-                &config.cluster,
-                ClusterMetrics::of(&metrics),
-                handoff,
-            )
-            .await
-            .context("joining the cluster of instances")?,
-        )
+    let (cluster, forwarding) = if config.cluster.enabled {
+        let (cluster, forwarding) = join_cluster(config, &engine, &metrics).await?;
+        (Some(cluster), Some(forwarding))
     } else {
-        None
+        (None, None)
     };
     let ownership = cluster.as_ref().map(Cluster::ownership);
-    let forwarding = match &cluster {
-        Some(cluster) => Some(
-            Forwarding::new(cluster, &config.cluster, Arc::clone(&metrics))
-                .await
-                .context("setting up forwarding to the other instances")?,
-        ),
-        None => None,
-    };
 
     let listener = TcpListener::bind(config.server.listen_addr)
         .await
@@ -234,49 +212,13 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     let shutdown = CancellationToken::new();
     let metrics_shutdown = CancellationToken::new();
     let (metrics_addr, metrics_task) = if config.metrics.enabled {
-        let metrics_listener = TcpListener::bind(config.metrics.listen_addr)
-            .await
-            .with_context(|| {
-                format!("binding the metrics address {}", config.metrics.listen_addr)
-            })?;
-        let metrics_addr = metrics_listener.local_addr()?;
-        let task = tokio::spawn(serve_metrics(
-            metrics_listener,
-            Arc::clone(&metrics),
-            metrics_limits,
-            metrics_shutdown.clone(),
-        ));
-        (Some(metrics_addr), Some(task))
+        let (addr, task) =
+            start_scrape(config, &metrics, metrics_limits, metrics_shutdown.clone()).await?;
+        (Some(addr), Some(task))
     } else {
         (None, None)
     };
 
-    // Health and reflection requests carry a service, symbol or file name
-    // (a few hundred bytes at most), and they answer anyone, credentials
-    // or not: a small fixed limit instead of `limits.max_request_bytes`.
-    // It also bounds what reflection echoes back: an unknown symbol comes
-    // back whole in a NOT_FOUND message, which tonic-reflection writes and
-    // we cannot trim; under 4 KiB it stays within a client's default
-    // header list (16 KiB) even when every byte is percent-encoded.
-    const PROBE_MAX_REQUEST_BYTES: usize = 4 * 1024;
-    let (health_reporter, health_server) = tonic_health::server::health_reporter();
-    let health_service = health_server.max_decoding_message_size(PROBE_MAX_REQUEST_BYTES);
-    health_reporter.set_serving::<ReadStatesServer>().await;
-    // Reflection in both versions: much tooling (Python's grpcio-reflection,
-    // older grpcurl, Postman and Evans builds) speaks only v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .context("building the reflection service (v1)")?
-        .max_decoding_message_size(PROBE_MAX_REQUEST_BYTES);
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .context("building the reflection service (v1alpha)")?
-        .max_decoding_message_size(PROBE_MAX_REQUEST_BYTES);
     let mut service = ReadStatesService::new(
         Arc::clone(&engine),
         config.limits.clone(),
@@ -291,11 +233,6 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         service = service.with_queue_delay(probe);
     }
 
-    let store_health = tokio::spawn(report_store_health(
-        health_reporter.clone(),
-        engine.write_failing(),
-        shutdown.clone(),
-    ));
     let background = engine.start()?;
     // The shutdown deadline: past it the final flush stops retrying a store
     // that fails or hangs, and keeps what is left (see `Background::stop`).
@@ -321,76 +258,22 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         grpc_connections,
         ListenerPort::Grpc.name(),
     );
-    let router = tonic::transport::Server::builder()
-        .timeout(Duration::from_millis(config.server.request_timeout_ms))
-        // Pings find the connections of clients that vanished without a
-        // FIN (a crashed host, a dropped NAT entry).
-        .http2_keepalive_interval(config.server.keepalive_interval())
-        .http2_keepalive_timeout(Some(config.server.keepalive_timeout()))
-        // Advertised as the HTTP/2 stream limit, so clients queue past it
-        // instead of piling unread requests into the connection (see
-        // `MAX_STREAMS_PER_CONNECTION`); the layer below refuses a client
-        // that ignores it.
-        .max_concurrent_streams(
-            u32::try_from(config.server.max_concurrent_requests_per_connection).ok(),
-        )
-        .concurrency_limit_per_connection(config.server.max_concurrent_requests_per_connection)
-        .load_shed(true)
-        .layer(CallTrackingLayer::new(connection_table))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        // Only ReadStates calls are checked: health and reflection stay
-        // open to load balancers and tools (TLS, when on, covers them all).
-        .add_service(InterceptedService::new(
-            ReadStatesServer::new(service)
-                .max_decoding_message_size(config.limits.max_request_bytes),
-            security.authenticator.clone(),
-        ));
-
-    let tls = security.tls.clone();
-    let handshake_failures = metrics.tls_handshake_failures.clone();
+    let port = GrpcPort {
+        service,
+        security: Arc::clone(&security),
+        acceptor,
+        connections: connection_table,
+        write_failing: engine.write_failing(),
+        handshake_failures: metrics.tls_handshake_failures.clone(),
+    };
+    let (task_engine, task_force, task_config) =
+        (Arc::clone(&engine), force.clone(), config.clone());
     let serve_shutdown = shutdown.clone();
-    let drain_timeout = Duration::from_millis(config.server.drain_timeout_ms);
-    let (task_engine, task_force) = (Arc::clone(&engine), force.clone());
     let task = tokio::spawn(async move {
-        let stopping = async {
-            serve_shutdown.cancelled().await;
-            tracing::info!("shutting down: finishing calls in flight");
-            health_reporter.set_not_serving::<ReadStatesServer>().await;
-        };
-        let (serve, accepting): (ServeFuture<'_>, _) = match tls {
-            Some(tls) => {
-                let (incoming, accepting) = tls_incoming(acceptor, tls, handshake_failures);
-                let serve = router.serve_with_incoming_shutdown(incoming, stopping);
-                (Box::pin(serve), accepting)
-            }
-            None => {
-                let (incoming, accepting) = plain_incoming(acceptor);
-                let serve = router.serve_with_incoming_shutdown(incoming, stopping);
-                (Box::pin(serve), accepting)
-            }
-        };
-        // A client that never lets its connection close must not keep the
-        // final flush from running: past the drain timeout, connections are
-        // dropped (their unfinished calls were never acknowledged).
-        let drain_expired = async {
-            serve_shutdown.cancelled().await;
-            tokio::time::sleep(drain_timeout).await;
-        };
-        let served = tokio::select! {
-            served = serve => served.context("gRPC server failed"),
-            () = drain_expired => {
-                tracing::warn!(?drain_timeout, "calls still open after the drain timeout; closing connections");
-                Ok(())
-            }
-        };
-        // The accepting task ends with the server's incoming stream.
-        accepting.await.context("accepting task failed")?;
+        let served = serve_grpc(&task_config, port, serve_shutdown).await;
         tracing::info!("calls finished: flushing dirty read states");
         let flushed = background.stop(&task_engine, &task_force).await;
         deadline.abort();
-        let _ = store_health.await;
         // The leases go last, once this instance's dirty states are
         // written, so the slots' next owners load what it wrote.
         if let Some(cluster) = cluster {
@@ -433,30 +316,44 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     })
 }
 
-/// The `grpc.health.v1` name whose status says whether the store takes the
-/// write-behind's writes: `NOT_SERVING` while it refuses them (see
-/// `flush::health`). The service's own status stays `SERVING`: cached
-/// reads, and changes until the dirty backlog fills, still work.
-pub const STORE_HEALTH: &str = "readstates.store";
+/// Joins the cluster of instances as a serving member (the engine serves
+/// only the users of the slots held here, and writes a slot's users out
+/// before its lease goes), and sets up forwarding to the other members.
+async fn join_cluster(
+    config: &Config,
+    engine: &Arc<Engine>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Cluster, Forwarding)> {
+    let handoff = Handoff {
+        engine: Arc::clone(engine),
+        timeout: config.cluster.handoff_timeout(),
+    };
+    let cluster = Cluster::start_serving(
+        &config.scylla,
+        &config.cluster,
+        ClusterMetrics::of(metrics),
+        handoff,
+    )
+    .await
+    .context("joining the cluster of instances")?;
+    let forwarding = Forwarding::new(&cluster, &config.cluster, Arc::clone(metrics))
+        .await
+        .context("setting up forwarding to the other instances")?;
+    Ok((cluster, forwarding))
+}
 
-/// Keeps [`STORE_HEALTH`] in step with the flusher's view of the store
-/// until the shutdown starts.
-async fn report_store_health(
-    reporter: tonic_health::server::HealthReporter,
-    mut failing: tokio::sync::watch::Receiver<bool>,
-    shutdown: CancellationToken,
-) {
-    use tonic_health::ServingStatus;
-    loop {
-        let status = if *failing.borrow_and_update() {
-            ServingStatus::NotServing
-        } else {
-            ServingStatus::Serving
-        };
-        reporter.set_service_status(STORE_HEALTH, status).await;
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = failing.changed() => if changed.is_err() { return },
-        }
-    }
+/// Binds the `/metrics` port and serves it until `stop` is cancelled;
+/// returns its address and the serving task.
+async fn start_scrape(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    limits: crate::connections::ConnectionLimits,
+    stop: CancellationToken,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(config.metrics.listen_addr)
+        .await
+        .with_context(|| format!("binding the metrics address {}", config.metrics.listen_addr))?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(serve_metrics(listener, Arc::clone(metrics), limits, stop));
+    Ok((addr, task))
 }

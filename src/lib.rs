@@ -1,27 +1,23 @@
 //! readstates: per-user, per-channel read states over gRPC.
 //!
-//! Module map, from the edge inwards:
-//! - [`api`]: the `readstates.v1` gRPC service; request validation and the
-//!   mapping of errors to status codes.
-//! - [`auth`]: TLS on the gRPC port; client certificates or bearer tokens
-//!   checked before a ReadStates call runs.
-//! - [`connections`]: the gRPC and `/metrics` ports' connections, capped,
-//!   reaped when silent or idle, accepted with backoff.
-//! - [`cache`]: partitioned LRU of users' states; single-flight loads,
-//!   eviction, dirty tracking, the flush timer buckets, and the inbox of
-//!   mentions deferred until a cold user's next load.
-//! - [`read_state`]: one state's semantics (acks, mentions, pins).
-//! - [`flush`]: write-behind of dirty states to the store.
-//! - [`store`]: the store trait, the embedded default store, and the
-//!   ScyllaDB/Cassandra store with its schema migrations.
-//! - [`cluster`]: scale-out over one keyspace: slots, their placement on
-//!   live members, and slot leases held with lightweight transactions.
-//! - [`clock`]: versions and timestamps.
-//! - [`ids`]: validated snowflake id types.
-//! - [`config`]: the TOML configuration and its environment overrides.
-//! - [`metrics`]: the Prometheus registry, histograms and exposition text.
+//! Module map, from the top floor down (a module imports only those below
+//! it; ARCHITECTURE.md §4 has the floors and §5 the call paths):
+//! - [`server`]: wiring, serving, live reconfiguration and graceful shutdown.
+//! - [`api`]: the `readstates.v1` gRPC service: validation, admission, forwarding, status codes.
+//! - [`cluster`]: scale-out: slots, membership, leases, placement, routing, handoff.
+//! - [`engine`]: everything below the API: the store, the cache, write-behind and its tasks.
+//! - [`flush`]: write-behind, the one writer of dirty rows; the shutdown's spill.
+//! - [`cache`]: partitioned LRU of users' states: loads, eviction, dirty marks, inboxes.
+//! - [`store`]: the store trait, the embedded store and the ScyllaDB/Cassandra store.
+//! - [`auth`]: TLS on the gRPC port, and the check of who calls ReadStates.
 //! - [`scrape`]: the `/metrics` endpoint, on its own bounded listener.
-//! - [`server`]: wiring, serving and graceful shutdown.
+//! - [`read_state`]: one state's rules (acks, mentions, pins).
+//! - [`connections`]: both ports' connections: capped, reaped, accepted with backoff.
+//! - [`clock`]: versions, timestamps and the version lease's limit.
+//! - [`ids`]: validated snowflake id types.
+//! - [`config`]: the TOML configuration, its environment overrides and defaults.
+//! - [`metrics`]: the Prometheus registry, histograms and exposition text.
+//! - [`overload`]: the request workers' queueing delay, the overload signal.
 
 /// The allocator of every binary built on this crate (the service, its
 /// tests and benchmarks), so benchmarks measure what production runs.

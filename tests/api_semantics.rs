@@ -1,4 +1,4 @@
-//! DESIGN.md section 2 semantics, over real gRPC on loopback against a
+//! ARCHITECTURE.md §1.2 semantics, over real gRPC on loopback against a
 //! running server with the embedded store. One test per behaviour; each
 //! starts its own server over its own temporary directory.
 

@@ -4,7 +4,7 @@
 //! another, while no instance serves it). Meanwhile an instance joins, one
 //! leaves gracefully (SIGTERM), another joins, and one is killed with
 //! SIGKILL. Every call is checked against the crash loop's model of
-//! DESIGN.md section 2, and at the end every state is read from the store:
+//! ARCHITECTURE.md §1.2, and at the end every state is read from the store:
 //! every acknowledged change is there and every mention count is exact,
 //! except that changes the killed instance acknowledged in its last flush
 //! delay (plus a write margin) may be lost. The run prints how many such

@@ -1,6 +1,6 @@
-//! Concurrent calls never lose an update (DESIGN.md 2.6): through real gRPC,
-//! many tasks sharing one multiplexed connection, against a running server
-//! with the embedded store.
+//! Concurrent calls never lose an update (ARCHITECTURE.md §1.2, rule 7):
+//! through real gRPC, many tasks sharing one multiplexed connection, against
+//! a running server with the embedded store.
 
 mod common;
 

@@ -2,7 +2,7 @@
 //! change, killed with SIGKILL at random moments, restarted on the same
 //! data, and checked against a model of every call: whatever was
 //! acknowledged more than the flush delay before a kill is read back
-//! exactly after the restart (DESIGN.md section 3, "Crash").
+//! exactly after the restart (ARCHITECTURE.md §2.5, "Crash").
 //!
 //! `READSTATES_CRASH_LOOP_KILLS` sets the number of kills (default 10);
 //! `READSTATES_CRASH_LOOP_SEED` replays a run's calls and kill moments (the

@@ -1,6 +1,6 @@
 //! AddMentions with `omit_read_states` through a running server: the call
 //! never waits for a user who is not cached, and the mentions it defers
-//! are counted exactly as if it had waited (DESIGN.md section 2), reach the
+//! are counted exactly as if it had waited (ARCHITECTURE.md §1.2), reach the
 //! store within the flush delay with no further request, and survive a
 //! graceful shutdown.
 

@@ -1,4 +1,4 @@
-//! DESIGN.md section 3 through a running server: write-behind timing and
+//! ARCHITECTURE.md §2 through a running server: write-behind timing and
 //! coalescing, writes on eviction (and reads racing them), store outages
 //! and the dirty backlog, and reading everything back after a restart.
 

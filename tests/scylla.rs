@@ -1,5 +1,5 @@
 //! The ScyllaDB / Cassandra store against a real cluster: migrations, the
-//! store's paged reads and bounded writes, DESIGN.md section 2 through the
+//! store's paged reads and bounded writes, ARCHITECTURE.md §1.2 through the
 //! service, write-behind and eviction, restarts, and an unreachable cluster.
 //! The contract every store keeps (versioned writes, deletes, the version
 //! floor) is checked against the cluster in `tests/store_contract.rs`.

@@ -1,4 +1,4 @@
-//! The failure paths of DESIGN.md section 3, driven deterministically by a
+//! The failure paths of ARCHITECTURE.md §2, driven deterministically by a
 //! fault-injecting store (`common::faults`) under a real server over real
 //! gRPC: failing writes, a hung store holding every write permit, failing
 //! loads, a version lease that cannot be renewed, and the tombstone purge

@@ -11,7 +11,7 @@
 //! strings).
 //!
 //! Updates are Lua scripts loaded once (`SCRIPT LOAD`) and run with
-//! `EVALSHA`, implementing DESIGN.md section 2:
+//! `EVALSHA`, implementing ARCHITECTURE.md §1.2:
 //! - ack: `last = max(last, id)`; pending mentions at or below it cleared;
 //!   a stale ack changes nothing;
 //! - add mentions (one script call per fan-out, every user's keys passed):

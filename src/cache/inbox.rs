@@ -12,7 +12,7 @@
 //! the user in, in the same lock hold that places the user in the LRU and
 //! before any other change is applied to it; so the mentions apply in the
 //! order they were accepted, ahead of every later call, exactly as if the
-//! user had been loaded for them (DESIGN.md section 2, the counting rule
+//! user had been loaded for them (ARCHITECTURE.md §1.2, the counting rule
 //! included). A request for the user makes that load; otherwise the
 //! flusher's deferred loader (`flush::deferred`) makes it in the background
 //! soon after the mention arrives, and a merged state is due for its write

@@ -1,4 +1,4 @@
-//! A slot's handoff (DESIGN.md section 6): when placement moves a slot away,
+//! A slot's handoff (ARCHITECTURE.md §3.4): when placement moves a slot away,
 //! this instance stops serving it, lets the calls that already passed the
 //! cache's gate finish, writes and evicts the slot's users, and only then
 //! releases the lease, so the next owner loads everything acknowledged here.

@@ -1,4 +1,4 @@
-//! Scale-out (DESIGN.md section 6): several instances over one keyspace,
+//! Scale-out (ARCHITECTURE.md §3): several instances over one keyspace,
 //! each user served by exactly one of them at a time.
 //!
 //! Users map to slots by a fixed hash ([`slots`]); each slot is placed on a

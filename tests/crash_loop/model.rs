@@ -1,5 +1,5 @@
 //! The crash loop's reference model of one (user, channel) state, written
-//! from DESIGN.md section 2 alone, and the check of a state read back after
+//! from ARCHITECTURE.md §1.2 alone, and the check of a state read back after
 //! a crash.
 //!
 //! The calls on one pair come from one client, one at a time, so they are

@@ -29,6 +29,9 @@ impl StateView {
         Self::of(&ReadState::empty(channel_id))
     }
 
+    // Called from the transaction (`txn`), once per change: inlined
+    // across the module boundary.
+    #[inline]
     pub(super) fn of(state: &ReadState) -> Self {
         Self {
             channel_id: state.channel_id,
@@ -243,6 +246,7 @@ impl UserEntry {
 
     /// Moves the state at `index` out (its mentions are taken, not copied);
     /// [`UserEntry::put`] must follow.
+    #[inline]
     pub(super) fn take(&mut self, index: usize) -> ReadState {
         let slot = self.slots[index];
         let (last_pin_timestamp_ms, mentions) = match self.find_extra(slot.channel_id) {
@@ -259,6 +263,7 @@ impl UserEntry {
     }
 
     /// Stores `state` at `index`, keeping the slot's dirty and deleted flags.
+    #[inline]
     pub(super) fn put(&mut self, index: usize, state: ReadState) {
         let needs_extra = state.last_pin_timestamp_ms != 0 || state.mentions != Mentions::default();
         let slot = &mut self.slots[index];
@@ -299,16 +304,19 @@ impl UserEntry {
     }
 
     /// Returns whether the state at `index` is a deletion not yet written.
+    #[inline]
     pub(super) fn is_deleted(&self, index: usize) -> bool {
         self.slots[index].has(DELETED)
     }
 
     /// Marks the state at `index` deleted (or revives it).
+    #[inline]
     pub(super) fn set_deleted(&mut self, index: usize, deleted: bool) {
         self.slots[index].set(DELETED, deleted);
     }
 
     /// Marks the state at `index` dirty; returns whether it was clean.
+    #[inline]
     pub(super) fn mark_dirty(&mut self, index: usize) -> bool {
         let slot = &mut self.slots[index];
         let was_clean = !slot.is_dirty();
@@ -316,6 +324,7 @@ impl UserEntry {
         was_clean
     }
 
+    #[inline]
     pub(super) fn find(&self, channel_id: ChannelId) -> Result<usize, usize> {
         self.slots
             .binary_search_by_key(&channel_id, |slot| slot.channel_id)
@@ -327,6 +336,7 @@ impl UserEntry {
     }
 
     /// Inserts an empty slot for `channel_id` at `index`.
+    #[inline]
     pub(super) fn insert_slot(&mut self, index: usize, channel_id: ChannelId) {
         // Grows by an eighth (at least one slot): a state stays near 32
         // bytes (at most 4 bytes of spare capacity per state, and a loaded

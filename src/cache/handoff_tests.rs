@@ -9,7 +9,7 @@ use super::super::tests::{channel, settings, user};
 use super::*;
 use crate::cache::Deferral;
 use crate::ids::MessageId;
-use crate::store::{EmbeddedStore, LoadPriority, Store, StoreFuture};
+use crate::store::{EmbeddedStore, Operation, Store, StoreFuture, StoreLayer};
 
 /// A gate refusing the users it is told to.
 #[derive(Default)]
@@ -212,37 +212,28 @@ struct HeldLoads {
     permits: Semaphore,
 }
 
-impl Store for HeldLoads {
-    fn backend(&self) -> &'static str {
+impl StoreLayer for HeldLoads {
+    fn inner(&self) -> &dyn Store {
+        &self.inner
+    }
+
+    fn backend_name(&self) -> &'static str {
         "held"
     }
 
-    fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows> {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        operation: Operation,
+        call: impl FnOnce(&'a dyn Store) -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        if !matches!(operation, Operation::LoadUser { .. }) {
+            return call(&self.inner);
+        }
         Box::pin(async move {
-            let rows = self.inner.load_user(user_id, priority).await;
+            let rows = call(&self.inner).await;
             let _permit = self.permits.acquire().await;
             rows
         })
-    }
-
-    fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
-        self.inner.write_batch(rows)
-    }
-
-    fn load_version_floor(&self) -> StoreFuture<'_, u64> {
-        self.inner.load_version_floor()
-    }
-
-    fn record_version_floor(&self, floor: u64) -> StoreFuture<'_, ()> {
-        self.inner.record_version_floor(floor)
-    }
-
-    fn sync(&self) -> StoreFuture<'_, ()> {
-        self.inner.sync()
-    }
-
-    fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize> {
-        self.inner.purge_tombstones(below, max)
     }
 }
 

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::ids::UserId;
 use crate::metrics::{Metrics, StoreErrorClass, StoreOperation};
-use crate::store::{ErrorClass, LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows};
+use crate::store::{ErrorClass, Operation, Store, StoreError, StoreFuture, StoreLayer};
 
 /// Any store, measured.
 pub struct MeteredStore {
@@ -58,41 +57,26 @@ fn failure_class<T>(result: &Result<T, StoreError>) -> Option<StoreErrorClass> {
     })
 }
 
-impl Store for MeteredStore {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
+impl StoreLayer for MeteredStore {
+    fn inner(&self) -> &dyn Store {
+        self.inner.as_ref()
     }
 
-    fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows> {
-        self.measure(
-            StoreOperation::LoadUser,
-            self.inner.load_user(user_id, priority),
-        )
-    }
-
-    fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
-        self.measure(StoreOperation::WriteBatch, self.inner.write_batch(rows))
-    }
-
-    fn load_version_floor(&self) -> StoreFuture<'_, u64> {
-        self.measure(
-            StoreOperation::LoadVersionFloor,
-            self.inner.load_version_floor(),
-        )
-    }
-
-    fn record_version_floor(&self, floor: u64) -> StoreFuture<'_, ()> {
-        self.measure(
-            StoreOperation::RecordVersionFloor,
-            self.inner.record_version_floor(floor),
-        )
-    }
-
-    fn sync(&self) -> StoreFuture<'_, ()> {
-        self.measure(StoreOperation::Sync, self.inner.sync())
-    }
-
-    fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize> {
-        self.inner.purge_tombstones(below, max)
+    /// Measures every operation but the tombstone purge.
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        operation: Operation,
+        call: impl FnOnce(&'a dyn Store) -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        let measured = match operation {
+            Operation::LoadUser { .. } => StoreOperation::LoadUser,
+            Operation::WriteBatch { .. } => StoreOperation::WriteBatch,
+            Operation::LoadVersionFloor => StoreOperation::LoadVersionFloor,
+            Operation::RecordVersionFloor { .. } => StoreOperation::RecordVersionFloor,
+            Operation::Sync => StoreOperation::Sync,
+            Operation::PurgeTombstones { .. } => return call(self.inner()),
+        };
+        // Started here, as the inner store's own call would be.
+        self.measure(measured, call(self.inner()))
     }
 }

@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::*;
 use crate::cache::CacheSettings;
 use crate::ids::{ChannelId, MessageId};
-use crate::store::{EmbeddedStore, LoadPriority, StoreFuture, UserRows};
+use crate::store::{EmbeddedStore, LoadPriority, Operation, StoreFuture, StoreLayer};
 
 /// The embedded store, whose batch writes fail while `down` is set.
 struct Switchable {
@@ -11,30 +11,22 @@ struct Switchable {
     down: AtomicBool,
 }
 
-impl Store for Switchable {
-    fn backend(&self) -> &'static str {
+impl StoreLayer for Switchable {
+    fn inner(&self) -> &dyn Store {
+        &self.inner
+    }
+    fn backend_name(&self) -> &'static str {
         "switchable"
     }
-    fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows> {
-        self.inner.load_user(user_id, priority)
-    }
-    fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
-        if self.down.load(Ordering::SeqCst) {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        operation: Operation,
+        call: impl FnOnce(&'a dyn Store) -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        if matches!(operation, Operation::WriteBatch { .. }) && self.down.load(Ordering::SeqCst) {
             return Box::pin(async { Err(StoreError::Unavailable("down".to_owned())) });
         }
-        self.inner.write_batch(rows)
-    }
-    fn load_version_floor(&self) -> StoreFuture<'_, u64> {
-        self.inner.load_version_floor()
-    }
-    fn record_version_floor(&self, floor: u64) -> StoreFuture<'_, ()> {
-        self.inner.record_version_floor(floor)
-    }
-    fn sync(&self) -> StoreFuture<'_, ()> {
-        self.inner.sync()
-    }
-    fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize> {
-        self.inner.purge_tombstones(below, max)
+        call(&self.inner)
     }
 }
 

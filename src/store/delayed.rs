@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{LoadPriority, RowWrite, Store, StoreFuture, UserRows};
-use crate::ids::UserId;
+use super::{Operation, Store, StoreFuture, StoreLayer};
 
 /// The standard normal quantile of 0.99.
 const Z_99: f64 = 2.326_347_874;
@@ -39,41 +38,29 @@ impl DelayedStore {
     }
 }
 
-impl Store for DelayedStore {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
+impl StoreLayer for DelayedStore {
+    fn inner(&self) -> &dyn Store {
+        self.inner.as_ref()
     }
 
-    fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows> {
+    /// Delays loads and batch writes; the other operations are the inner
+    /// store's own.
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        operation: Operation,
+        call: impl FnOnce(&'a dyn Store) -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        if !matches!(
+            operation,
+            Operation::LoadUser { .. } | Operation::WriteBatch { .. }
+        ) {
+            return call(self.inner());
+        }
         let delay = self.latency.sample();
         Box::pin(async move {
             tokio::time::sleep(delay).await;
-            self.inner.load_user(user_id, priority).await
+            call(self.inner()).await
         })
-    }
-
-    fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
-        let delay = self.latency.sample();
-        Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            self.inner.write_batch(rows).await
-        })
-    }
-
-    fn load_version_floor(&self) -> StoreFuture<'_, u64> {
-        self.inner.load_version_floor()
-    }
-
-    fn record_version_floor(&self, floor: u64) -> StoreFuture<'_, ()> {
-        self.inner.record_version_floor(floor)
-    }
-
-    fn sync(&self) -> StoreFuture<'_, ()> {
-        self.inner.sync()
-    }
-
-    fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize> {
-        self.inner.purge_tombstones(below, max)
     }
 }
 

@@ -8,11 +8,13 @@
 
 mod delayed;
 mod embedded;
+mod layer;
 mod row;
 mod scylla;
 
 pub use delayed::DelayedStore;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use layer::{Operation, StoreLayer};
 pub use row::{Row, RowDecodeError, decode_row, encode_row};
 pub use scylla::{MigrateError, MigrationReport, ScyllaError, ScyllaStore};
 /// Opens a driver session from `[scylla]` (the cluster's own session).

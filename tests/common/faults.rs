@@ -9,10 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use readstates::ids::UserId;
-use readstates::store::{
-    EmbeddedStore, LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows,
-};
+use readstates::store::{EmbeddedStore, Operation, Store, StoreError, StoreFuture, StoreLayer};
 use tokio::sync::watch;
 
 /// What an operation does instead of (or before) its real work.
@@ -119,54 +116,37 @@ impl FaultyStore {
     }
 }
 
-impl Store for FaultyStore {
-    fn backend(&self) -> &'static str {
+impl StoreLayer for FaultyStore {
+    fn inner(&self) -> &dyn Store {
+        &self.inner
+    }
+
+    fn backend_name(&self) -> &'static str {
         "faulty-embedded"
     }
 
-    fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows> {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        operation: Operation,
+        call: impl FnOnce(&'a dyn Store) -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        let op = match operation {
+            Operation::LoadUser { .. } => Op::Load,
+            Operation::WriteBatch { .. } => Op::Write,
+            Operation::LoadVersionFloor | Operation::RecordVersionFloor { .. } => Op::VersionFloor,
+            Operation::Sync => Op::Sync,
+            Operation::PurgeTombstones { .. } => Op::Purge,
+        };
         Box::pin(async move {
-            self.enter(Op::Load).await?;
-            self.inner.load_user(user_id, priority).await
-        })
-    }
-
-    fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.enter(Op::Write).await?;
-            let count = rows.len();
-            self.inner.write_batch(rows).await?;
-            self.rows_written.fetch_add(count, Ordering::SeqCst);
-            Ok(())
-        })
-    }
-
-    fn load_version_floor(&self) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            self.enter(Op::VersionFloor).await?;
-            self.inner.load_version_floor().await
-        })
-    }
-
-    fn record_version_floor(&self, floor: u64) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.enter(Op::VersionFloor).await?;
-            self.inner.record_version_floor(floor).await
-        })
-    }
-
-    fn sync(&self) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.enter(Op::Sync).await?;
-            self.inner.sync().await
-        })
-    }
-
-    fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize> {
-        Box::pin(async move {
-            self.enter(Op::Purge).await?;
-            self.purge_cutoffs.lock().push(below);
-            self.inner.purge_tombstones(below, max).await
+            self.enter(op).await?;
+            if let Operation::PurgeTombstones { below, .. } = operation {
+                self.purge_cutoffs.lock().push(below);
+            }
+            let result = call(&self.inner).await;
+            if let (Operation::WriteBatch { rows }, Ok(_)) = (operation, &result) {
+                self.rows_written.fetch_add(rows, Ordering::SeqCst);
+            }
+            result
         })
     }
 }

@@ -23,7 +23,7 @@ use readstates::ids::UserId;
 use readstates::read_state::ReadState;
 use readstates::server::{self, Running};
 use readstates::store::{
-    EmbeddedStore, LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows,
+    EmbeddedStore, LoadPriority, Operation, Store, StoreError, StoreFuture, StoreLayer,
 };
 use tonic::transport::Channel;
 
@@ -83,63 +83,39 @@ impl InstrumentedStore {
     }
 }
 
-impl Store for InstrumentedStore {
-    fn backend(&self) -> &'static str {
+impl StoreLayer for InstrumentedStore {
+    fn inner(&self) -> &dyn Store {
+        &self.inner
+    }
+
+    fn backend_name(&self) -> &'static str {
         "instrumented-embedded"
     }
 
-    fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows> {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        operation: Operation,
+        call: impl FnOnce(&'a dyn Store) -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
         Box::pin(async move {
             self.check()?;
-            self.loads.fetch_add(1, Ordering::SeqCst);
-            let delay = self.load_delay_ms.load(Ordering::SeqCst);
+            let delay = match operation {
+                Operation::LoadUser { .. } => {
+                    self.loads.fetch_add(1, Ordering::SeqCst);
+                    self.load_delay_ms.load(Ordering::SeqCst)
+                }
+                Operation::WriteBatch { .. } => self.write_delay_ms.load(Ordering::SeqCst),
+                _ => 0,
+            };
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            self.inner.load_user(user_id, priority).await
-        })
-    }
-
-    fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.check()?;
-            let delay = self.write_delay_ms.load(Ordering::SeqCst);
-            if delay > 0 {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
+            let result = call(&self.inner).await;
+            if let (Operation::WriteBatch { rows }, Ok(_)) = (operation, &result) {
+                self.rows_written.fetch_add(rows, Ordering::SeqCst);
+                self.batches_written.fetch_add(1, Ordering::SeqCst);
             }
-            let count = rows.len();
-            self.inner.write_batch(rows).await?;
-            self.rows_written.fetch_add(count, Ordering::SeqCst);
-            self.batches_written.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
-    }
-
-    fn load_version_floor(&self) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            self.check()?;
-            self.inner.load_version_floor().await
-        })
-    }
-
-    fn record_version_floor(&self, floor: u64) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.check()?;
-            self.inner.record_version_floor(floor).await
-        })
-    }
-
-    fn sync(&self) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.check()?;
-            self.inner.sync().await
-        })
-    }
-
-    fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize> {
-        Box::pin(async move {
-            self.check()?;
-            self.inner.purge_tombstones(below, max).await
+            result
         })
     }
 }

@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Key, Label, Recorder, Unit};
+use metrics::{Counter, Gauge, Unit};
 use metrics_exporter_prometheus::PrometheusRecorder;
 
-use super::{METADATA, register_counter, register_gauge};
+use super::{labelled_counter, register_counter, register_gauge};
 
 /// The cache's figures at one scrape: counts since start and sizes now.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -98,20 +98,12 @@ impl CacheMetrics {
     pub(super) fn register(recorder: &PrometheusRecorder) -> Self {
         let counter = |name, help| register_counter(recorder, name, None, help);
         let gauge = |name, help| register_gauge(recorder, name, None, help);
-        recorder.describe_counter(
-            "readstates_cache_evictions_total".into(),
-            None,
-            "Users evicted from the cache; dirty=\"true\" ones were written on eviction.".into(),
+        let eviction = labelled_counter(
+            recorder,
+            "readstates_cache_evictions_total",
+            "dirty",
+            "Users evicted from the cache; dirty=\"true\" ones were written on eviction.",
         );
-        let eviction = |dirty: &'static str| {
-            recorder.register_counter(
-                &Key::from_parts(
-                    "readstates_cache_evictions_total",
-                    vec![Label::new("dirty", dirty)],
-                ),
-                &METADATA,
-            )
-        };
         Self {
             hits: counter(
                 "readstates_cache_hits_total",

@@ -6,11 +6,11 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use metrics::{Counter, Key, Label, Recorder};
+use metrics::Counter;
 use metrics_exporter_prometheus::PrometheusRecorder;
 
-use super::METADATA;
 use super::histogram::{AtomicHistogram, LATENCY_BUCKETS};
+use super::labelled_counter;
 
 const FORWARDS: &str = "readstates_cluster_forwards_total";
 const FORWARD_DURATION: &str = "readstates_cluster_forward_duration_seconds";
@@ -39,17 +39,12 @@ pub struct Forwards {
 
 impl Forwards {
     pub(super) fn register(recorder: &PrometheusRecorder) -> Self {
-        recorder.describe_counter(
-            FORWARDS.into(),
-            None,
-            "Calls (or fan-out parts) forwarded to the instance holding their slot (cluster.enabled): result=\"ok\", \"error\" (the owner's error status, passed through), \"unreachable\" (no connection to the owner), \"timeout\" (no answer within the deadline).".into(),
+        let counter = labelled_counter(
+            recorder,
+            FORWARDS,
+            "result",
+            "Calls (or fan-out parts) forwarded to the instance holding their slot (cluster.enabled): result=\"ok\", \"error\" (the owner's error status, passed through), \"unreachable\" (no connection to the owner), \"timeout\" (no answer within the deadline).",
         );
-        let counter = |result: &'static str| {
-            recorder.register_counter(
-                &Key::from_parts(FORWARDS, vec![Label::new("result", result)]),
-                &METADATA,
-            )
-        };
         Self {
             ok: counter("ok"),
             error: counter("error"),

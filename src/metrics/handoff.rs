@@ -4,10 +4,10 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use metrics::{Counter, Key, Label, Recorder};
+use metrics::{Counter, Key, Recorder};
 use metrics_exporter_prometheus::PrometheusRecorder;
 
-use super::{AtomicHistogram, LATENCY_BUCKETS, METADATA};
+use super::{AtomicHistogram, LATENCY_BUCKETS, METADATA, labelled_counter};
 
 const HANDOFFS: &str = "readstates_cluster_handoffs_total";
 const DURATION: &str = "readstates_cluster_handoff_duration_seconds";
@@ -49,17 +49,12 @@ impl Default for HandoffMetrics {
 impl HandoffMetrics {
     /// Registers the counters with `recorder`.
     pub(super) fn register(recorder: &PrometheusRecorder) -> Self {
-        recorder.describe_counter(
-            HANDOFFS.into(),
-            None,
-            "Slot handoffs (cluster.enabled), by result: \"completed\" (the slots' users written, then their leases released), \"timed_out\" (past cluster.handoff_timeout_ms) or \"failed\" (a store error); the last two keep the leases until they run out and leave the users to the write-behind.".into(),
+        let handoffs = labelled_counter(
+            recorder,
+            HANDOFFS,
+            "result",
+            "Slot handoffs (cluster.enabled), by result: \"completed\" (the slots' users written, then their leases released), \"timed_out\" (past cluster.handoff_timeout_ms) or \"failed\" (a store error); the last two keep the leases until they run out and leave the users to the write-behind.",
         );
-        let handoffs = |result: &'static str| {
-            recorder.register_counter(
-                &Key::from_parts(HANDOFFS, vec![Label::new("result", result)]),
-                &METADATA,
-            )
-        };
         let counter = |name: &'static str, help: &'static str| {
             recorder.describe_counter(name.into(), None, help.into());
             recorder.register_counter(&Key::from_static_name(name), &METADATA)

@@ -111,20 +111,12 @@ impl Default for LeaseRenewals {
 
 impl LeaseRenewals {
     fn register(recorder: &PrometheusRecorder) -> Self {
-        recorder.describe_counter(
-            "readstates_cluster_lease_renewals_total".into(),
-            None,
-            "Renewals of this instance's slot leases (cluster.enabled): result=\"renewed\", \"lost\" (another instance or nobody holds the slot), \"failed\" (an error or timeout; the slot stops being served if its renewals keep failing).".into(),
+        let renewals = labelled_counter(
+            recorder,
+            "readstates_cluster_lease_renewals_total",
+            "result",
+            "Renewals of this instance's slot leases (cluster.enabled): result=\"renewed\", \"lost\" (another instance or nobody holds the slot), \"failed\" (an error or timeout; the slot stops being served if its renewals keep failing).",
         );
-        let renewals = |result: &'static str| {
-            recorder.register_counter(
-                &Key::from_parts(
-                    "readstates_cluster_lease_renewals_total",
-                    vec![Label::new("result", result)],
-                ),
-                &METADATA,
-            )
-        };
         Self {
             renewed: renewals("renewed"),
             lost: renewals("lost"),
@@ -141,20 +133,12 @@ impl Metrics {
         let counter = |name, help| register_counter(&recorder, name, None, help);
         let gauge = |name, help| register_gauge(&recorder, name, None, help);
 
-        recorder.describe_counter(
-            "readstates_auth_refused_total".into(),
-            None,
-            "ReadStates calls refused by the authentication check: reason=\"unauthenticated\" (no or bad credentials), \"permission_denied\" (a caller not allowed).".into(),
+        let auth_refused = labelled_counter(
+            &recorder,
+            "readstates_auth_refused_total",
+            "reason",
+            "ReadStates calls refused by the authentication check: reason=\"unauthenticated\" (no or bad credentials), \"permission_denied\" (a caller not allowed).",
         );
-        let auth_refused = |reason: &'static str| {
-            recorder.register_counter(
-                &Key::from_parts(
-                    "readstates_auth_refused_total",
-                    vec![Label::new("reason", reason)],
-                ),
-                &METADATA,
-            )
-        };
 
         let build_info = {
             let name = "readstates_build_info";
@@ -266,6 +250,24 @@ fn register_counter(
 ) -> Counter {
     recorder.describe_counter(name.into(), unit, help.into());
     recorder.register_counter(&Key::from_static_name(name), &METADATA)
+}
+
+/// Describes the counter `name`, whose one label is `label`, and returns
+/// what registers it for one value of the label (one counter per value,
+/// registered once, so recording never looks a label up).
+fn labelled_counter<'a>(
+    recorder: &'a PrometheusRecorder,
+    name: &'static str,
+    label: &'static str,
+    help: &'static str,
+) -> impl Fn(&'static str) -> Counter + 'a {
+    recorder.describe_counter(name.into(), None, help.into());
+    move |value| {
+        recorder.register_counter(
+            &Key::from_parts(name, vec![Label::new(label, value)]),
+            &METADATA,
+        )
+    }
 }
 
 /// Describes and registers the unlabelled gauge `name`.

@@ -2,42 +2,36 @@
 //! forwards it to its users' owner if this instance does not serve them
 //! (`cluster.enabled`), and otherwise runs it on the engine.
 
-use tonic::Status;
-use tonic::transport::Channel;
-
-use super::proto::read_states_client::ReadStatesClient;
+use super::convert::to_proto;
+use super::forward::by;
+use super::status::ApiError;
 use super::validate::{
-    ApiError, channel_id, list_length, mentioned_message_id, message_id, parse_user_ids, to_proto,
-    user_id,
+    channel_id, list_length, mentioned_message_id, message_id, parse_user_ids, user_id,
 };
 use super::{Caller, ReadStatesService, proto};
-
-type Client = ReadStatesClient<Channel>;
 
 impl ReadStatesService {
     pub(super) async fn ack_call(
         &self,
         request: proto::AckRequest,
         caller: &Caller,
-    ) -> Result<proto::AckResponse, Status> {
+    ) -> Result<proto::AckResponse, ApiError> {
         let user = user_id("user_id", request.user_id)?;
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = message_id("message_id", request.message_id)?;
         if let Some(remote) = self.route(user, caller)? {
-            let call = |mut client: Client, request| async move { client.ack(request).await };
-            return remote.forward(caller, request, call).await;
+            return remote.forward(caller, request, by!(ack)).await;
         }
         let view = if request.manual {
             let count = request.mention_count.unwrap_or(0);
-            self.engine.write(user, |txn| {
-                    txn.manual_ack(channel, message, count)
-                })
-                .await
+            self.engine
+                .write(user, |txn| txn.manual_ack(channel, message, count))
+                .await?
         } else {
-            self.engine.write(user, |txn| txn.ack(channel, message))
-                .await
-        }
-        .map_err(ApiError::from)?;
+            self.engine
+                .write(user, |txn| txn.ack(channel, message))
+                .await?
+        };
         Ok(proto::AckResponse {
             read_state: Some(to_proto(user, view)),
         })
@@ -47,7 +41,7 @@ impl ReadStatesService {
         &self,
         request: proto::BulkAckRequest,
         caller: &Caller,
-    ) -> Result<proto::BulkAckResponse, Status> {
+    ) -> Result<proto::BulkAckResponse, ApiError> {
         let user = user_id("user_id", request.user_id)?;
         list_length("acks", request.acks.len(), self.limits.max_bulk_acks)?;
         let acks = request
@@ -61,16 +55,16 @@ impl ReadStatesService {
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         if let Some(remote) = self.route(user, caller)? {
-            let call = |mut client: Client, request| async move { client.bulk_ack(request).await };
-            return remote.forward(caller, request, call).await;
+            return remote.forward(caller, request, by!(bulk_ack)).await;
         }
-        let read_states = self.engine.write(user, |txn| {
+        let read_states = self
+            .engine
+            .write(user, |txn| {
                 acks.iter()
                     .map(|&(channel, message)| to_proto(user, txn.ack(channel, message)))
                     .collect()
             })
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         Ok(proto::BulkAckResponse { read_states })
     }
 
@@ -78,7 +72,7 @@ impl ReadStatesService {
         &self,
         request: proto::AddMentionsRequest,
         caller: &Caller,
-    ) -> Result<proto::AddMentionsResponse, Status> {
+    ) -> Result<proto::AddMentionsResponse, ApiError> {
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = mentioned_message_id("message_id", request.message_id)?;
         let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
@@ -101,7 +95,7 @@ impl ReadStatesService {
         &self,
         request: proto::RemoveMentionsRequest,
         caller: &Caller,
-    ) -> Result<proto::RemoveMentionsResponse, Status> {
+    ) -> Result<proto::RemoveMentionsResponse, ApiError> {
         let channel = channel_id("channel_id", request.channel_id)?;
         let message = mentioned_message_id("message_id", request.message_id)?;
         let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
@@ -120,19 +114,17 @@ impl ReadStatesService {
         &self,
         request: proto::AckPinsRequest,
         caller: &Caller,
-    ) -> Result<proto::AckPinsResponse, Status> {
+    ) -> Result<proto::AckPinsResponse, ApiError> {
         let user = user_id("user_id", request.user_id)?;
         let channel = channel_id("channel_id", request.channel_id)?;
         let pin_timestamp_ms = request.pin_timestamp_ms;
         if let Some(remote) = self.route(user, caller)? {
-            let call = |mut client: Client, request| async move { client.ack_pins(request).await };
-            return remote.forward(caller, request, call).await;
+            return remote.forward(caller, request, by!(ack_pins)).await;
         }
-        let view = self.engine.write(user, |txn| {
-                txn.ack_pins(channel, pin_timestamp_ms)
-            })
-            .await
-            .map_err(ApiError::from)?;
+        let view = self
+            .engine
+            .write(user, |txn| txn.ack_pins(channel, pin_timestamp_ms))
+            .await?;
         Ok(proto::AckPinsResponse {
             read_state: Some(to_proto(user, view)),
         })
@@ -142,17 +134,13 @@ impl ReadStatesService {
         &self,
         request: proto::GetReadStateRequest,
         caller: &Caller,
-    ) -> Result<proto::GetReadStateResponse, Status> {
+    ) -> Result<proto::GetReadStateResponse, ApiError> {
         let user = user_id("user_id", request.user_id)?;
         let channel = channel_id("channel_id", request.channel_id)?;
         if let Some(remote) = self.route(user, caller)? {
-            let call =
-                |mut client: Client, request| async move { client.get_read_state(request).await };
-            return remote.forward(caller, request, call).await;
+            return remote.forward(caller, request, by!(get_read_state)).await;
         }
-        let view = self.engine.read(user, |txn| txn.view(channel))
-            .await
-            .map_err(ApiError::from)?;
+        let view = self.engine.read(user, |txn| txn.view(channel)).await?;
         Ok(proto::GetReadStateResponse {
             read_state: Some(to_proto(user, view)),
         })
@@ -162,22 +150,22 @@ impl ReadStatesService {
         &self,
         request: proto::GetUserReadStatesRequest,
         caller: &Caller,
-    ) -> Result<proto::GetUserReadStatesResponse, Status> {
+    ) -> Result<proto::GetUserReadStatesResponse, ApiError> {
         let user = user_id("user_id", request.user_id)?;
         let since_version = request.since_version.unwrap_or(0);
         if let Some(remote) = self.route(user, caller)? {
-            let call = |mut client: Client, request| async move {
-                client.get_user_read_states(request).await
-            };
-            return remote.forward(caller, request, call).await;
+            return remote
+                .forward(caller, request, by!(get_user_read_states))
+                .await;
         }
-        let (views, version) = self.engine.read(user, |txn| {
+        let (views, version) = self
+            .engine
+            .read(user, |txn| {
                 let mut views = Vec::new();
                 txn.views_since(since_version, &mut views);
                 (views, txn.user_version())
             })
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         let read_states = views.into_iter().map(|view| to_proto(user, view)).collect();
         Ok(proto::GetUserReadStatesResponse {
             read_states,
@@ -189,7 +177,7 @@ impl ReadStatesService {
         &self,
         request: proto::DeleteReadStatesRequest,
         caller: &Caller,
-    ) -> Result<proto::DeleteReadStatesResponse, Status> {
+    ) -> Result<proto::DeleteReadStatesResponse, ApiError> {
         let user = user_id("user_id", request.user_id)?;
         list_length(
             "channel_ids",
@@ -202,19 +190,19 @@ impl ReadStatesService {
             .map(|&raw| channel_id("channel_ids", raw))
             .collect::<Result<Vec<_>, ApiError>>()?;
         if let Some(remote) = self.route(user, caller)? {
-            let call = |mut client: Client, request| async move {
-                client.delete_read_states(request).await
-            };
-            return remote.forward(caller, request, call).await;
+            return remote
+                .forward(caller, request, by!(delete_read_states))
+                .await;
         }
-        let read_states = self.engine.write(user, |txn| {
+        let read_states = self
+            .engine
+            .write(user, |txn| {
                 channels
                     .iter()
                     .map(|&channel| to_proto(user, txn.delete(channel)))
                     .collect()
             })
-            .await
-            .map_err(ApiError::from)?;
+            .await?;
         Ok(proto::DeleteReadStatesResponse { read_states })
     }
 }

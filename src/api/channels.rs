@@ -5,15 +5,14 @@
 //! a client certificate when `cluster.tls_cert_file` is.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tonic::Status;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::proto::read_states_client::ReadStatesClient;
-use crate::auth::AuthError;
+use super::status::ApiError;
+use crate::auth::{AuthError, read_file};
 use crate::config::ClusterConfig;
 
 /// Addresses kept at most. Instances that come and go (new pod addresses)
@@ -36,13 +35,13 @@ impl Channels {
         let tls = match &config.tls_ca_file {
             None => None,
             Some(ca_file) => {
-                let ca = read_pem("cluster.tls_ca_file", ca_file).await?;
+                let ca = read_file("cluster.tls_ca_file", ca_file).await?;
                 let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
                 if let (Some(cert_file), Some(key_file)) =
                     (&config.tls_cert_file, &config.tls_key_file)
                 {
-                    let cert = read_pem("cluster.tls_cert_file", cert_file).await?;
-                    let key = read_pem("cluster.tls_key_file", key_file).await?;
+                    let cert = read_file("cluster.tls_cert_file", cert_file).await?;
+                    let key = read_file("cluster.tls_key_file", key_file).await?;
                     tls = tls.identity(Identity::from_pem(cert, key));
                 }
                 if let Some(name) = &config.tls_server_name {
@@ -66,7 +65,7 @@ impl Channels {
     }
 
     /// Returns a client of the instance at `address` (`host:port`).
-    pub fn client(&self, address: &str) -> Result<ReadStatesClient<Channel>, Status> {
+    pub fn client(&self, address: &str) -> Result<ReadStatesClient<Channel>, ApiError> {
         if let Some(channel) = self.pool.lock().get(address) {
             return Ok(ReadStatesClient::new(channel.clone()));
         }
@@ -80,12 +79,11 @@ impl Channels {
         Ok(ReadStatesClient::new(channel))
     }
 
-    fn connect_lazy(&self, address: &str) -> Result<Channel, Status> {
+    fn connect_lazy(&self, address: &str) -> Result<Channel, ApiError> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let unusable = |error: tonic::transport::Error| {
-            Status::unavailable(format!(
-                "the slot's owner advertises an unusable address {address}: {error}"
-            ))
+        let unusable = |error: tonic::transport::Error| ApiError::UnusableAddress {
+            address: address.to_owned(),
+            reason: error.to_string(),
         };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(unusable)?
@@ -96,14 +94,4 @@ impl Channels {
         }
         Ok(endpoint.connect_lazy())
     }
-}
-
-async fn read_pem(setting: &'static str, path: &Path) -> Result<Vec<u8>, AuthError> {
-    tokio::fs::read(path)
-        .await
-        .map_err(|error| AuthError::File {
-            setting,
-            path: path.to_owned(),
-            reason: error.to_string(),
-        })
 }

@@ -1,7 +1,8 @@
 //! Fan-outs (AddMentions, RemoveMentions) on the engine, their states
 //! answered in the order of the request's users.
 
-use super::validate::{ApiError, to_proto};
+use super::convert::to_proto;
+use super::status::ApiError;
 use super::{ReadStatesService, proto};
 use crate::cache::{StateView, UserTxn};
 use crate::ids::{ChannelId, MessageId, UserId};

@@ -1,4 +1,4 @@
-//! Forwarding (DESIGN.md section 6, "Serving"): with `cluster.enabled`, a
+//! Forwarding (ARCHITECTURE.md §3.3): with `cluster.enabled`, a
 //! call for a user whose slot this instance does not serve goes to the
 //! slot's holder, as the routing table names it, once: the forwarded call
 //! carries a marker, and an instance that receives a marked call for a
@@ -24,9 +24,9 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::ApiError;
 use super::channels::Channels;
 use super::proto::read_states_client::ReadStatesClient;
+use super::status::ApiError;
 use crate::auth::AuthError;
 use crate::cluster::{Cluster, Owner, Ownership, Routing, RoutingSnapshot, Slot};
 use crate::config::ClusterConfig;
@@ -36,6 +36,18 @@ use crate::metrics::{ForwardResult, Metrics};
 /// The metadata key that marks a forwarded call; its value is the id of
 /// the instance that forwarded it.
 pub const FORWARDED_BY: &str = "readstates-forwarded-by";
+
+/// Returns the forward of a call by one method of the client: a closure
+/// for `Forwarding::forward`, `by!(ack)`.
+macro_rules! by {
+    ($method:ident) => {
+        |mut client: $crate::api::proto::read_states_client::ReadStatesClient<
+            tonic::transport::Channel,
+        >,
+         request| async move { client.$method(request).await }
+    };
+}
+pub(super) use by;
 
 /// What a forward needs of the call it continues.
 pub struct Caller {
@@ -167,23 +179,36 @@ impl Forwarding {
             Some(owner) => Ok(Some((Arc::clone(owner), slot))),
         }
     }
+}
 
-    /// Sends `request` to `owner` with `call` (one method of the client),
-    /// on behalf of `caller`; `slot` names the slot in errors, when the
-    /// call is one user's.
+/// A call (or a fan-out's part) to forward: the owner it goes to, and the
+/// slot, when the call is one user's.
+pub struct Remote<'a> {
+    pub forwarding: &'a Forwarding,
+    pub owner: Arc<Owner>,
+    /// Names the slot in errors.
+    pub slot: Option<Slot>,
+}
+
+impl Remote<'_> {
+    /// Sends `request` to the owner with `call` (one method of the
+    /// client), on behalf of `caller`.
     pub async fn forward<Req, Resp, Fut>(
         &self,
-        owner: &Owner,
-        slot: Option<Slot>,
         caller: &Caller,
         request: Req,
         call: impl FnOnce(ReadStatesClient<Channel>, Request<Req>) -> Fut,
-    ) -> Result<Resp, Status>
+    ) -> Result<Resp, ApiError>
     where
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
+        let Self {
+            forwarding,
+            owner,
+            slot,
+        } = self;
         let started = Instant::now();
-        let (budget, callers_deadline) = caller.budget(self.default_timeout);
+        let (budget, callers_deadline) = caller.budget(forwarding.default_timeout);
         // Formatted only for an error.
         let target = || match slot {
             Some(slot) => format!(
@@ -192,11 +217,11 @@ impl Forwarding {
             ),
             None => format!("{} at {}", owner.instance_id, owner.address),
         };
-        let client = self.channels.client(&owner.address)?;
+        let client = forwarding.channels.client(&owner.address)?;
         let mut request = Request::new(request);
         request.set_timeout(budget);
         let metadata = request.metadata_mut();
-        metadata.insert(FORWARDED_BY, self.instance_id.clone());
+        metadata.insert(FORWARDED_BY, forwarding.instance_id.clone());
         if let Some(authorization) = &caller.authorization {
             metadata.insert("authorization", authorization.clone());
         }
@@ -204,61 +229,27 @@ impl Forwarding {
             Ok(Ok(response)) => (ForwardResult::Ok, Ok(response.into_inner())),
             Ok(Err(status)) if is_transport_failure(&status) => (
                 ForwardResult::Unreachable,
-                Err(Status::unavailable(format!(
-                    "forwarding to {} failed: {}; retry with backoff",
-                    target(),
-                    status.message()
-                ))),
+                Err(ApiError::Unreachable {
+                    target: target(),
+                    reason: status.message().to_owned(),
+                }),
             ),
             // The owner's own answer, passed through.
-            Ok(Err(status)) => (
-                ForwardResult::Error,
-                Err(Status::new(status.code(), status.message())),
+            Ok(Err(status)) => (ForwardResult::Error, Err(ApiError::Owner(status))),
+            Err(_elapsed) => (
+                ForwardResult::Timeout,
+                Err(ApiError::ForwardTimedOut {
+                    target: target(),
+                    budget_ms: budget.as_millis(),
+                    callers_deadline,
+                }),
             ),
-            Err(_elapsed) => {
-                let message = format!(
-                    "{} did not answer a forwarded call within {} ms",
-                    target(),
-                    budget.as_millis()
-                );
-                let status = if callers_deadline {
-                    Status::deadline_exceeded(message)
-                } else {
-                    Status::unavailable(format!(
-                        "{message} (cluster.forward_timeout_ms); retry with backoff"
-                    ))
-                };
-                (ForwardResult::Timeout, Err(status))
-            }
         };
-        self.metrics
+        forwarding
+            .metrics
             .cluster_forwards
             .record(result, started.elapsed());
         answer
-    }
-}
-
-/// A one-user call to forward: its slot, and the slot's holder.
-pub struct Remote<'a> {
-    pub forwarding: &'a Forwarding,
-    pub owner: Arc<Owner>,
-    pub slot: Slot,
-}
-
-impl Remote<'_> {
-    /// Sends `request` to the owner with `call`, on behalf of `caller`.
-    pub async fn forward<Req, Resp, Fut>(
-        &self,
-        caller: &Caller,
-        request: Req,
-        call: impl FnOnce(ReadStatesClient<Channel>, Request<Req>) -> Fut,
-    ) -> Result<Resp, Status>
-    where
-        Fut: Future<Output = Result<Response<Resp>, Status>>,
-    {
-        self.forwarding
-            .forward(&self.owner, Some(self.slot), caller, request, call)
-            .await
     }
 }
 

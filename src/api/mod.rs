@@ -1,10 +1,11 @@
 //! The gRPC API: validates requests at the edge, runs them on the engine,
 //! and maps results and errors to `readstates.v1` messages and gRPC
-//! status codes (in one place: `From<ApiError> for Status`).
+//! status codes (in one place: `status`).
 //!
 //! Here: the service, its admission (overload limits) and per-call metrics,
 //! and the tonic trait. The calls themselves are in `calls`, fan-outs in
-//! `fan_out`, validation and the error mapping in `validate`; with
+//! `fan_out`, validation in `validate`, the conversion to messages in
+//! `convert`, the errors and their status codes in `status`; with
 //! `cluster.enabled`, forwarding to a slot's owner in `forward` (over the
 //! pooled `channels`), fan-outs split by owner in `split`, and the slot
 //! map of `GetRouting` in `slot_map`.
@@ -36,15 +37,17 @@ use proto::read_states_server::ReadStates;
 
 mod calls;
 mod channels;
+mod convert;
 mod fan_out;
 mod forward;
 mod slot_map;
 mod split;
+mod status;
 mod validate;
 
 pub use forward::{FORWARDED_BY, Forwarding, parse_grpc_timeout};
 pub use slot_map::{SLOT_HASH, slot_map};
-pub use validate::ApiError;
+pub use status::ApiError;
 
 use forward::{Caller, Remote};
 
@@ -97,7 +100,7 @@ impl ReadStatesService {
         Ok(route.map(|(owner, slot)| Remote {
             forwarding,
             owner,
-            slot,
+            slot: Some(slot),
         }))
     }
 
@@ -121,23 +124,21 @@ impl ReadStatesService {
     /// calls are in flight already, or tasks wait longer than
     /// `limits.max_queue_delay_ms` for a worker. The call counts as in
     /// flight until the returned guard is dropped.
-    fn admit(&self) -> Result<InFlight<'_>, Status> {
+    fn admit(&self) -> Result<InFlight<'_>, ApiError> {
         let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(&self.in_flight);
         if before >= self.limits.max_in_flight_calls {
-            return Err(Status::resource_exhausted(format!(
-                "overloaded: {} calls already in flight (limits.max_in_flight_calls); retry with backoff",
-                self.limits.max_in_flight_calls
-            )));
+            return Err(ApiError::TooManyInFlight {
+                limit: self.limits.max_in_flight_calls,
+            });
         }
         if let Some(queue_delay) = &self.queue_delay {
             let delay = queue_delay.get();
             if delay.as_millis() > u128::from(self.limits.max_queue_delay_ms) {
-                return Err(Status::resource_exhausted(format!(
-                    "overloaded: tasks wait {} ms for a worker (limits.max_queue_delay_ms = {}); retry with backoff",
-                    delay.as_millis(),
-                    self.limits.max_queue_delay_ms
-                )));
+                return Err(ApiError::QueueDelay {
+                    delay_ms: delay.as_millis(),
+                    limit_ms: self.limits.max_queue_delay_ms,
+                });
             }
         }
         Ok(guard)
@@ -151,7 +152,7 @@ impl ReadStatesService {
         &self,
         method: Method,
         span: tracing::Span,
-        call: impl Future<Output = Result<T, Status>>,
+        call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<Response<T>, Status> {
         let mut record = CallRecord {
             metrics: &self.metrics,
@@ -159,9 +160,14 @@ impl ReadStatesService {
             started: Instant::now(),
             code: Code::Cancelled,
         };
+        // Mapped in the span: the mapping logs store failures.
         let result = match self.admit() {
-            Ok(_admitted) => call.instrument(span).await,
-            Err(refused) => Err(refused),
+            Ok(_admitted) => {
+                async { call.await.map_err(Status::from) }
+                    .instrument(span)
+                    .await
+            }
+            Err(refused) => Err(Status::from(refused)),
         };
         record.code = match &result {
             Ok(_) => Code::Ok,
@@ -198,153 +204,56 @@ impl Drop for CallRecord<'_> {
     }
 }
 
-#[tonic::async_trait]
-impl ReadStates for ReadStatesService {
-    async fn ack(
-        &self,
-        request: Request<proto::AckRequest>,
-    ) -> Result<Response<proto::AckResponse>, Status> {
-        let (caller, request) = self.caller(request);
-        let span = tracing::debug_span!(
-            "rpc",
-            method = "Ack",
-            user_id = request.user_id,
-            channel_id = request.channel_id
-        );
-        self.observe(Method::Ack, span, self.ack_call(request, &caller))
-            .await
-    }
+/// Writes the tonic trait: each handler splits off what a forward needs of
+/// the call, opens its debug span (with the fields of the request named
+/// between the bars), and runs its `*_call` under `observe`.
+macro_rules! handlers {
+    ($(
+        $name:ident($request:ident -> $response:ident) = $method:ident, $call:ident,
+        |$message:ident| $($field:ident = $value:expr),*;
+    )*) => {
+        #[tonic::async_trait]
+        impl ReadStates for ReadStatesService {
+            $(
+                async fn $name(
+                    &self,
+                    request: Request<proto::$request>,
+                ) -> Result<Response<proto::$response>, Status> {
+                    let (caller, $message) = self.caller(request);
+                    let span = tracing::debug_span!(
+                        "rpc",
+                        method = stringify!($method)
+                        $(, $field = $value)*
+                    );
+                    self.observe(Method::$method, span, self.$call($message, &caller))
+                        .await
+                }
+            )*
+        }
+    };
+}
 
-    async fn bulk_ack(
-        &self,
-        request: Request<proto::BulkAckRequest>,
-    ) -> Result<Response<proto::BulkAckResponse>, Status> {
-        let (caller, request) = self.caller(request);
-        let span = tracing::debug_span!(
-            "rpc",
-            method = "BulkAck",
-            user_id = request.user_id,
-            acks = request.acks.len()
-        );
-        self.observe(Method::BulkAck, span, self.bulk_ack_call(request, &caller))
-            .await
-    }
-
-    async fn add_mentions(
-        &self,
-        request: Request<proto::AddMentionsRequest>,
-    ) -> Result<Response<proto::AddMentionsResponse>, Status> {
-        let (caller, request) = self.caller(request);
-        let span = tracing::debug_span!(
-            "rpc",
-            method = "AddMentions",
-            channel_id = request.channel_id,
-            users = request.user_ids.len()
-        );
-        self.observe(
-            Method::AddMentions,
-            span,
-            self.add_mentions_call(request, &caller),
-        )
-        .await
-    }
-
-    async fn remove_mentions(
-        &self,
-        request: Request<proto::RemoveMentionsRequest>,
-    ) -> Result<Response<proto::RemoveMentionsResponse>, Status> {
-        let (caller, request) = self.caller(request);
-        let span = tracing::debug_span!(
-            "rpc",
-            method = "RemoveMentions",
-            channel_id = request.channel_id,
-            users = request.user_ids.len()
-        );
-        self.observe(
-            Method::RemoveMentions,
-            span,
-            self.remove_mentions_call(request, &caller),
-        )
-        .await
-    }
-
-    async fn ack_pins(
-        &self,
-        request: Request<proto::AckPinsRequest>,
-    ) -> Result<Response<proto::AckPinsResponse>, Status> {
-        let (caller, request) = self.caller(request);
-        let span = tracing::debug_span!(
-            "rpc",
-            method = "AckPins",
-            user_id = request.user_id,
-            channel_id = request.channel_id
-        );
-        self.observe(Method::AckPins, span, self.ack_pins_call(request, &caller))
-            .await
-    }
-
-    async fn get_read_state(
-        &self,
-        request: Request<proto::GetReadStateRequest>,
-    ) -> Result<Response<proto::GetReadStateResponse>, Status> {
-        let (caller, request) = self.caller(request);
-        let span = tracing::debug_span!(
-            "rpc",
-            method = "GetReadState",
-            user_id = request.user_id,
-            channel_id = request.channel_id
-        );
-        self.observe(
-            Method::GetReadState,
-            span,
-            self.get_read_state_call(request, &caller),
-        )
-        .await
-    }
-
-    async fn get_user_read_states(
-        &self,
-        request: Request<proto::GetUserReadStatesRequest>,
-    ) -> Result<Response<proto::GetUserReadStatesResponse>, Status> {
-        let (caller, request) = self.caller(request);
-        let span = tracing::debug_span!(
-            "rpc",
-            method = "GetUserReadStates",
-            user_id = request.user_id
-        );
-        self.observe(
-            Method::GetUserReadStates,
-            span,
-            self.get_user_read_states_call(request, &caller),
-        )
-        .await
-    }
-
-    async fn delete_read_states(
-        &self,
-        request: Request<proto::DeleteReadStatesRequest>,
-    ) -> Result<Response<proto::DeleteReadStatesResponse>, Status> {
-        let (caller, request) = self.caller(request);
-        let span = tracing::debug_span!(
-            "rpc",
-            method = "DeleteReadStates",
-            user_id = request.user_id,
-            channels = request.channel_ids.len()
-        );
-        self.observe(
-            Method::DeleteReadStates,
-            span,
-            self.delete_read_states_call(request, &caller),
-        )
-        .await
-    }
-
-    async fn get_routing(
-        &self,
-        _request: Request<proto::GetRoutingRequest>,
-    ) -> Result<Response<proto::GetRoutingResponse>, Status> {
-        let span = tracing::debug_span!("rpc", method = "GetRouting");
-        self.observe(Method::GetRouting, span, async { self.get_routing_call() })
-            .await
-    }
+handlers! {
+    ack(AckRequest -> AckResponse) = Ack, ack_call,
+        |request| user_id = request.user_id, channel_id = request.channel_id;
+    bulk_ack(BulkAckRequest -> BulkAckResponse) = BulkAck, bulk_ack_call,
+        |request| user_id = request.user_id, acks = request.acks.len();
+    add_mentions(AddMentionsRequest -> AddMentionsResponse) = AddMentions, add_mentions_call,
+        |request| channel_id = request.channel_id, users = request.user_ids.len();
+    remove_mentions(RemoveMentionsRequest -> RemoveMentionsResponse) = RemoveMentions,
+        remove_mentions_call,
+        |request| channel_id = request.channel_id, users = request.user_ids.len();
+    ack_pins(AckPinsRequest -> AckPinsResponse) = AckPins, ack_pins_call,
+        |request| user_id = request.user_id, channel_id = request.channel_id;
+    get_read_state(GetReadStateRequest -> GetReadStateResponse) = GetReadState,
+        get_read_state_call,
+        |request| user_id = request.user_id, channel_id = request.channel_id;
+    get_user_read_states(GetUserReadStatesRequest -> GetUserReadStatesResponse) =
+        GetUserReadStates, get_user_read_states_call,
+        |request| user_id = request.user_id;
+    delete_read_states(DeleteReadStatesRequest -> DeleteReadStatesResponse) = DeleteReadStates,
+        delete_read_states_call,
+        |request| user_id = request.user_id, channels = request.channel_ids.len();
+    get_routing(GetRoutingRequest -> GetRoutingResponse) = GetRouting, get_routing_call,
+        |_request|;
 }

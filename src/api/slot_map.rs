@@ -5,9 +5,8 @@
 
 use std::sync::Arc;
 
-use tonic::Status;
-
-use super::{ReadStatesService, proto};
+use super::status::ApiError;
+use super::{Caller, ReadStatesService, proto};
 use crate::cluster::{Owner, RoutingSnapshot};
 
 /// The name of the hash from users to slots, as `GetRouting` reports it
@@ -15,13 +14,14 @@ use crate::cluster::{Owner, RoutingSnapshot};
 pub const SLOT_HASH: &str = "splitmix64-mod";
 
 impl ReadStatesService {
-    pub(super) fn get_routing_call(&self) -> Result<proto::GetRoutingResponse, Status> {
+    pub(super) async fn get_routing_call(
+        &self,
+        _request: proto::GetRoutingRequest,
+        _caller: &Caller,
+    ) -> Result<proto::GetRoutingResponse, ApiError> {
         match &self.forwarding {
             Some(forwarding) => Ok(slot_map(&forwarding.snapshot())),
-            None => Err(Status::failed_precondition(
-                "cluster.enabled is false on this instance: it serves every user itself, so \
-                 there is no slot map; send calls to any instance",
-            )),
+            None => Err(ApiError::NoSlotMap),
         }
     }
 }

@@ -12,10 +12,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::future::{join, join_all};
-use tonic::Status;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
 
-use super::forward::{Caller, Forwarding};
-use super::validate::ApiError;
+use super::forward::{Caller, Forwarding, Remote, by};
+use super::proto::read_states_client::ReadStatesClient;
+use super::status::ApiError;
 use super::{ReadStatesService, proto};
 use crate::cache::UserTxn;
 use crate::cluster::Owner;
@@ -83,7 +85,7 @@ impl Split {
         &self,
         users: &[UserId],
         answers: Vec<Vec<proto::ReadState>>,
-    ) -> Result<Vec<proto::ReadState>, Status> {
+    ) -> Result<Vec<proto::ReadState>, ApiError> {
         let mut answers: Vec<_> = answers.into_iter().map(Vec::into_iter).collect();
         let mut merged = Vec::with_capacity(users.len());
         for (&user, &part) in users.iter().zip(&self.parts) {
@@ -98,14 +100,12 @@ impl Split {
         Ok(merged)
     }
 
-    fn mismatch(&self, part: usize) -> Status {
-        let from = match part.checked_sub(1).and_then(|index| self.remote.get(index)) {
+    fn mismatch(&self, part: usize) -> ApiError {
+        let part = match part.checked_sub(1).and_then(|index| self.remote.get(index)) {
             Some((owner, _)) => format!("instance {} at {}", owner.instance_id, owner.address),
             None => "this instance".to_owned(),
         };
-        Status::internal(format!(
-            "{from} did not answer one read state per user of its part of the fan-out"
-        ))
+        ApiError::SplitMismatch { part }
     }
 }
 
@@ -129,23 +129,40 @@ impl ReadStatesService {
         Ok(split.map(|split| (forwarding, split)))
     }
 
-    /// Runs the local part and the owners' parts at once; returns their
-    /// answers, the local part's first.
-    async fn run_split<Fut>(
+    /// Runs the local part and the owners' parts at once: `local` unless
+    /// no user is served here, and for each owner the request `part` of
+    /// its users, forwarded by `call`; returns the parts' states, the
+    /// local part's first.
+    async fn run_split<Req, Resp, Fut>(
         &self,
-        split: &Split,
+        (forwarding, split): (&Forwarding, &Split),
+        caller: &Caller,
         local: impl Future<Output = Result<Vec<proto::ReadState>, ApiError>>,
-        remote: impl Fn(Arc<Owner>, Vec<u64>) -> Fut,
-    ) -> Result<Vec<Vec<proto::ReadState>>, Status>
+        part: impl Fn(Vec<u64>) -> Req,
+        call: impl FnOnce(ReadStatesClient<Channel>, Request<Req>) -> Fut + Copy,
+        read_states: impl Fn(Resp) -> Vec<proto::ReadState> + Copy,
+    ) -> Result<Vec<Vec<proto::ReadState>>, ApiError>
     where
-        Fut: Future<Output = Result<Vec<proto::ReadState>, Status>>,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
-        let remotes = join_all(
-            split
-                .remote
-                .iter()
-                .map(|(owner, user_ids)| remote(Arc::clone(owner), user_ids.clone())),
-        );
+        let local = async {
+            if split.local.is_empty() {
+                return Ok(Vec::new());
+            }
+            local.await
+        };
+        let remotes = join_all(split.remote.iter().map(|(owner, user_ids)| {
+            let remote = Remote {
+                forwarding,
+                owner: Arc::clone(owner),
+                slot: None,
+            };
+            let part = part(user_ids.clone());
+            async move {
+                let response = remote.forward(caller, part, call).await?;
+                Ok::<_, ApiError>(read_states(response))
+            }
+        }));
         let (local, remotes) = join(local, remotes).await;
         let mut answers = Vec::with_capacity(1 + remotes.len());
         answers.push(local?);
@@ -163,12 +180,9 @@ impl ReadStatesService {
         (channel, message): (ChannelId, MessageId),
         request: proto::AddMentionsRequest,
         caller: &Caller,
-    ) -> Result<proto::AddMentionsResponse, Status> {
+    ) -> Result<proto::AddMentionsResponse, ApiError> {
         let omit = request.omit_read_states;
         let local = async {
-            if split.local.is_empty() {
-                return Ok(Vec::new());
-            }
             if omit {
                 self.defer_mentions(&split.local, channel, message).await?;
                 return Ok(Vec::new());
@@ -178,21 +192,20 @@ impl ReadStatesService {
             })
             .await
         };
-        let remote = |owner: Arc<Owner>, user_ids| {
-            let part = proto::AddMentionsRequest {
-                user_ids,
-                ..request.clone()
-            };
-            async move {
-                let response = forwarding
-                    .forward(&owner, None, caller, part, |mut client, part| async move {
-                        client.add_mentions(part).await
-                    })
-                    .await?;
-                Ok(response.read_states)
-            }
+        let part = |user_ids| proto::AddMentionsRequest {
+            user_ids,
+            ..request.clone()
         };
-        let answers = self.run_split(&split, local, remote).await?;
+        let answers = self
+            .run_split(
+                (forwarding, &split),
+                caller,
+                local,
+                part,
+                by!(add_mentions),
+                |response: proto::AddMentionsResponse| response.read_states,
+            )
+            .await?;
         if omit {
             return Ok(proto::AddMentionsResponse::default());
         }
@@ -208,31 +221,24 @@ impl ReadStatesService {
         (channel, message): (ChannelId, MessageId),
         request: proto::RemoveMentionsRequest,
         caller: &Caller,
-    ) -> Result<proto::RemoveMentionsResponse, Status> {
-        let local = async {
-            if split.local.is_empty() {
-                return Ok(Vec::new());
-            }
-            self.fan_out(&split.local, |txn: &mut UserTxn<'_>| {
-                txn.remove_mention(channel, message)
-            })
-            .await
+    ) -> Result<proto::RemoveMentionsResponse, ApiError> {
+        let local = self.fan_out(&split.local, |txn: &mut UserTxn<'_>| {
+            txn.remove_mention(channel, message)
+        });
+        let part = |user_ids| proto::RemoveMentionsRequest {
+            user_ids,
+            ..request.clone()
         };
-        let remote = |owner: Arc<Owner>, user_ids| {
-            let part = proto::RemoveMentionsRequest {
-                user_ids,
-                ..request.clone()
-            };
-            async move {
-                let response = forwarding
-                    .forward(&owner, None, caller, part, |mut client, part| async move {
-                        client.remove_mentions(part).await
-                    })
-                    .await?;
-                Ok(response.read_states)
-            }
-        };
-        let answers = self.run_split(&split, local, remote).await?;
+        let answers = self
+            .run_split(
+                (forwarding, &split),
+                caller,
+                local,
+                part,
+                by!(remove_mentions),
+                |response: proto::RemoveMentionsResponse| response.read_states,
+            )
+            .await?;
         let read_states = split.merge(users, answers)?;
         Ok(proto::RemoveMentionsResponse { read_states })
     }
@@ -331,7 +337,7 @@ mod tests {
             vec![vec![], vec![state(10, 0), state(11, 0)]],
         ];
         for answers in bad {
-            let error = split.merge(&request, answers.clone()).unwrap_err();
+            let error = Status::from(split.merge(&request, answers.clone()).unwrap_err());
             assert_eq!(error.code(), tonic::Code::Internal, "{answers:?}");
         }
         let good = vec![vec![state(1, 0)], vec![state(10, 0), state(11, 0)]];

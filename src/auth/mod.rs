@@ -24,14 +24,14 @@ mod tokens;
 pub use identity::certificate_names;
 pub use incoming::{TlsIncoming, tls_incoming};
 pub use tls::ServerTls;
+pub(crate) use tls::read_file;
 pub use tokens::{MIN_TOKEN_CHARS, TokenFile, TokenSet};
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tonic::service::Interceptor;
-use tonic::{Request, Status};
+use tonic::Request;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -145,57 +145,44 @@ enum Requirement {
     },
 }
 
-/// Why a call was refused.
+/// Why a call was refused. How a refusal reads on the wire
+/// (`UNAUTHENTICATED` or `PERMISSION_DENIED`, and its message) is the API's
+/// to say, in `api::status`: this room sits below the API and imports
+/// nothing of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
+pub enum Refusal {
+    /// No verified client certificate.
     NoCertificate,
+    /// No `authorization: Bearer` header.
     NoToken,
+    /// A bearer token the tokens file does not hold.
     UnknownToken,
+    /// An authenticated caller not in `auth.allowed_callers`.
     NotAllowed,
 }
 
-impl From<Refusal> for Status {
-    fn from(refusal: Refusal) -> Self {
-        match refusal {
-            Refusal::NoCertificate => {
-                Status::unauthenticated("a client certificate is required: connect with mutual TLS")
-            }
-            Refusal::NoToken => Status::unauthenticated(
-                "a bearer token is required: send `authorization: Bearer <token>`",
-            ),
-            Refusal::UnknownToken => Status::unauthenticated("the bearer token is not valid"),
-            Refusal::NotAllowed => {
-                Status::permission_denied("this caller is not allowed to call readstates")
-            }
-        }
-    }
-}
-
-/// The check on ReadStates calls, as a tonic interceptor.
+/// The check on ReadStates calls (a tonic interceptor: see `api::status`).
 #[derive(Clone)]
 pub struct Authenticator {
     requirement: Arc<Requirement>,
     metrics: Arc<Metrics>,
 }
 
-impl Interceptor for Authenticator {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        match self.check(&request) {
-            Ok(()) => Ok(request),
-            Err(refusal) => {
-                let counter = match refusal {
-                    Refusal::NotAllowed => &self.metrics.auth_refused_permission_denied,
-                    _ => &self.metrics.auth_refused_unauthenticated,
-                };
-                counter.increment(1);
-                tracing::debug!(?refusal, peer = ?request.remote_addr(), "call refused");
-                Err(refusal.into())
-            }
-        }
-    }
-}
-
 impl Authenticator {
+    /// Admits a call, or refuses it; a refusal is counted and logged.
+    pub fn admit(&self, request: &Request<()>) -> Result<(), Refusal> {
+        let result = self.check(request);
+        if let Err(refusal) = result {
+            let counter = match refusal {
+                Refusal::NotAllowed => &self.metrics.auth_refused_permission_denied,
+                _ => &self.metrics.auth_refused_unauthenticated,
+            };
+            counter.increment(1);
+            tracing::debug!(?refusal, peer = ?request.remote_addr(), "call refused");
+        }
+        result
+    }
+
     fn check(&self, request: &Request<()>) -> Result<(), Refusal> {
         match self.requirement.as_ref() {
             Requirement::Open => Ok(()),

@@ -69,7 +69,7 @@ async fn server_config(tls: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, Aut
         return Ok(None);
     };
     let chain = read_certificates("tls.cert_file", cert_file).await?;
-    let key_pem = read("tls.key_file", key_file).await?;
+    let key_pem = read_file("tls.key_file", key_file).await?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| AuthError::File {
         setting: "tls.key_file",
         path: key_file.clone(),
@@ -105,7 +105,9 @@ async fn server_config(tls: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, Aut
     Ok(Some(Arc::new(config)))
 }
 
-async fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, AuthError> {
+/// Reads the file a setting names (the `[tls]` files here, the `[cluster]`
+/// ones in the API's channels); an error names the setting and the path.
+pub(crate) async fn read_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, AuthError> {
     tokio::fs::read(path)
         .await
         .map_err(|error| AuthError::File {
@@ -119,7 +121,7 @@ async fn read_certificates(
     setting: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, AuthError> {
-    let pem = read(setting, path).await?;
+    let pem = read_file(setting, path).await?;
     let certificates = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| AuthError::File {

@@ -9,6 +9,7 @@ use super::validate::{
     channel_id, list_length, mentioned_message_id, message_id, parse_user_ids, user_id,
 };
 use super::{Caller, ReadStatesService, proto};
+use crate::ids::{ChannelId, MessageId, UserId};
 
 impl ReadStatesService {
     pub(super) async fn ack_call(
@@ -73,9 +74,8 @@ impl ReadStatesService {
         request: proto::AddMentionsRequest,
         caller: &Caller,
     ) -> Result<proto::AddMentionsResponse, ApiError> {
-        let channel = channel_id("channel_id", request.channel_id)?;
-        let message = mentioned_message_id("message_id", request.message_id)?;
-        let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
+        let (channel, message, users) =
+            self.mention(request.channel_id, request.message_id, &request.user_ids)?;
         if let Some(split) = self.split(&users, caller)? {
             return self
                 .add_mentions_across(split, &users, (channel, message), request, caller)
@@ -96,9 +96,8 @@ impl ReadStatesService {
         request: proto::RemoveMentionsRequest,
         caller: &Caller,
     ) -> Result<proto::RemoveMentionsResponse, ApiError> {
-        let channel = channel_id("channel_id", request.channel_id)?;
-        let message = mentioned_message_id("message_id", request.message_id)?;
-        let users = parse_user_ids(&request.user_ids, self.limits.max_mention_users)?;
+        let (channel, message, users) =
+            self.mention(request.channel_id, request.message_id, &request.user_ids)?;
         if let Some(split) = self.split(&users, caller)? {
             return self
                 .remove_mentions_across(split, &users, (channel, message), request, caller)
@@ -204,5 +203,19 @@ impl ReadStatesService {
             })
             .await?;
         Ok(proto::DeleteReadStatesResponse { read_states })
+    }
+
+    /// Validates a mention fan-out's channel, message and users.
+    fn mention(
+        &self,
+        channel: u64,
+        message: u64,
+        user_ids: &[u64],
+    ) -> Result<(ChannelId, MessageId, Vec<UserId>), ApiError> {
+        Ok((
+            channel_id("channel_id", channel)?,
+            mentioned_message_id("message_id", message)?,
+            parse_user_ids(user_ids, self.limits.max_mention_users)?,
+        ))
     }
 }

@@ -116,35 +116,27 @@ impl Running {
             log: _,
         } = new.live_settings();
         if cache_capacity != old.cache_capacity {
-            tracing::info!(
-                old = old.cache_capacity,
-                new = cache_capacity,
-                "cache capacity changed"
-            );
+            log_change("cache capacity", old.cache_capacity, cache_capacity);
             self.cache.set_capacity(cache_capacity);
         }
         if flush_delay_ms != old.flush_delay_ms {
-            tracing::info!(
-                old = old.flush_delay_ms,
-                new = flush_delay_ms,
-                "flush delay changed"
+            log_change(
+                "flush delay (ms)",
+                old.flush_delay_ms as usize,
+                flush_delay_ms as usize,
             );
             self.cache.set_flush_delay(new.flush.delay());
         }
         if max_dirty_states != old.max_dirty_states {
-            tracing::info!(
-                old = old.max_dirty_states,
-                new = max_dirty_states,
-                "dirty backlog limit changed"
+            log_change(
+                "dirty backlog limit",
+                old.max_dirty_states,
+                max_dirty_states,
             );
             self.cache.set_max_dirty_states(max_dirty_states);
         }
         if batch_size != old.batch_size {
-            tracing::info!(
-                old = old.batch_size,
-                new = batch_size,
-                "flush batch size changed"
-            );
+            log_change("flush batch size", old.batch_size, batch_size);
             self.engine.set_batch_size(batch_size);
         }
         let need_restart = current.restart_only_changes(new);
@@ -356,4 +348,9 @@ async fn start_scrape(
     let addr = listener.local_addr()?;
     let task = tokio::spawn(serve_metrics(listener, Arc::clone(metrics), limits, stop));
     Ok((addr, task))
+}
+
+/// Logs a live setting's change on a running server.
+fn log_change(setting: &'static str, old: usize, new: usize) {
+    tracing::info!(setting, old, new, "live setting changed");
 }

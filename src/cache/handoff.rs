@@ -26,6 +26,7 @@
 //! A pass holds one partition's lock while it walks that partition's users
 //! (a rare event: a slot moving or lost, not a call).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -110,12 +111,7 @@ impl Cache {
                 let Some(mut entry) = partition.lru.remove(&user_id) else {
                     continue;
                 };
-                partition.weight -= entry.weight();
-                partition.extras -= entry.sizes().1;
-                if entry.scheduled {
-                    entry.scheduled = false;
-                    partition.scheduled -= 1;
-                }
+                partition.uncount_removed(&mut entry);
                 evicted.users += 1;
                 if entry.dirty_count() > 0 {
                     entry.writing = false;
@@ -123,12 +119,7 @@ impl Cache {
                     evicted.dirty_users += 1;
                 }
             }
-            let evicting: Vec<UserId> = partition
-                .evicting
-                .keys()
-                .copied()
-                .filter(|user_id| selects(*user_id))
-                .collect();
+            let evicting: Vec<UserId> = selected(&partition.evicting, selects).collect();
             for user_id in evicting {
                 // An eviction write in flight keeps its mark: it clears the
                 // released entry when it lands.
@@ -138,20 +129,12 @@ impl Cache {
                     evicted.dirty_users += 1;
                 }
             }
-            let loading: Vec<UserId> = partition
-                .loading
-                .keys()
-                .copied()
-                .filter(|user_id| selects(*user_id))
-                .collect();
-            partition.stale_loads.extend(loading);
-            evicted.inbox_users.extend(
-                partition
-                    .inbox
-                    .keys()
-                    .copied()
-                    .filter(|user_id| selects(*user_id)),
-            );
+            partition
+                .stale_loads
+                .extend(selected(&partition.loading, selects));
+            evicted
+                .inbox_users
+                .extend(selected(&partition.inbox, selects));
         }
     }
 
@@ -252,6 +235,14 @@ impl Cache {
         }
         Ok(())
     }
+}
+
+/// The users keyed in `map` that `selects` selects.
+fn selected<'a, V>(
+    map: &'a HashMap<UserId, V>,
+    selects: &'a dyn Fn(UserId) -> bool,
+) -> impl Iterator<Item = UserId> + 'a {
+    map.keys().copied().filter(|user_id| selects(*user_id))
 }
 
 #[cfg(test)]

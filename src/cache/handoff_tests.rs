@@ -5,11 +5,12 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
-use super::super::tests::{channel, settings, user};
 use super::*;
 use crate::cache::Deferral;
-use crate::ids::MessageId;
-use crate::store::{EmbeddedStore, Operation, Store, StoreFuture, StoreLayer};
+use crate::cache::test_support::{
+    TestStore, ack, channel, message, new_cache, take_rows, temp_store, user, write_rows,
+};
+use crate::store::Store;
 
 /// A gate refusing the users it is told to.
 #[derive(Default)]
@@ -34,27 +35,14 @@ impl ServingGate for TestGate {
 }
 
 fn gated_cache() -> (Arc<Cache>, Arc<TestGate>) {
-    let cache = Arc::new(Cache::new(&settings(100), 0));
+    let cache = Arc::new(new_cache(100));
     let gate = Arc::new(TestGate::default());
     assert!(cache.set_serving_gate(Arc::clone(&gate) as Arc<dyn ServingGate>));
     (cache, gate)
 }
 
-fn message(id: u64) -> MessageId {
-    MessageId::new(id).unwrap()
-}
-
 fn only(user_id: u64) -> impl Fn(UserId) -> bool {
     move |candidate| candidate == user(user_id)
-}
-
-async fn ack(cache: &Cache, store: &dyn Store, user_id: u64, message_id: u64) {
-    cache
-        .write(store, user(user_id), |txn| {
-            txn.ack(channel(1), message(message_id))
-        })
-        .await
-        .unwrap();
 }
 
 async fn last_read(cache: &Cache, store: &dyn Store, user_id: u64) -> Result<u64, CacheError> {
@@ -67,8 +55,7 @@ async fn last_read(cache: &Cache, store: &dyn Store, user_id: u64) -> Result<u64
 
 #[tokio::test]
 async fn a_user_the_gate_refuses_is_neither_changed_read_nor_loaded() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let (_dir, store) = temp_store();
     let (cache, gate) = gated_cache();
     ack(&cache, &store, 1, 10).await;
     gate.refuse(1);
@@ -103,16 +90,11 @@ async fn a_user_the_gate_refuses_is_neither_changed_read_nor_loaded() {
 
 #[tokio::test]
 async fn evicting_a_slot_releases_its_dirty_users_until_written_and_drops_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let (_dir, store) = temp_store();
     let (cache, gate) = gated_cache();
     ack(&cache, &store, 1, 10).await; // dirty
     ack(&cache, &store, 2, 20).await;
-    let mut jobs = Vec::new();
-    cache.take_flush_jobs(true, &mut jobs);
-    let rows: Vec<RowWrite> = jobs.into_iter().flat_map(|job| job.rows).collect();
-    store.write_batch(Arc::from(rows.clone())).await.unwrap();
-    cache.mark_written(&rows); // both clean now
+    write_rows(&cache, &store, &take_rows(&cache, true)).await; // both clean now
     ack(&cache, &store, 1, 11).await; // 1 dirty again
     ack(&cache, &store, 3, 30).await; // another slot, dirty
     assert_eq!(cache.dirty_states(), 2);
@@ -143,8 +125,7 @@ async fn evicting_a_slot_releases_its_dirty_users_until_written_and_drops_the_re
     assert_eq!(cache.take_released(&slot, &mut rows), 1);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].state.last_message_id.get(), 11);
-    store.write_batch(Arc::from(rows.clone())).await.unwrap();
-    cache.mark_written(&rows);
+    write_rows(&cache, &store, &rows).await;
     assert_eq!(cache.dirty_states(), 1, "user 3's state only");
     unwritten.clear();
     cache.unwritten_users(&mut unwritten);
@@ -157,8 +138,7 @@ async fn evicting_a_slot_releases_its_dirty_users_until_written_and_drops_the_re
 
 #[tokio::test]
 async fn released_users_given_back_are_written_by_the_write_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let (_dir, store) = temp_store();
     let (cache, gate) = gated_cache();
     ack(&cache, &store, 1, 10).await;
     gate.refuse(1);
@@ -166,9 +146,7 @@ async fn released_users_given_back_are_written_by_the_write_behind() {
     let mut rows = Vec::new();
     cache.take_released(&only(1), &mut rows); // a handoff that then fails
     assert_eq!(cache.requeue_released(&only(1)), 1);
-    let mut jobs = Vec::new();
-    cache.take_flush_jobs(false, &mut jobs);
-    let rows: Vec<RowWrite> = jobs.into_iter().flat_map(|job| job.rows).collect();
+    let rows = take_rows(&cache, false);
     assert_eq!(rows.len(), 1, "due at once, not after the flush delay");
     cache.mark_written(&rows);
     assert_eq!(cache.dirty_states(), 0);
@@ -176,8 +154,7 @@ async fn released_users_given_back_are_written_by_the_write_behind() {
 
 #[tokio::test]
 async fn deferred_mentions_of_an_evicted_slot_are_merged_into_a_released_user() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let (_dir, store) = temp_store();
     let (cache, gate) = gated_cache();
     assert_eq!(
         cache
@@ -195,8 +172,7 @@ async fn deferred_mentions_of_an_evicted_slot_are_merged_into_a_released_user() 
     let mut rows = Vec::new();
     assert_eq!(cache.take_released(&only(1), &mut rows), 1);
     assert_eq!(rows[0].state.mentions.count(), 1);
-    store.write_batch(Arc::from(rows.clone())).await.unwrap();
-    cache.mark_written(&rows);
+    write_rows(&cache, &store, &rows).await;
     assert_eq!(cache.dirty_states(), 0);
     gate.allow(1);
     let count = cache
@@ -206,43 +182,13 @@ async fn deferred_mentions_of_an_evicted_slot_are_merged_into_a_released_user() 
     assert_eq!(count, 1);
 }
 
-/// A store whose loads, once they have read, wait for a permit.
-struct HeldLoads {
-    inner: EmbeddedStore,
-    permits: Semaphore,
-}
-
-impl StoreLayer for HeldLoads {
-    fn inner(&self) -> &dyn Store {
-        &self.inner
-    }
-
-    fn backend_name(&self) -> &'static str {
-        "held"
-    }
-
-    fn around<'a, T: Send + 'a>(
-        &'a self,
-        operation: Operation,
-        call: impl FnOnce(&'a dyn Store) -> StoreFuture<'a, T> + Send + 'a,
-    ) -> StoreFuture<'a, T> {
-        if !matches!(operation, Operation::LoadUser { .. }) {
-            return call(&self.inner);
-        }
-        Box::pin(async move {
-            let rows = call(&self.inner).await;
-            let _permit = self.permits.acquire().await;
-            rows
-        })
-    }
-}
-
 #[tokio::test]
 async fn a_load_in_flight_when_its_slot_is_evicted_places_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(HeldLoads {
-        inner: EmbeddedStore::open(dir.path()).unwrap(),
-        permits: Semaphore::new(0),
+    // Loads, once they have read, wait for a permit.
+    let store = Arc::new(TestStore {
+        load_permits: Some(Semaphore::new(0)),
+        ..TestStore::open(dir.path())
     });
     let (cache, gate) = gated_cache();
     let read = tokio::spawn({
@@ -255,14 +201,12 @@ async fn a_load_in_flight_when_its_slot_is_evicted_places_nothing() {
     gate.refuse(1);
     cache.evict_users(&only(1));
     gate.allow(1);
-    let other = Cache::new(&settings(100), 0);
+    let other = new_cache(100);
     ack(&other, &store.inner, 1, 42).await;
-    let mut jobs = Vec::new();
-    other.take_flush_jobs(true, &mut jobs);
-    let rows: Vec<RowWrite> = jobs.into_iter().flat_map(|job| job.rows).collect();
+    let rows = take_rows(&other, true);
     store.inner.write_batch(Arc::from(rows)).await.unwrap();
     // The load read the user before that write: its stale rows are not
     // placed, and the read loads again.
-    store.permits.add_permits(2);
+    store.load_permits.as_ref().unwrap().add_permits(2);
     assert_eq!(read.await.unwrap().unwrap(), 42);
 }

@@ -1,22 +1,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::super::tests::{channel, settings, user};
 use super::*;
-use crate::cache::CacheSettings;
-use crate::store::{EmbeddedStore, RowWrite, Store};
+use crate::cache::test_support::{
+    ack, cache_with_backlog, channel, message, new_cache, take_rows, temp_store, user, write_rows,
+};
+use crate::store::Store;
 
-fn message(id: u64) -> MessageId {
-    MessageId::new(id).unwrap()
+/// Defers a mention of `message_id` in channel 1 for user 1.
+fn mention(cache: &Cache, message_id: u64) -> Result<Deferral, CacheError> {
+    cache.defer_mention(user(1), channel(1), message(message_id))
 }
 
 /// Writes everything dirty in `cache` to `store`.
 async fn flush_all(cache: &Cache, store: &dyn Store) {
-    let mut jobs = Vec::new();
-    cache.take_flush_jobs(true, &mut jobs);
-    let rows: Vec<RowWrite> = jobs.into_iter().flat_map(|job| job.rows).collect();
-    store.write_batch(Arc::from(rows.clone())).await.unwrap();
-    cache.mark_written(&rows);
+    write_rows(cache, store, &take_rows(cache, true)).await;
 }
 
 async fn view(
@@ -33,16 +31,12 @@ async fn view(
 
 #[tokio::test]
 async fn deferred_mentions_follow_the_counting_rule_when_merged() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let (_dir, store) = temp_store();
     // User 1 has read channel 1 up to 100, in the store only.
-    let writer = Cache::new(&settings(100), 0);
-    writer
-        .write(&store, user(1), |txn| txn.ack(channel(1), message(100)))
-        .await
-        .unwrap();
+    let writer = new_cache(100);
+    ack(&writer, &store, 1, 100).await;
     flush_all(&writer, &store).await;
-    let cache = Cache::new(&settings(100), 0);
+    let cache = new_cache(100);
 
     let defer = |channel_id, message_id| {
         cache.defer_mention(user(1), channel(channel_id), message(message_id))
@@ -72,21 +66,15 @@ async fn deferred_mentions_follow_the_counting_rule_when_merged() {
     assert_eq!(defer(1, 150).unwrap(), Deferral::Applied);
     assert_eq!(view(&cache, &store, 1, 1).await.mention_count, 2);
     // The next ack clears them.
-    cache
-        .write(&store, user(1), |txn| txn.ack(channel(1), message(150)))
-        .await
-        .unwrap();
+    ack(&cache, &store, 1, 150).await;
     assert_eq!(view(&cache, &store, 1, 1).await.mention_count, 0);
 }
 
 #[tokio::test]
 async fn deferred_mentions_apply_before_the_change_of_the_load_that_merges_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let cache = Cache::new(&settings(100), 0);
-    cache
-        .defer_mention(user(1), channel(1), message(30))
-        .unwrap();
+    let (_dir, store) = temp_store();
+    let cache = new_cache(100);
+    mention(&cache, 30).unwrap();
     // "Mark as unread" at 10 with 5 mentions, after the mention of 30: the
     // given count stands, whatever was counted before it. Applied the
     // other way round, the mention would count on top (6).
@@ -98,9 +86,7 @@ async fn deferred_mentions_apply_before_the_change_of_the_load_that_merges_them(
         .unwrap();
     assert_eq!((view.last_message_id.get(), view.mention_count), (10, 5));
     // A later mention counts on top of it.
-    cache
-        .defer_mention(user(1), channel(1), message(40))
-        .unwrap();
+    mention(&cache, 40).unwrap();
     let view = cache
         .write(&store, user(1), |txn| txn.view(channel(1)))
         .await
@@ -110,18 +96,18 @@ async fn deferred_mentions_apply_before_the_change_of_the_load_that_merges_them(
 
 #[tokio::test]
 async fn a_mention_deferred_during_a_load_is_merged_by_that_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let inner: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let (_dir, store) = temp_store();
+    let inner: Arc<dyn Store> = Arc::new(store);
     let slow = crate::store::DelayedStore::new(
         inner,
         Duration::from_millis(200),
         Duration::from_millis(200),
     );
-    let cache = Cache::new(&settings(100), 0);
+    let cache = new_cache(100);
     let read = cache.read(&slow, user(1), |txn| txn.view(channel(1)));
     let defer = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        cache.defer_mention(user(1), channel(1), message(7))
+        mention(&cache, 7)
     };
     let (view, deferral) = tokio::join!(read, defer);
     assert_eq!(
@@ -135,22 +121,11 @@ async fn a_mention_deferred_during_a_load_is_merged_by_that_load() {
 
 #[tokio::test]
 async fn a_full_inbox_asks_for_a_load_and_the_backlog_counts_deferred_mentions() {
-    let cache = Cache::new(
-        &CacheSettings {
-            max_dirty_states: MAX_PER_USER + 2,
-            ..settings(100)
-        },
-        0,
-    );
+    let cache = cache_with_backlog(MAX_PER_USER + 2);
     for id in 1..=MAX_PER_USER as u64 {
-        assert_eq!(
-            cache
-                .defer_mention(user(1), channel(1), message(id))
-                .unwrap(),
-            Deferral::Deferred
-        );
+        assert_eq!(mention(&cache, id).unwrap(), Deferral::Deferred);
     }
-    let full = cache.defer_mention(user(1), channel(1), message(1_000));
+    let full = mention(&cache, 1_000);
     assert_eq!(full.unwrap(), Deferral::Full);
     cache
         .defer_mention(user(2), channel(1), message(1))
@@ -167,21 +142,15 @@ async fn a_full_inbox_asks_for_a_load_and_the_backlog_counts_deferred_mentions()
 
 #[tokio::test(start_paused = true)]
 async fn a_merged_mention_is_due_one_flush_delay_after_it_was_accepted() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let cache = Cache::new(&settings(100), 0);
-    cache
-        .defer_mention(user(1), channel(1), message(7))
-        .unwrap();
+    let (_dir, store) = temp_store();
+    let cache = new_cache(100);
+    mention(&cache, 7).unwrap();
     let mut ready = Vec::new();
     cache.take_deferred_users(&mut ready);
     assert_eq!(ready, [user(1)], "the loader is told");
     // Another user dirty now, due 30 s from now.
     tokio::time::advance(Duration::from_secs(20)).await;
-    cache
-        .write(&store, user(2), |txn| txn.ack(channel(1), message(1)))
-        .await
-        .unwrap();
+    ack(&cache, &store, 2, 1).await;
     cache.load_deferred(&store, user(1)).await.unwrap();
     assert_eq!(cache.deferred_mentions(), 0);
 
@@ -201,12 +170,9 @@ async fn a_merged_mention_is_due_one_flush_delay_after_it_was_accepted() {
 
 #[tokio::test]
 async fn the_lease_guards_the_merge() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let cache = Cache::new(&settings(100), 0);
-    cache
-        .defer_mention(user(1), channel(1), message(7))
-        .unwrap();
+    let (_dir, store) = temp_store();
+    let cache = new_cache(100);
+    mention(&cache, 7).unwrap();
     cache.clock().set_lease(unix_micros());
     let refused = cache.load_deferred(&store, user(1)).await;
     assert!(

@@ -23,7 +23,6 @@
 //! `handoff`.
 
 mod entry;
-mod gauges;
 mod handoff;
 mod inbox;
 mod load;
@@ -146,6 +145,20 @@ struct Partition {
     /// Users whose inbox needs a load, since the loader last looked.
     inbox_ready: Vec<UserId>,
     stats: PartitionStats,
+}
+
+impl Partition {
+    /// Takes `entry`, just removed from the LRU, out of the partition's
+    /// sizes and out of its timer buckets' count.
+    #[inline]
+    fn uncount_removed(&mut self, entry: &mut UserEntry) {
+        self.weight -= entry.weight();
+        self.extras -= entry.sizes().1;
+        if entry.scheduled {
+            entry.scheduled = false;
+            self.scheduled -= 1;
+        }
+    }
 }
 
 impl Cache {
@@ -383,12 +396,7 @@ impl Cache {
             let Some((user_id, mut entry)) = partition.lru.pop_lru_except(keep.as_ref()) else {
                 break;
             };
-            partition.weight -= entry.weight();
-            partition.extras -= entry.sizes().1;
-            if entry.scheduled {
-                entry.scheduled = false;
-                partition.scheduled -= 1;
-            }
+            partition.uncount_removed(&mut entry);
             if entry.dirty_count() > 0 {
                 entry.writing = false;
                 partition.evicting.insert(user_id, entry);
@@ -471,5 +479,7 @@ enum Use {
 /// Shares the cache with the service and the flusher.
 pub type SharedCache = Arc<Cache>;
 
+#[cfg(test)]
+pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;

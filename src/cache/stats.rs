@@ -1,5 +1,6 @@
 //! The cache's counters and sizes, summed over its partitions when
-//! metrics are collected.
+//! metrics are collected: the cache is the source of its metrics (see
+//! `metrics::cache`).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -8,7 +9,13 @@ use tokio::time::Instant;
 
 use super::entry::{self, UserEntry};
 use super::{Cache, duration_millis};
+use crate::clock::unix_micros;
 use crate::ids::UserId;
+use crate::metrics::{CacheFigures, CacheGauges};
+
+/// A snapshot of the cache's counters and sizes: the figures its metrics
+/// are set from.
+pub use crate::metrics::CacheFigures as CacheStats;
 
 /// Event counts of one partition, kept under its lock (no shared atomics
 /// on the request path) and summed when metrics are collected.
@@ -23,37 +30,6 @@ pub(super) struct PartitionStats {
     pub(super) deferred_mentions: u64,
 }
 
-/// A snapshot of the cache's counters and sizes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
-    pub evictions_clean: u64,
-    pub evictions_dirty: u64,
-    /// State changes, and how many of them made a clean state dirty; the
-    /// rest were coalesced into a write already pending.
-    pub changed_states: u64,
-    pub newly_dirty: u64,
-    /// Mentions put in an inbox (ever), and those waiting there now.
-    pub deferred_mentions: u64,
-    pub waiting_mentions: usize,
-    pub dirty_states: usize,
-    /// Capacity in use (states; an empty user counts as one).
-    pub resident_states: usize,
-    pub resident_users: usize,
-    /// Cached users in the segmented LRU's protected segment.
-    pub protected_users: usize,
-    pub capacity: usize,
-    pub smallest_partition: usize,
-    pub largest_partition: usize,
-    /// Users waiting in timer buckets, and evicted users waiting for their write.
-    pub scheduled_users: usize,
-    pub evicting_users: usize,
-    /// Age of the oldest timer bucket's first change.
-    pub flush_lag: Duration,
-    pub estimated_bytes: usize,
-}
-
 /// The memory an LRU node costs beside its value: key, two list pointers,
 /// and the hash table slot pointing at it.
 const LRU_NODE_BYTES: usize =
@@ -61,7 +37,7 @@ const LRU_NODE_BYTES: usize =
 
 impl Cache {
     /// Returns the cache's counters and sizes, locking each partition
-    /// briefly in turn.
+    /// briefly in turn, and the version lease's time left.
     pub fn stats(&self) -> CacheStats {
         let now_tick = self.tick_at(Instant::now());
         let mut stats = CacheStats {
@@ -71,6 +47,7 @@ impl Cache {
             smallest_partition: usize::MAX,
             ..CacheStats::default()
         };
+        let mut newly_dirty = 0;
         let mut oldest_due_tick = None::<u64>;
         let mut heap_bytes = 0;
         for partition in self.partitions.iter() {
@@ -81,7 +58,7 @@ impl Cache {
             stats.evictions_clean += counts.evictions_clean;
             stats.evictions_dirty += counts.evictions_dirty;
             stats.changed_states += counts.changed_states;
-            stats.newly_dirty += counts.newly_dirty;
+            newly_dirty += counts.newly_dirty;
             stats.deferred_mentions += counts.deferred_mentions;
             stats.resident_states += partition.weight;
             stats.resident_users += partition.lru.len();
@@ -113,6 +90,16 @@ impl Cache {
                 Duration::from_millis(now_tick.saturating_sub(dirty_since_tick) * tick_ms);
         }
         stats.estimated_bytes = heap_bytes;
+        // A change that did not make a clean state dirty joined a write
+        // already pending.
+        stats.coalesced_updates = stats.changed_states.saturating_sub(newly_dirty);
+        stats.lease_left = self.clock().lease_left_at(unix_micros());
         stats
+    }
+}
+
+impl CacheGauges for Cache {
+    fn cache_figures(&self) -> CacheFigures {
+        self.stats()
     }
 }

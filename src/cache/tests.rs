@@ -1,49 +1,18 @@
+use super::test_support::{cache_with_backlog, channel, message, new_cache, temp_store, user};
 use super::*;
-use crate::ids::{ChannelId, MessageId};
-use crate::store::EmbeddedStore;
-
-pub(super) fn settings(capacity: usize) -> CacheSettings {
-    CacheSettings {
-        capacity,
-        partitions: 1,
-        max_tracked_mentions: 1_000,
-        max_dirty_states: 1_000,
-        flush_delay: Duration::from_secs(30),
-        flush_tick: Duration::from_secs(1),
-    }
-}
-
-pub(super) fn user(id: u64) -> UserId {
-    UserId::new(id).unwrap()
-}
-
-pub(super) fn channel(id: u64) -> ChannelId {
-    ChannelId::new(id).unwrap()
-}
 
 #[tokio::test(start_paused = true)]
 async fn writes_are_refused_when_the_backlog_is_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let cache = Cache::new(
-        &CacheSettings {
-            max_dirty_states: 2,
-            ..settings(100)
-        },
-        0,
-    );
+    let (_dir, store) = temp_store();
+    let cache = cache_with_backlog(2);
     for id in 1..=2 {
         cache
-            .write(&store, user(1), |txn| {
-                txn.ack(channel(id), MessageId::new(1).unwrap())
-            })
+            .write(&store, user(1), |txn| txn.ack(channel(id), message(1)))
             .await
             .unwrap();
     }
     let refused = cache
-        .write(&store, user(1), |txn| {
-            txn.ack(channel(3), MessageId::new(1).unwrap())
-        })
+        .write(&store, user(1), |txn| txn.ack(channel(3), message(1)))
         .await;
     assert!(matches!(refused, Err(CacheError::Backlog { dirty: 2 })));
     let read = cache
@@ -54,10 +23,9 @@ async fn writes_are_refused_when_the_backlog_is_full() {
 
 #[tokio::test]
 async fn writes_are_refused_once_the_version_lease_has_run_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let cache = Cache::new(&settings(100), 0);
-    let ack = |txn: &mut UserTxn<'_>| txn.ack(channel(1), MessageId::new(5).unwrap());
+    let (_dir, store) = temp_store();
+    let cache = new_cache(100);
+    let ack = |txn: &mut UserTxn<'_>| txn.ack(channel(1), message(5));
     cache.write(&store, user(1), ack).await.unwrap();
 
     cache.clock().set_lease(unix_micros());
@@ -86,16 +54,9 @@ async fn writes_are_refused_once_the_version_lease_has_run_out() {
 
 #[tokio::test]
 async fn a_fan_out_to_cold_users_keeps_the_hot_users_cached() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let cache = Cache::new(
-        &CacheSettings {
-            max_dirty_states: 1_000_000,
-            ..settings(100)
-        },
-        0,
-    );
-    let ack = |txn: &mut UserTxn<'_>| txn.ack(channel(1), MessageId::new(5).unwrap());
+    let (_dir, store) = temp_store();
+    let cache = cache_with_backlog(1_000_000);
+    let ack = |txn: &mut UserTxn<'_>| txn.ack(channel(1), message(5));
     // 40 hot users, each used twice (an ack, then a read).
     for id in 1..=40 {
         cache.write(&store, user(id), ack).await.unwrap();
@@ -108,7 +69,7 @@ async fn a_fan_out_to_cold_users_keeps_the_hot_users_cached() {
     for id in 1_000..2_000 {
         cache
             .write_with_priority(&store, user(id), LoadPriority::Background, |txn| {
-                txn.add_mention(channel(1), MessageId::new(9).unwrap())
+                txn.add_mention(channel(1), message(9))
             })
             .await
             .unwrap();
@@ -129,13 +90,12 @@ async fn a_fan_out_to_cold_users_keeps_the_hot_users_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_loads_into_a_full_cache_all_make_progress() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let (_dir, store) = temp_store();
     // Room for two users: every load evicts another freshly loaded one.
-    let cache = Cache::new(&settings(2), 0);
+    let cache = new_cache(2);
     let writes = (1..=300).map(|id| {
         cache.write_with_priority(&store, user(id), LoadPriority::Background, |txn| {
-            txn.add_mention(channel(1), MessageId::new(9).unwrap())
+            txn.add_mention(channel(1), message(9))
         })
     });
     let views = tokio::time::timeout(
@@ -166,14 +126,12 @@ impl ChangeHook for Recorder {
 
 #[tokio::test(start_paused = true)]
 async fn the_change_hook_hears_every_applied_change_in_version_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let cache = Cache::new(&settings(100), 0);
+    let (_dir, store) = temp_store();
+    let cache = new_cache(100);
     cache.clock().set_lease(u64::MAX);
     let recorder = Arc::new(Recorder::default());
     assert!(cache.set_change_hook(recorder.clone()));
     assert!(!cache.set_change_hook(recorder.clone()), "set once");
-    let message = |id| MessageId::new(id).unwrap();
     cache
         .write(&store, user(1), |txn| {
             txn.ack(channel(7), message(10));

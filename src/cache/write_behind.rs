@@ -209,38 +209,35 @@ impl Cache {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{channel, settings, user};
     use super::*;
-    use crate::cache::UserTxn;
-    use crate::ids::MessageId;
-    use crate::store::EmbeddedStore;
+    use crate::cache::test_support::{ack, channel, new_cache, take_rows, temp_store, user};
 
-    fn due_rows(cache: &Cache) -> Vec<RowWrite> {
-        let mut jobs = Vec::new();
-        cache.take_flush_jobs(false, &mut jobs);
-        jobs.into_iter().flat_map(|job| job.rows).collect()
+    /// A cache of room for `users - 1` users, after users 1 to `users`
+    /// acked one after the other: user 1 was evicted dirty.
+    async fn one_evicted(users: u64) -> Cache {
+        let (_dir, store) = temp_store();
+        let cache = new_cache(users as usize - 1);
+        for id in 1..=users {
+            ack(&cache, &store, id, 9).await;
+        }
+        cache
     }
 
     #[tokio::test(start_paused = true)]
     async fn changes_inside_the_delay_coalesce_into_one_due_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let cache = Cache::new(&settings(100), 0);
+        let (_dir, store) = temp_store();
+        let cache = new_cache(100);
         for message in 1..=100 {
-            let message = MessageId::new(message).unwrap();
-            cache
-                .write(&store, user(1), |txn| txn.ack(channel(1), message))
-                .await
-                .unwrap();
+            ack(&cache, &store, 1, message).await;
         }
         assert_eq!(cache.dirty_states(), 1);
         assert!(
-            due_rows(&cache).is_empty(),
+            take_rows(&cache, false).is_empty(),
             "nothing is due before the delay"
         );
 
         tokio::time::advance(Duration::from_secs(30)).await;
-        let rows = due_rows(&cache);
+        let rows = take_rows(&cache, false);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].state.last_message_id.get(), 100);
 
@@ -248,49 +245,36 @@ mod tests {
         assert_eq!(cache.dirty_states(), 0);
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(
-            due_rows(&cache).is_empty(),
+            take_rows(&cache, false).is_empty(),
             "a written state is not flushed again"
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_change_during_the_write_stays_dirty_and_is_rescheduled() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let cache = Cache::new(&settings(100), 0);
-        let ack =
-            |id| move |txn: &mut UserTxn<'_>| txn.ack(channel(1), MessageId::new(id).unwrap());
-        cache.write(&store, user(1), ack(1)).await.unwrap();
+        let (_dir, store) = temp_store();
+        let cache = new_cache(100);
+        ack(&cache, &store, 1, 1).await;
         tokio::time::advance(Duration::from_secs(30)).await;
-        let in_flight = due_rows(&cache);
+        let in_flight = take_rows(&cache, false);
         assert_eq!(in_flight.len(), 1);
 
-        cache.write(&store, user(1), ack(2)).await.unwrap();
+        ack(&cache, &store, 1, 2).await;
         cache.mark_written(&in_flight);
         assert_eq!(cache.dirty_states(), 1, "the newer change is still dirty");
 
         tokio::time::advance(Duration::from_secs(30)).await;
-        let rows = due_rows(&cache);
+        let rows = take_rows(&cache, false);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].state.last_message_id.get(), 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn dirty_users_evicted_are_written_at_once_and_readable_meanwhile() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let cache = Cache::new(&settings(2), 0);
-        for id in 1..=3 {
-            cache
-                .write(&store, user(id), |txn| {
-                    txn.ack(channel(1), MessageId::new(9).unwrap())
-                })
-                .await
-                .unwrap();
-        }
+        let cache = one_evicted(3).await;
         assert_eq!(cache.resident(), (2, 2));
         // User 1 was evicted dirty: its write is due now, not in 30 s.
-        let rows = due_rows(&cache);
+        let rows = take_rows(&cache, false);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].user_id, user(1));
         assert_eq!(
@@ -310,21 +294,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_eviction_write_in_flight_is_not_taken_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let cache = Cache::new(&settings(1), 0);
-        for id in 1..=2 {
-            cache
-                .write(&store, user(id), |txn| {
-                    txn.ack(channel(1), MessageId::new(9).unwrap())
-                })
-                .await
-                .unwrap();
-        }
-        let in_flight = due_rows(&cache);
+        let cache = one_evicted(2).await;
+        let in_flight = take_rows(&cache, false);
         assert_eq!(in_flight.len(), 1);
         assert!(
-            due_rows(&cache).is_empty(),
+            take_rows(&cache, false).is_empty(),
             "the next round does not write it again"
         );
         // On shutdown everything dirty is taken, in flight or not.

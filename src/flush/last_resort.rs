@@ -214,20 +214,12 @@ pub async fn replay_spills(
         for batch in unwritten.rows.chunks(batch_rows.max(1)) {
             store.write_batch(batch.into()).await?;
         }
-        apply_mentions(cache, store, &unwritten.mentions).await?;
+        apply_mentions(cache, store, &unwritten.mentions, batch_rows).await?;
         rows += unwritten.rows.len();
         mentions += unwritten.mentions.len();
     }
-    // The mentions' users are now cached and dirty: write them here, since
-    // the flusher does not run yet.
-    let mut jobs = Vec::new();
-    cache.take_flush_jobs(true, &mut jobs);
-    let merged: Vec<RowWrite> = jobs.into_iter().flat_map(|job| job.rows).collect();
-    for batch in merged.chunks(batch_rows.max(1)) {
-        let batch: Arc<[RowWrite]> = batch.into();
-        store.write_batch(Arc::clone(&batch)).await?;
-        cache.mark_written(&batch);
-    }
+    // The last mentions' users are cached and dirty.
+    write_dirty(cache, store, batch_rows).await?;
     store.sync().await?;
     // The users go: the server starts as cold as after any restart (with
     // a cluster, it may not own them).
@@ -243,12 +235,33 @@ pub async fn replay_spills(
     Ok((rows, mentions))
 }
 
+/// Writes every dirty state of the cache: the flusher does not run yet
+/// while a spill is replayed.
+async fn write_dirty(
+    cache: &Cache,
+    store: &dyn Store,
+    batch_rows: usize,
+) -> Result<(), StoreError> {
+    let mut jobs = Vec::new();
+    cache.take_flush_jobs(true, &mut jobs);
+    let merged: Vec<RowWrite> = jobs.into_iter().flat_map(|job| job.rows).collect();
+    for batch in merged.chunks(batch_rows.max(1)) {
+        let batch: Arc<[RowWrite]> = batch.into();
+        store.write_batch(Arc::clone(&batch)).await?;
+        cache.mark_written(&batch);
+    }
+    Ok(())
+}
+
 /// Applies spilled mentions as an AddMentions with `omit_read_states`
-/// would: deferred, then merged by a load of their user.
+/// would: deferred, then merged by a load of their user. Their states are
+/// written a batch at a time as they become dirty, so a large spill never
+/// meets the dirty backlog's limit (the flusher does not run yet).
 async fn apply_mentions(
     cache: &Cache,
     store: &dyn Store,
     mentions: &[DeferredMention],
+    batch_rows: usize,
 ) -> Result<(), ReplayError> {
     let mut by_user: BTreeMap<UserId, Vec<&DeferredMention>> = BTreeMap::new();
     for mention in mentions {
@@ -265,6 +278,9 @@ async fn apply_mentions(
             }
         }
         cache.load_deferred(store, user_id).await?;
+        if cache.dirty_states() >= batch_rows.max(1) {
+            write_dirty(cache, store, batch_rows).await?;
+        }
     }
     Ok(())
 }

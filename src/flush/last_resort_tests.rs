@@ -1,44 +1,38 @@
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use super::*;
 use crate::cache::CacheSettings;
-use crate::ids::{ChannelId, MessageId};
-use crate::store::{EmbeddedStore, LoadPriority, Operation, StoreFuture, StoreLayer};
+use crate::cache::test_support::{TestStore, channel, message, settings, user};
+use crate::store::{LoadPriority, UserRows};
 
-/// The embedded store, whose batch writes fail while `down` is set.
-struct Switchable {
-    inner: EmbeddedStore,
-    down: AtomicBool,
+/// The test store in `dir`, its batch writes failing while it is `down`.
+fn store_in(dir: &Path, down: bool) -> TestStore {
+    let store = TestStore::open(&dir.join("db"));
+    store.down.store(down, Ordering::SeqCst);
+    store
 }
 
-impl StoreLayer for Switchable {
-    fn inner(&self) -> &dyn Store {
-        &self.inner
-    }
-    fn backend_name(&self) -> &'static str {
-        "switchable"
-    }
-    fn around<'a, T: Send + 'a>(
-        &'a self,
-        operation: Operation,
-        call: impl FnOnce(&'a dyn Store) -> StoreFuture<'a, T> + Send + 'a,
-    ) -> StoreFuture<'a, T> {
-        if matches!(operation, Operation::WriteBatch { .. }) && self.down.load(Ordering::SeqCst) {
-            return Box::pin(async { Err(StoreError::Unavailable("down".to_owned())) });
-        }
-        call(&self.inner)
-    }
+/// A spill directory where a file stands: no spill can be made in it.
+fn blocked_spill(dir: &Path) -> SpillDir {
+    let blocked = dir.join("blocked");
+    std::fs::write(&blocked, b"").unwrap();
+    SpillDir::new(blocked)
+}
+
+/// The user's rows in `store`.
+async fn stored(store: &dyn Store, user_id: u64) -> UserRows {
+    store
+        .load_user(user(user_id), LoadPriority::Urgent)
+        .await
+        .unwrap()
 }
 
 fn cache() -> Cache {
     let cache = Cache::new(
         &CacheSettings {
-            capacity: 1_000,
             partitions: 2,
-            max_tracked_mentions: 1_000,
-            max_dirty_states: 1_000,
-            flush_delay: Duration::from_secs(30),
-            flush_tick: Duration::from_secs(1),
+            ..settings(1_000)
         },
         0,
     );
@@ -46,25 +40,20 @@ fn cache() -> Cache {
     cache
 }
 
-fn id<T>(make: fn(u64) -> Result<T, crate::ids::IdError>, raw: u64) -> T {
-    make(raw).unwrap()
-}
-
-/// Acks user 1 in channel 7 (a dirty row) and mentions user 2, never
-/// loaded, in channel 9 (a deferred mention).
-async fn changes_in_memory(cache: &Cache, store: &dyn Store) {
+/// Acks user 1 in channel 7: a dirty row.
+async fn ack(cache: &Cache, store: &dyn Store) {
     cache
-        .write(store, id(UserId::new, 1), |txn| {
-            txn.ack(id(ChannelId::new, 7), id(MessageId::new, 500))
-        })
+        .write(store, user(1), |txn| txn.ack(channel(7), message(500)))
         .await
         .unwrap();
+}
+
+/// [`ack`], and mentions user 2, never loaded, in channel 9 (a deferred
+/// mention).
+async fn changes_in_memory(cache: &Cache, store: &dyn Store) {
+    ack(cache, store).await;
     let deferral = cache
-        .defer_mention(
-            id(UserId::new, 2),
-            id(ChannelId::new, 9),
-            id(MessageId::new, 600),
-        )
+        .defer_mention(user(2), channel(9), message(600))
         .unwrap();
     assert_eq!(deferral, Deferral::Deferred);
 }
@@ -72,10 +61,7 @@ async fn changes_in_memory(cache: &Cache, store: &dyn Store) {
 #[tokio::test]
 async fn a_spill_and_its_replay_keep_every_unwritten_change() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Switchable {
-        inner: EmbeddedStore::open(&dir.path().join("db")).unwrap(),
-        down: AtomicBool::new(true),
-    };
+    let store = store_in(dir.path(), true);
     let spill = SpillDir::new(dir.path().join("spill"));
     let before = cache();
     changes_in_memory(&before, &store).await;
@@ -91,16 +77,10 @@ async fn a_spill_and_its_replay_keep_every_unwritten_change() {
     assert_eq!(replayed, (1, 1));
     assert!(spill.read_all().unwrap().is_empty(), "removed once durable");
     assert_eq!(after.dirty_states(), 0);
-    let acked = store
-        .load_user(id(UserId::new, 1), LoadPriority::Urgent)
-        .await
-        .unwrap();
+    let acked = stored(&store, 1).await;
     assert_eq!(acked.states.len(), 1);
     assert_eq!(acked.states[0].last_message_id.get(), 500);
-    let mentioned = store
-        .load_user(id(UserId::new, 2), LoadPriority::Urgent)
-        .await
-        .unwrap();
+    let mentioned = stored(&store, 2).await;
     assert_eq!(mentioned.states.len(), 1);
     assert_eq!(mentioned.states[0].mentions.count(), 1);
 
@@ -114,14 +94,8 @@ async fn a_spill_and_its_replay_keep_every_unwritten_change() {
 #[tokio::test]
 async fn a_shutdown_that_can_keep_nothing_waits_for_the_second_signal() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Switchable {
-        inner: EmbeddedStore::open(&dir.path().join("db")).unwrap(),
-        down: AtomicBool::new(true),
-    };
-    // A file where the spill directory should be: no spill can be made.
-    let blocked = dir.path().join("blocked");
-    std::fs::write(&blocked, b"").unwrap();
-    let spill = SpillDir::new(blocked);
+    let store = store_in(dir.path(), true);
+    let spill = blocked_spill(dir.path());
     let cache = cache();
     changes_in_memory(&cache, &store).await;
     let force = CancellationToken::new();
@@ -150,23 +124,13 @@ async fn a_shutdown_that_can_keep_nothing_waits_for_the_second_signal() {
 #[tokio::test]
 async fn a_store_that_takes_the_rows_needs_no_spill() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Switchable {
-        inner: EmbeddedStore::open(&dir.path().join("db")).unwrap(),
-        down: AtomicBool::new(false),
-    };
-    let blocked = dir.path().join("blocked");
-    std::fs::write(&blocked, b"").unwrap();
+    let store = store_in(dir.path(), false);
     let cache = cache();
-    cache
-        .write(&store, id(UserId::new, 1), |txn| {
-            txn.ack(id(ChannelId::new, 7), id(MessageId::new, 500))
-        })
-        .await
-        .unwrap();
+    ack(&cache, &store).await;
     let kept = keep_unwritten(
         &cache,
         &store,
-        &SpillDir::new(blocked),
+        &blocked_spill(dir.path()),
         100,
         &CancellationToken::new(),
     )
@@ -174,9 +138,43 @@ async fn a_store_that_takes_the_rows_needs_no_spill() {
     .unwrap();
     assert_eq!(kept, Kept::Written);
     assert_eq!(cache.dirty_states(), 0);
-    let stored = store
-        .load_user(id(UserId::new, 1), LoadPriority::Urgent)
-        .await
-        .unwrap();
+    let stored = stored(&store, 1).await;
     assert_eq!(stored.states[0].last_message_id.get(), 500);
+}
+
+#[tokio::test]
+async fn a_spill_larger_than_the_dirty_backlog_still_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_in(dir.path(), false);
+    let spill = SpillDir::new(dir.path().join("spill"));
+    // 40 users mentioned, never loaded: more than the backlog of the start
+    // that replays them.
+    let mentions = (1..=40)
+        .map(|id| DeferredMention {
+            user_id: user(id),
+            channel_id: channel(9),
+            message_id: message(600),
+        })
+        .collect();
+    spill
+        .write(&Unwritten {
+            rows: Vec::new(),
+            mentions,
+        })
+        .unwrap();
+    let small = Cache::new(
+        &CacheSettings {
+            max_dirty_states: 10,
+            ..settings(1_000)
+        },
+        0,
+    );
+    small.clock().set_lease(u64::MAX);
+    let replayed = replay_spills(&spill, &small, &store, 4).await.unwrap();
+    assert_eq!(replayed, (0, 40));
+    for id in 1..=40 {
+        let rows = stored(&store, id).await;
+        assert_eq!(rows.states.len(), 1, "user {id}");
+        assert_eq!(rows.states[0].mentions.count(), 1, "user {id}");
+    }
 }

@@ -14,7 +14,9 @@ use metrics_exporter_prometheus::PrometheusRecorder;
 
 use super::{labelled_counter, register_counter, register_gauge};
 
-/// The cache's figures at one scrape: counts since start and sizes now.
+/// The cache's counters and sizes at one moment: what a scrape sets its
+/// handles from, and the cache's own snapshot (`cache::CacheStats`, the
+/// same type: `Cache::stats` returns it).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CacheFigures {
     /// `readstates_cache_hits_total`.
@@ -25,20 +27,25 @@ pub struct CacheFigures {
     pub evictions_clean: u64,
     /// `readstates_cache_evictions_total{dirty="true"}`.
     pub evictions_dirty: u64,
-    /// `readstates_state_changes_total`.
+    /// `readstates_state_changes_total`: state changes.
     pub changed_states: u64,
-    /// `readstates_flush_coalesced_updates_total`: changes to states that
-    /// were already dirty.
+    /// `readstates_flush_coalesced_updates_total`: the changes of
+    /// `changed_states` to states that were already dirty, coalesced into
+    /// a write already pending.
     pub coalesced_updates: u64,
-    /// `readstates_mentions_deferred_total`.
+    /// `readstates_mentions_deferred_total`: mentions put in an inbox
+    /// (ever).
     pub deferred_mentions: u64,
-    /// `readstates_mentions_deferred_waiting`.
+    /// `readstates_mentions_deferred_waiting`: deferred mentions waiting in
+    /// an inbox now.
     pub waiting_mentions: usize,
-    /// `readstates_cache_read_states` (an empty user counts as one).
+    /// `readstates_cache_read_states`: capacity in use (states; an empty
+    /// user counts as one).
     pub resident_states: usize,
     /// `readstates_cache_users`.
     pub resident_users: usize,
-    /// `readstates_cache_protected_users`.
+    /// `readstates_cache_protected_users`: cached users in the segmented
+    /// LRU's protected segment.
     pub protected_users: usize,
     /// `readstates_cache_capacity_read_states`.
     pub capacity: usize,
@@ -50,9 +57,10 @@ pub struct CacheFigures {
     pub estimated_bytes: usize,
     /// `readstates_dirty_read_states`.
     pub dirty_states: usize,
-    /// `readstates_flush_queue_users`.
+    /// `readstates_flush_queue_users`: users waiting in timer buckets.
     pub scheduled_users: usize,
-    /// `readstates_flush_eviction_queue_users`.
+    /// `readstates_flush_eviction_queue_users`: evicted users waiting for
+    /// their write.
     pub evicting_users: usize,
     /// Age of the oldest change waiting in a flush timer bucket: the
     /// cache's part of `readstates_flush_lag_seconds`.

@@ -17,6 +17,40 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+/// One range check of a section, for [`first_failure`]: `value` must be at
+/// least `min`, and the reason says so.
+macro_rules! at_least {
+    ($value:expr, $min:literal, $field:literal) => {
+        ($value < $min, $field, concat!("must be at least ", $min))
+    };
+}
+
+/// One range check of a section, for [`first_failure`]: `value` must lie
+/// in `min..=max`, and the reason says so.
+macro_rules! between {
+    ($value:expr, $min:literal, $max:literal, $field:literal) => {
+        (
+            $value < $min || $value > $max,
+            $field,
+            concat!("must be between ", $min, " and ", $max),
+        )
+    };
+}
+
+/// Accessors that return a section's `*_ms` settings as durations.
+macro_rules! millis_accessors {
+    ($section:ty { $($(#[$doc:meta])* $name:ident => $field:ident;)* }) => {
+        impl $section {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self) -> std::time::Duration {
+                    std::time::Duration::from_millis(self.$field)
+                }
+            )*
+        }
+    };
+}
+
 mod auth;
 mod cluster;
 mod live;
@@ -80,6 +114,17 @@ pub enum ConfigError {
         field: &'static str,
         reason: &'static str,
     },
+}
+
+/// A check of a section: `(failed, field, reason)`.
+type Check = (bool, &'static str, &'static str);
+
+/// Fails with the first of `checks` that failed, naming its field.
+fn first_failure<const N: usize>(checks: [Check; N]) -> Result<(), ConfigError> {
+    match checks.into_iter().find(|(failed, _, _)| *failed) {
+        Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Why the cluster's ownership could not start or a lease request failed.
 
-use crate::store::ScyllaError;
+use crate::store::{PrepareFailed, ScyllaError};
 
 /// An error of the cluster's membership and leases.
 #[derive(Debug, thiserror::Error)]
@@ -10,14 +10,8 @@ pub enum ClusterError {
     Connect(#[from] ScyllaError),
     /// A statement could not be prepared: the keyspace lacks the cluster
     /// tables.
-    #[error(
-        "preparing the {statement} statement failed: {message}; is the keyspace migrated \
-         (`readstates migrate`)?"
-    )]
-    Prepare {
-        statement: &'static str,
-        message: String,
-    },
+    #[error(transparent)]
+    Prepare(#[from] PrepareFailed),
     /// A request to the cluster failed or timed out (a lightweight
     /// transaction that timed out may still have been applied).
     #[error("{action} failed: {message}")]

@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use super::error::ClusterError;
 use super::slots::Slot;
 use crate::config::ScyllaConfig;
-use crate::store::driver_consistency;
+use crate::store::{PrepareFailed, driver_consistency, prepare_statement};
 
 /// Who holds a lease: an instance id and its process's incarnation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,14 +123,7 @@ impl LeaseTable {
         ];
         let mut prepared = Vec::with_capacity(texts.len());
         for (statement, text) in texts {
-            let mut statement_prepared =
-                session
-                    .prepare(text)
-                    .await
-                    .map_err(|error| ClusterError::Prepare {
-                        statement,
-                        message: error.to_string(),
-                    })?;
+            let mut statement_prepared = prepare_statement(&session, statement, &text).await?;
             let lightweight = matches!(statement, "acquire" | "renew" | "release" | "record_slots");
             if lightweight {
                 statement_prepared.set_serial_consistency(Some(SerialConsistency::Serial));
@@ -153,7 +146,7 @@ impl LeaseTable {
             members,
             record_slots,
             owners,
-        ]: [PreparedStatement; 8] = prepared.try_into().map_err(|_| ClusterError::Prepare {
+        ]: [PreparedStatement; 8] = prepared.try_into().map_err(|_| PrepareFailed {
             statement: "all",
             message: "the statement list changed length".to_owned(),
         })?;

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::ConfigError;
 use super::scylla::list_or_comma_separated;
+use super::{Check, ConfigError, first_failure};
 
 /// TLS on the gRPC port. With nothing set (the default) the port speaks
 /// plaintext; with `cert_file` and `key_file` every service on it, health
@@ -61,7 +61,7 @@ impl TlsConfig {
 /// Checks the combinations serde cannot express.
 pub(super) fn validate(tls: &TlsConfig, auth: &AuthConfig) -> Result<(), ConfigError> {
     let client_certificates = tls.client_ca_file.is_some();
-    let checks: [(bool, &'static str, &'static str); 6] = [
+    let checks: [Check; 6] = [
         (
             tls.cert_file.is_some() != tls.key_file.is_some(),
             "tls.key_file",
@@ -95,10 +95,7 @@ pub(super) fn validate(tls: &TlsConfig, auth: &AuthConfig) -> Result<(), ConfigE
             "must not hold an empty name or one with whitespace",
         ),
     ];
-    match checks.into_iter().find(|(failed, _, _)| *failed) {
-        Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
-        None => Ok(()),
-    }
+    first_failure(checks)
 }
 
 #[cfg(test)]

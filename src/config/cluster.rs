@@ -3,12 +3,11 @@
 //! (see `cluster`). Off by default; with it off nothing else changes.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::ConfigError;
 use super::auth::TlsConfig;
+use super::{Check, ConfigError, first_failure};
 
 /// The most slots a keyspace may be divided into (`cluster.slots`). Every
 /// instance keeps a serving deadline per slot and, each heartbeat round,
@@ -97,7 +96,7 @@ impl ClusterConfig {
             return Ok(());
         }
         let usable_ms = self.lease_ms.saturating_sub(self.safety_margin_ms);
-        let checks: [(bool, &'static str, &'static str); 11] = [
+        let checks: [Check; 11] = [
             (
                 !scylla_backend,
                 "cluster.enabled",
@@ -151,10 +150,11 @@ impl ClusterConfig {
                 "must be at least 1 and at most (cluster.lease_ms - cluster.safety_margin_ms) / 2 - \
                  cluster.heartbeat_ms: a round that hands slots off also renews the others",
             ),
-            (
-                self.forward_timeout_ms == 0 || self.forward_timeout_ms > 600_000,
-                "cluster.forward_timeout_ms",
-                "must be between 1 and 600000",
+            between!(
+                self.forward_timeout_ms,
+                1,
+                600000,
+                "cluster.forward_timeout_ms"
             ),
             (
                 self.tls_cert_file.is_some() != self.tls_key_file.is_some(),
@@ -162,10 +162,7 @@ impl ClusterConfig {
                 "and cluster.tls_cert_file must be set together",
             ),
         ];
-        match checks.into_iter().find(|(failed, _, _)| *failed) {
-            Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
-            None => Ok(()),
-        }
+        first_failure(checks)
     }
 
     /// Checks that this instance can forward calls to the others when the
@@ -175,7 +172,7 @@ impl ClusterConfig {
         if !self.enabled {
             return Ok(());
         }
-        let checks: [(bool, &'static str, &'static str); 3] = [
+        let checks: [Check; 3] = [
             (
                 tls.enabled() && self.tls_ca_file.is_none(),
                 "cluster.tls_ca_file",
@@ -195,35 +192,7 @@ impl ClusterConfig {
                  others serve plaintext",
             ),
         ];
-        match checks.into_iter().find(|(failed, _, _)| *failed) {
-            Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
-            None => Ok(()),
-        }
-    }
-
-    /// Returns the default bound of a forwarded call.
-    pub fn forward_timeout(&self) -> Duration {
-        Duration::from_millis(self.forward_timeout_ms)
-    }
-
-    /// Returns the lease duration.
-    pub fn lease(&self) -> Duration {
-        Duration::from_millis(self.lease_ms)
-    }
-
-    /// Returns the safety margin.
-    pub fn safety_margin(&self) -> Duration {
-        Duration::from_millis(self.safety_margin_ms)
-    }
-
-    /// Returns the heartbeat interval.
-    pub fn heartbeat(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_ms)
-    }
-
-    /// Returns the handoff timeout.
-    pub fn handoff_timeout(&self) -> Duration {
-        Duration::from_millis(self.handoff_timeout_ms)
+        first_failure(checks)
     }
 }
 
@@ -234,6 +203,19 @@ fn is_instance_id(id: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
 }
+
+millis_accessors!(ClusterConfig {
+    /// Returns the default bound of a forwarded call.
+    forward_timeout => forward_timeout_ms;
+    /// Returns the lease duration.
+    lease => lease_ms;
+    /// Returns the safety margin.
+    safety_margin => safety_margin_ms;
+    /// Returns the heartbeat interval.
+    heartbeat => heartbeat_ms;
+    /// Returns the handoff timeout.
+    handoff_timeout => handoff_timeout_ms;
+});
 
 fn is_host_port(address: &str) -> bool {
     let Some((host, port)) = address.rsplit_once(':') else {
@@ -247,6 +229,7 @@ fn is_host_port(address: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn enabled() -> ClusterConfig {
         ClusterConfig {

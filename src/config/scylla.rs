@@ -2,11 +2,10 @@
 //! consistency, retries, authentication and TLS, with their checks.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::{Check, ConfigError, first_failure};
 
 /// The ScyllaDB / Cassandra store, used when `store.backend = "scylla"`.
 /// The schema is created by `readstates migrate` (see `store::scylla::migrate`).
@@ -185,7 +184,7 @@ impl ScyllaConfig {
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let replication = self.replication.trim();
-        let checks: [(bool, &'static str, &'static str); 14] = [
+        let checks: [Check; 14] = [
             (
                 self.contact_points.is_empty()
                     || self
@@ -218,26 +217,14 @@ impl ScyllaConfig {
                 "scylla.read_consistency",
                 "cannot be ANY, which only writes accept",
             ),
-            (
-                self.request_timeout_ms == 0,
-                "scylla.request_timeout_ms",
-                "must be at least 1",
-            ),
-            (
-                self.connect_timeout_ms == 0,
-                "scylla.connect_timeout_ms",
-                "must be at least 1",
-            ),
+            at_least!(self.request_timeout_ms, 1, "scylla.request_timeout_ms"),
+            at_least!(self.connect_timeout_ms, 1, "scylla.connect_timeout_ms"),
             (
                 self.page_size == 0 || self.page_size > i32::MAX as u32,
                 "scylla.page_size",
                 "must be between 1 and 2147483647",
             ),
-            (
-                self.max_in_flight == 0,
-                "scylla.max_in_flight",
-                "must be at least 1",
-            ),
+            at_least!(self.max_in_flight, 1, "scylla.max_in_flight"),
             (
                 self.speculative_execution == SpeculativeExecution::Constant
                     && (self.speculative_delay_ms == 0 || self.speculative_max_attempts == 0),
@@ -268,20 +255,7 @@ impl ScyllaConfig {
                 "must name the PEM file of the CA that signs the nodes' certificates when scylla.tls is true",
             ),
         ];
-        match checks.into_iter().find(|(failed, _, _)| *failed) {
-            Some((_, field, reason)) => Err(ConfigError::Invalid { field, reason }),
-            None => Ok(()),
-        }
-    }
-
-    /// Returns the request timeout.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-
-    /// Returns the connection timeout.
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
+        first_failure(checks)
     }
 }
 
@@ -296,6 +270,13 @@ pub fn is_cql_identifier(name: &str) -> bool {
         && first.is_ascii_lowercase()
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
+
+millis_accessors!(ScyllaConfig {
+    /// Returns the request timeout.
+    request_timeout => request_timeout_ms;
+    /// Returns the connection timeout.
+    connect_timeout => connect_timeout_ms;
+});
 
 /// Accepts a TOML list of strings, or one string of comma-separated items
 /// (how an environment override spells a list).

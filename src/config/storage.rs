@@ -160,19 +160,11 @@ impl Default for FlushConfig {
     }
 }
 
-impl FlushConfig {
+millis_accessors!(FlushConfig {
     /// Returns the flush delay.
-    pub fn delay(&self) -> Duration {
-        Duration::from_millis(self.delay_ms)
-    }
-
+    delay => delay_ms;
     /// Returns the flush timer granularity.
-    pub fn tick(&self) -> Duration {
-        Duration::from_millis(self.tick_ms)
-    }
-
+    tick => tick_ms;
     /// Returns how far ahead of the clock the version lease runs.
-    pub fn version_lease(&self) -> Duration {
-        Duration::from_millis(self.version_lease_ms)
-    }
-}
+    version_lease => version_lease_ms;
+});

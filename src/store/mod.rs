@@ -16,9 +16,11 @@ pub use delayed::DelayedStore;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use layer::{Operation, StoreLayer};
 pub use row::{Row, RowDecodeError, decode_row, encode_row};
-pub use scylla::{MigrateError, MigrationReport, ScyllaError, ScyllaStore};
+pub use scylla::{MigrateError, MigrationReport, PrepareFailed, ScyllaError, ScyllaStore};
 /// Opens a driver session from `[scylla]` (the cluster's own session).
-pub(crate) use scylla::{connect as connect_scylla, driver_consistency};
+pub(crate) use scylla::{
+    connect as connect_scylla, driver_consistency, prepare as prepare_statement,
+};
 
 use std::future::Future;
 use std::pin::Pin;

@@ -53,7 +53,7 @@ use tokio::sync::Semaphore;
 use self::consistency::consistency;
 pub(crate) use self::consistency::consistency as driver_consistency;
 use self::cql::{StatementTexts, StoredRow, UserBatch, WriteValues};
-pub use self::error::ScyllaError;
+pub use self::error::{PrepareFailed, ScyllaError};
 use self::error::{request_failed, result_unreadable};
 pub use self::migrate::{MigrateError, MigrationReport};
 pub(crate) use self::session::connect;
@@ -327,18 +327,16 @@ async fn read_marker_ttl(session: &Session, keyspace: &str) -> Result<i32, Scyll
     Ok(marker_ttl)
 }
 
-async fn prepare(
+/// Prepares `text`, naming it `statement` if the cluster refuses it.
+pub(crate) async fn prepare(
     session: &Session,
     statement: &'static str,
     text: &str,
-) -> Result<PreparedStatement, ScyllaError> {
-    session
-        .prepare(text)
-        .await
-        .map_err(|error| ScyllaError::Prepare {
-            statement,
-            message: error.to_string(),
-        })
+) -> Result<PreparedStatement, PrepareFailed> {
+    session.prepare(text).await.map_err(|error| PrepareFailed {
+        statement,
+        message: error.to_string(),
+    })
 }
 
 fn log_report(report: &MigrationReport, keyspace: &str) {

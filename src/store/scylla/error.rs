@@ -47,14 +47,20 @@ pub enum ScyllaError {
     #[error(transparent)]
     Schema(#[from] MigrateError),
     /// A statement could not be prepared.
-    #[error(
-        "preparing the {statement} statement failed: {message}; is the keyspace migrated \
-         (`readstates migrate`)?"
-    )]
-    Prepare {
-        statement: &'static str,
-        message: String,
-    },
+    #[error(transparent)]
+    Prepare(#[from] PrepareFailed),
+}
+
+/// A statement could not be prepared: the keyspace lacks the tables it
+/// names. Both the store's and the cluster's statements fail this way.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "preparing the {statement} statement failed: {message}; is the keyspace migrated \
+     (`readstates migrate`)?"
+)]
+pub struct PrepareFailed {
+    pub statement: &'static str,
+    pub message: String,
 }
 
 /// A failed request: the driver's message names the failure (timeout,

@@ -18,6 +18,8 @@ mod verify;
 use std::time::Duration;
 
 use ::scylla::client::session::Session;
+use ::scylla::deserialize::row::DeserializeRow;
+use ::scylla::serialize::row::SerializeRow;
 use ::scylla::statement::Statement;
 
 use crate::config::ScyllaConfig;
@@ -141,6 +143,34 @@ pub async fn apply(
     // columns: check what the statements left.
     verify::verify(session, &config.keyspace, &schema::expected(&known)?).await?;
     Ok(report)
+}
+
+/// Runs `query` (one page) and reads every row as `R`; a failure at any
+/// step is a [`MigrateError::Cluster`] for `action`.
+async fn select<R>(
+    session: &Session,
+    query: Statement,
+    values: impl SerializeRow,
+    action: &str,
+) -> Result<Vec<R>, MigrateError>
+where
+    R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
+{
+    session
+        .query_unpaged(query, values)
+        .await
+        .map_err(|error| error.to_string())
+        .and_then(|result| result.into_rows_result().map_err(|error| error.to_string()))
+        .and_then(|rows| {
+            rows.rows::<R>()
+                .map_err(|error| error.to_string())?
+                .map(|row| row.map_err(|error| error.to_string()))
+                .collect()
+        })
+        .map_err(|message| MigrateError::Cluster {
+            action: action.to_owned(),
+            message,
+        })
 }
 
 /// Returns whether `statement` adds a column the table already has: a run

@@ -178,18 +178,20 @@ fn push_statement(statements: &mut Vec<String>, text: &str) {
     }
 }
 
+/// A migration named `test`, for the migration tests.
+#[cfg(test)]
+pub(super) fn migration(version: u32, text: &'static str) -> Migration {
+    Migration {
+        version,
+        name: "test",
+        text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::scylla::migrate::schema::added_column;
-
-    fn migration(version: u32, text: &'static str) -> Migration {
-        Migration {
-            version,
-            name: "test",
-            text,
-        }
-    }
 
     #[test]
     fn the_embedded_files_are_every_file_in_the_directory_in_order() {

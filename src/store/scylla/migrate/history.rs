@@ -96,28 +96,19 @@ pub async fn applied_migrations(
     session: &Session,
     config: &ScyllaConfig,
 ) -> Result<Vec<Applied>, MigrateError> {
-    let cluster = |action: &str| {
-        let action = action.to_owned();
-        move |error: String| MigrateError::Cluster {
-            action,
-            message: error,
-        }
-    };
     let mut tables_query =
         Statement::new("SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?");
     tables_query.set_consistency(::scylla::statement::Consistency::One);
-    let tables: Vec<String> = session
-        .query_unpaged(tables_query, (config.keyspace.as_str(),))
-        .await
-        .map_err(|error| error.to_string())
-        .and_then(|result| result.into_rows_result().map_err(|error| error.to_string()))
-        .and_then(|rows| {
-            rows.rows::<(String,)>()
-                .map_err(|error| error.to_string())?
-                .map(|row| row.map(|(name,)| name).map_err(|error| error.to_string()))
-                .collect()
-        })
-        .map_err(cluster("reading the keyspace's tables"))?;
+    let tables: Vec<String> = super::select::<(String,)>(
+        session,
+        tables_query,
+        (config.keyspace.as_str(),),
+        "reading the keyspace's tables",
+    )
+    .await?
+    .into_iter()
+    .map(|(name,)| name)
+    .collect();
     if !tables.iter().any(|table| table == HISTORY_TABLE) {
         if tables.is_empty() {
             return Ok(Vec::new());
@@ -132,18 +123,8 @@ pub async fn applied_migrations(
 
     let mut history_query = Statement::new(history_select(&config.keyspace));
     history_query.set_consistency(consistency(config.read_consistency));
-    let rows: Vec<HistoryRow> = session
-        .query_unpaged(history_query, &[])
-        .await
-        .map_err(|error| error.to_string())
-        .and_then(|result| result.into_rows_result().map_err(|error| error.to_string()))
-        .and_then(|rows| {
-            rows.rows::<HistoryRow>()
-                .map_err(|error| error.to_string())?
-                .map(|row| row.map_err(|error| error.to_string()))
-                .collect()
-        })
-        .map_err(cluster("reading the migration history"))?;
+    let rows: Vec<HistoryRow> =
+        super::select(session, history_query, &[], "reading the migration history").await?;
     Ok(rows
         .into_iter()
         .map(|(version, name, checksum)| Applied {
@@ -180,14 +161,7 @@ pub async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn migration(version: u32, text: &'static str) -> Migration {
-        Migration {
-            version,
-            name: "test",
-            text,
-        }
-    }
+    use crate::store::scylla::migrate::files::migration;
 
     fn applied(migration: &Migration) -> Applied {
         Applied {

@@ -282,6 +282,7 @@ fn split_top_level(text: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::scylla::migrate::files::migration as test_migration;
     use crate::store::scylla::migrate::migrations;
 
     fn column(cql_type: &str, kind: ColumnKind) -> Column {
@@ -360,11 +361,7 @@ mod tests {
                  ALTER TABLE {keyspace}.t DROP c2_missing_is_an_error;",
             ),
         ];
-        let migration = |(version, text): (u32, &'static str)| Migration {
-            version,
-            name: "test",
-            text,
-        };
+        let migration = |(version, text)| test_migration(version, text);
         let error = expected(&files.map(migration)).unwrap_err();
         assert!(error.to_string().contains("0002_test.cql"), "{error}");
 
@@ -434,11 +431,7 @@ mod tests {
             "CREATE TABLE {keyspace}.t (a int);",
             "CREATE TABLE other.t (a int PRIMARY KEY);",
         ] {
-            let known = [Migration {
-                version: 1,
-                name: "test",
-                text,
-            }];
+            let known = [test_migration(1, text)];
             let error = expected(&known).unwrap_err();
             assert!(
                 matches!(error, MigrateError::BadFile { .. }),

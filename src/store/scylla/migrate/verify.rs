@@ -193,21 +193,13 @@ pub(super) async fn read_columns(
          WHERE keyspace_name = ?",
     );
     query.set_consistency(::scylla::statement::Consistency::One);
-    let rows: Vec<ColumnsRow> = session
-        .query_unpaged(query, (keyspace,))
-        .await
-        .map_err(|error| error.to_string())
-        .and_then(|result| result.into_rows_result().map_err(|error| error.to_string()))
-        .and_then(|rows| {
-            rows.rows::<ColumnsRow>()
-                .map_err(|error| error.to_string())?
-                .map(|row| row.map_err(|error| error.to_string()))
-                .collect()
-        })
-        .map_err(|message| MigrateError::Cluster {
-            action: "reading the keyspace's columns".to_owned(),
-            message,
-        })?;
+    let rows: Vec<ColumnsRow> = super::select(
+        session,
+        query,
+        (keyspace,),
+        "reading the keyspace's columns",
+    )
+    .await?;
     Ok(rows
         .into_iter()
         .map(|(table, column, kind, cql_type)| ColumnRow {

@@ -316,18 +316,31 @@ mod tests {
         }
     }
 
+    /// Applies `op` to `state`, tracking at most `cap` mentions.
+    fn apply(state: &mut ReadState, op: &Op, cap: usize) {
+        match *op {
+            Op::Ack(id) => {
+                state.ack(msg(id));
+            }
+            Op::Manual(id, n) => {
+                state.manual_ack(msg(id), n);
+            }
+            Op::Add(id) => {
+                state.add_mention(msg(id), cap);
+            }
+            Op::Remove(id) => {
+                state.remove_mention(msg(id));
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn matches_the_reference_model(ops in proptest::collection::vec(op(), 0..200)) {
             let mut s = state();
             let mut model = Model::default();
             for op in &ops {
-                match *op {
-                    Op::Ack(id) => { s.ack(msg(id)); }
-                    Op::Manual(id, n) => { s.manual_ack(msg(id), n); }
-                    Op::Add(id) => { s.add_mention(msg(id), CAP); }
-                    Op::Remove(id) => { s.remove_mention(msg(id)); }
-                }
+                apply(&mut s, op, CAP);
                 model.apply(op);
                 prop_assert_eq!(s.last_message_id.get(), model.last);
                 prop_assert_eq!(s.mention_count(), model.count());
@@ -339,12 +352,7 @@ mod tests {
             let mut capped = state();
             let mut model = Model::default();
             for op in &ops {
-                match *op {
-                    Op::Ack(id) => { capped.ack(msg(id)); }
-                    Op::Manual(id, n) => { capped.manual_ack(msg(id), n); }
-                    Op::Add(id) => { capped.add_mention(msg(id), 3); }
-                    Op::Remove(id) => { capped.remove_mention(msg(id)); }
-                }
+                apply(&mut capped, op, 3);
                 model.apply(op);
                 prop_assert!(capped.mention_count() >= model.count());
             }

@@ -241,12 +241,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_bad_reload_keeps_the_tokens_in_force() {
+    /// A tokens file giving caller `a` one token, opened.
+    async fn file_with_token_a() -> (tempfile::TempDir, std::path::PathBuf, TokenFile) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
         std::fs::write(&path, "a 0123456789abcdef\n").unwrap();
         let file = TokenFile::open(&path).await.unwrap();
+        (dir, path, file)
+    }
+
+    #[tokio::test]
+    async fn a_bad_reload_keeps_the_tokens_in_force() {
+        let (_dir, path, file) = file_with_token_a().await;
         let before = file.current();
 
         std::fs::write(&path, "a tooshort\n").unwrap();
@@ -266,10 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_file_without_tokens_revokes_every_token() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens");
-        std::fs::write(&path, "a 0123456789abcdef\n").unwrap();
-        let file = TokenFile::open(&path).await.unwrap();
+        let (_dir, path, file) = file_with_token_a().await;
 
         std::fs::write(&path, "# every token revoked\n").unwrap();
         assert_eq!(file.reload().await.unwrap(), 0);

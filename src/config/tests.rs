@@ -2,6 +2,14 @@ use std::time::Duration;
 
 use super::*;
 
+/// Checks that each config text is refused with an error naming its field.
+fn assert_refused(cases: &[(&str, &str)]) {
+    for (text, field) in cases {
+        let error = Config::from_toml_and_env(text, env(&[])).unwrap_err();
+        assert!(error.to_string().contains(field), "{text}: {error}");
+    }
+}
+
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
@@ -53,7 +61,7 @@ fn unknown_keys_and_bad_ranges_are_refused_by_name() {
 
     let error = Config::from_toml_and_env("[store]\nbackend = \"mysql\"\n", env(&[])).unwrap_err();
     assert!(error.to_string().contains("mysql"), "{error}");
-    for (text, field) in [
+    assert_refused(&[
         ("[store]\nreader_threads = 0\n", "store.reader_threads"),
         ("[store]\ncache_mib = 0\n", "store.cache_mib"),
         (
@@ -76,10 +84,7 @@ fn unknown_keys_and_bad_ranges_are_refused_by_name() {
             "[flush]\ndelay_ms = 60000\ntombstone_grace_ms = 59999\n",
             "flush.tombstone_grace_ms",
         ),
-    ] {
-        let error = Config::from_toml_and_env(text, env(&[])).unwrap_err();
-        assert!(error.to_string().contains(field), "{error}");
-    }
+    ]);
 }
 
 #[test]
@@ -158,7 +163,7 @@ fn bad_scylla_settings_are_refused_by_name() {
 
 #[test]
 fn connection_settings_out_of_range_are_refused_by_name() {
-    for (text, field) in [
+    assert_refused(&[
         ("[server]\nmax_connections = 0\n", "server.max_connections"),
         (
             "[server]\nfirst_request_timeout_ms = 0\n",
@@ -181,10 +186,7 @@ fn connection_settings_out_of_range_are_refused_by_name() {
             "[metrics]\nheader_read_timeout_ms = 0\n",
             "metrics.header_read_timeout_ms",
         ),
-    ] {
-        let error = Config::from_toml_and_env(text, env(&[])).unwrap_err();
-        assert!(error.to_string().contains(field), "{text}: {error}");
-    }
+    ]);
     // Keepalive pings can be turned off.
     let config =
         Config::from_toml_and_env("[server]\nkeepalive_interval_ms = 0\n", env(&[])).unwrap();

@@ -23,48 +23,28 @@ use crate::store::Store;
 /// How often a failure streak is logged again.
 const REMINDER_EVERY: Duration = Duration::from_secs(30);
 
-/// The lease keeper.
+/// The lease keeper of `lease`, already recorded (and set in the cache's
+/// clock); `streak` starts as `None`.
 pub(super) struct LeaseKeeper {
-    store: Arc<dyn Store>,
-    cache: Arc<Cache>,
-    metrics: Arc<Metrics>,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) cache: Arc<Cache>,
+    pub(super) metrics: Arc<Metrics>,
     /// How far ahead of the clock a new lease runs.
-    length: Duration,
-    backoff: Backoff,
+    pub(super) length: Duration,
+    pub(super) backoff: Backoff,
     /// The lease recorded in the store, in Unix microseconds.
-    lease: u64,
-    streak: Option<FailureStreak>,
+    pub(super) lease: u64,
+    pub(super) streak: Option<FailureStreak>,
 }
 
 /// Renewals failing in a row.
-struct FailureStreak {
+pub(super) struct FailureStreak {
     failures: u64,
     last_logged: Instant,
     expiry_logged: bool,
 }
 
 impl LeaseKeeper {
-    /// Returns a keeper of `lease`, already recorded (and set in the cache's
-    /// clock).
-    pub(super) fn new(
-        store: Arc<dyn Store>,
-        cache: Arc<Cache>,
-        metrics: Arc<Metrics>,
-        length: Duration,
-        backoff: Backoff,
-        lease: u64,
-    ) -> Self {
-        Self {
-            store,
-            cache,
-            metrics,
-            length,
-            backoff,
-            lease,
-            streak: None,
-        }
-    }
-
     /// Renews the lease until `shutdown` is cancelled. A renewal in flight
     /// is dropped then: calls have stopped, no version is handed out.
     pub(super) async fn run(mut self, shutdown: CancellationToken) {

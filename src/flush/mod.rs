@@ -178,14 +178,15 @@ impl Flusher {
     ) -> Result<(), FlushError> {
         let helpers = TaskTracker::new();
         helpers.spawn(
-            LeaseKeeper::new(
-                Arc::clone(&self.store),
-                Arc::clone(&self.cache),
-                Arc::clone(&self.metrics),
-                self.settings.version_lease,
-                self.backoff(),
-                self.lease,
-            )
+            LeaseKeeper {
+                store: Arc::clone(&self.store),
+                cache: Arc::clone(&self.cache),
+                metrics: Arc::clone(&self.metrics),
+                length: self.settings.version_lease,
+                backoff: self.backoff(),
+                lease: self.lease,
+                streak: None,
+            }
             .run(shutdown.clone()),
         );
         helpers.spawn(

@@ -136,16 +136,7 @@ async fn a_data_file_from_before_the_index_is_indexed_on_open() {
         drop_the_index(&store.handle.get().unwrap());
         assert_eq!(store.purge_tombstones(100, 100).await.unwrap(), 0);
     }
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    assert_eq!(
-        index_entries(&store.handle.get().unwrap()),
-        [(3, 1, 1), (9, 2, 7)]
-    );
-    assert_eq!(store.purge_tombstones(100, 100).await.unwrap(), 2);
-    assert_eq!(
-        stored_rows(&store.handle.get().unwrap()),
-        [(1, 2, 4, false)]
-    );
+    reopen_purge_and_check(dir.path(), &[(3, 1, 1), (9, 2, 7)], &[(1, 2, 4, false)]).await;
 }
 
 #[tokio::test]
@@ -184,14 +175,21 @@ async fn imported_lsm_tombstones_are_indexed() {
         ],
         1_000,
     );
-    let store = EmbeddedStore::open(dir.path()).unwrap();
+    reopen_purge_and_check(dir.path(), &[(7, 9, 2), (8, 10, 1)], &[(9, 1, 3, false)]).await;
+}
+
+/// Opens the store in `dir` and checks that its tombstone index holds
+/// `indexed`, that one purge removes them all, and that `left` rows remain.
+async fn reopen_purge_and_check(
+    dir: &std::path::Path,
+    indexed: &[(u64, u64, u64)],
+    left: &[(u64, u64, u64, bool)],
+) {
+    let store = EmbeddedStore::open(dir).unwrap();
+    assert_eq!(index_entries(&store.handle.get().unwrap()), indexed);
     assert_eq!(
-        index_entries(&store.handle.get().unwrap()),
-        [(7, 9, 2), (8, 10, 1)]
+        store.purge_tombstones(100, 100).await.unwrap(),
+        indexed.len()
     );
-    assert_eq!(store.purge_tombstones(100, 100).await.unwrap(), 2);
-    assert_eq!(
-        stored_rows(&store.handle.get().unwrap()),
-        [(9, 1, 3, false)]
-    );
+    assert_eq!(stored_rows(&store.handle.get().unwrap()), left);
 }

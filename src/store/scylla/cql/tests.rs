@@ -22,6 +22,9 @@ fn write(user: u64, state: ReadState, deleted: bool) -> RowWrite {
 }
 
 /// What `load_user` would select for an upserted row.
+/// A selected row whose every column is null.
+const NULL_ROW: StoredRow = (None, None, None, None, None, None, None, None, None, None);
+
 fn stored(values: &WriteValues, user_version: Option<i64>) -> StoredRow {
     let WriteValues::Upsert((
         _,
@@ -181,18 +184,8 @@ fn a_users_version_counts_the_static_cell_of_deleted_rows() {
 
     // Every row deleted: one row of nulls and the static cell.
     let mut rows = UserRows::default();
-    let static_only = (
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        Some(42),
-        None,
-    );
+    let mut static_only = NULL_ROW;
+    static_only.8 = Some(42);
     accumulate(&mut rows, static_only).unwrap();
     assert_eq!(
         rows,
@@ -228,18 +221,8 @@ fn delete_markers_and_rows_without_cells_are_skipped() {
     accumulate(&mut rows, marker).unwrap();
     // A row first written by an INSERT whose marker expired: its row
     // marker alone is left, every column null.
-    let without_cells = (
-        Some(3),
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    );
+    let mut without_cells = NULL_ROW;
+    without_cells.0 = Some(3);
     accumulate(&mut rows, without_cells).unwrap();
     assert_eq!(rows.states, [state(1, 10)], "only the live row");
     assert_eq!(rows.version, 50, "the marker's version counts");

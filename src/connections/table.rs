@@ -9,12 +9,11 @@
 //! (its open calls and the closed flag), so a call either starts on an open
 //! connection or finds it closed, and no lock is held for it.
 //!
-//! Every call finds its connection by its addresses: in one of
+//! Every call finds its connection by its addresses in one of
 //! [`KEY_SHARDS`] read-mostly maps, so calls on many cores do not meet on
-//! one lock. The table's own lock is a `parking_lot` mutex held for short,
-//! never-awaited sections: an insertion or removal per connection, and a
-//! scan of every entry at each reaping round or eviction (at most
-//! `max_connections` entries, a few nanoseconds each).
+//! one lock. The table's own `parking_lot` mutex guards short sections: an
+//! insertion or removal per connection, and a scan of every entry at each
+//! reaping round or eviction (a few nanoseconds an entry).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -256,17 +255,19 @@ impl ConnectionTable {
     }
 
     fn evict_one(&self, state: &mut State) -> bool {
-        let mut idle: Vec<&Arc<Entry>> = state
-            .by_id
-            .values()
-            .filter(|entry| entry.is_idle())
-            .collect();
-        idle.sort_unstable_by_key(|entry| entry.eviction_rank());
-        // One whose call starts meanwhile is passed over for the next.
-        let Some(victim) = idle.into_iter().find(|entry| entry.close_if_idle()) else {
-            return false;
+        // The longest idle; one whose call starts meanwhile is passed over.
+        let victim = loop {
+            let candidate = state
+                .by_id
+                .values()
+                .filter(|entry| entry.is_idle())
+                .min_by_key(|entry| entry.eviction_rank());
+            match candidate {
+                None => return false,
+                Some(entry) if entry.close_if_idle() => break Arc::clone(entry),
+                Some(_) => {}
+            }
         };
-        let victim = Arc::clone(victim);
         state.closing += 1;
         self.metrics.record_reaped(ReapReason::Evicted);
         tracing::debug!(peer = %victim.key.peer, "connection evicted to make room");

@@ -17,7 +17,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::{Cluster as ScyllaCluster, Proxy, ThroughProxy};
+use common::cluster::{Cluster as ScyllaCluster, Proxy};
 use common::{TestServer, ack_request, eventually, get, http_get, sample, test_config};
 use parking_lot::Mutex;
 use readstates::api::proto::AddMentionsRequest;
@@ -454,22 +454,12 @@ async fn a_partitioned_member_stops_serving_before_its_slots_are_taken() {
 
     // b reaches the cluster through a proxy the test can cut.
     let a = join(&settings, &views, "a").await;
-    let proxy = Proxy::start(cluster.contact_points[0].clone()).await;
-    let proxied = ScyllaConfig {
-        contact_points: vec![proxy.addr.to_string()],
-        request_timeout_ms: 1_000,
-        connect_timeout_ms: 1_000,
-        ..settings.clone()
-    };
+    let (proxy, proxied) = Proxy::to_node(&cluster, &settings).await;
     let b = Cluster::start_with(
         &proxied,
         &cluster_config("b"),
         ClusterMetrics::default(),
-        |builder| {
-            builder
-                .disallow_shard_aware_port(true)
-                .address_translator(Arc::new(ThroughProxy(proxy.addr)))
-        },
+        |builder| proxy.route(builder),
     )
     .await
     .unwrap();

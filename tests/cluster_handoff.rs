@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::{Cluster as ScyllaCluster, Proxy, ThroughProxy};
+use common::cluster::{Cluster as ScyllaCluster, Proxy};
 use common::{TestServer, ack_request, eventually, get, http_get, sample, test_config};
 use readstates::api::proto::AddMentionsRequest;
 use readstates::cluster::placement::Members;
@@ -255,30 +255,18 @@ async fn a_handoff_the_store_refuses_keeps_the_lease_until_it_runs_out() {
     let Some(cluster) = ScyllaCluster::from_env(TEST).await else {
         return;
     };
-    let nodes = cluster.admin.get_cluster_state().get_nodes_info().len();
-    if nodes != 1 {
-        eprintln!(
-            "cluster_handoff::{TEST}: skipped: needs a single-node cluster, this one has {nodes}"
-        );
+    if !cluster.single_node(
+        "cluster_handoff::a_handoff_the_store_refuses_keeps_the_lease_until_it_runs_out",
+    ) {
         return;
     }
     let settings = cluster.migrated().await;
     let dir = tempfile::tempdir().unwrap();
     // a's store goes through a proxy the test cuts; its leases do not.
-    let proxy = Proxy::start(cluster.contact_points[0].clone()).await;
-    let proxied = ScyllaConfig {
-        contact_points: vec![proxy.addr.to_string()],
-        request_timeout_ms: 1_000,
-        connect_timeout_ms: 1_000,
-        ..settings.clone()
-    };
-    let store = ScyllaStore::open_with(&proxied, |builder| {
-        builder
-            .disallow_shard_aware_port(true)
-            .address_translator(Arc::new(ThroughProxy(proxy.addr)))
-    })
-    .await
-    .unwrap();
+    let (proxy, proxied) = Proxy::to_node(&cluster, &settings).await;
+    let store = ScyllaStore::open_with(&proxied, |builder| proxy.route(builder))
+        .await
+        .unwrap();
     let config = server_config(&settings, dir.path(), "a", FLUSH_DELAY_MS);
     let mut a = TestServer::start(&config, Arc::new(store)).await;
     let members = Members::new(["a", "b"]);

@@ -21,12 +21,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::cluster::{Cluster, Proxy, ThroughProxy, put, state, write};
+use common::cluster::{Cluster, Proxy, put, state, write};
 use common::{Client, TestServer, ack_request, eventually, test_config};
 use readstates::api::proto::{
     AckPinsRequest, AckRequest, AddMentionsRequest, BulkAckRequest, ChannelAck,
@@ -757,31 +756,14 @@ async fn an_unreachable_cluster_gives_unavailable_and_recovers() {
     else {
         return;
     };
-    let nodes = cluster.admin.get_cluster_state().get_nodes_info().len();
-    if nodes != 1 {
-        let _ = writeln!(
-            std::io::stderr(),
-            "scylla::an_unreachable_cluster_gives_unavailable_and_recovers: skipped: needs a \
-             single-node cluster, this one has {nodes} nodes"
-        );
+    if !cluster.single_node("scylla::an_unreachable_cluster_gives_unavailable_and_recovers") {
         return;
     }
     let settings = cluster.migrated().await;
-    let proxy = Proxy::start(cluster.contact_points[0].clone()).await;
-    let proxied = ScyllaConfig {
-        contact_points: vec![proxy.addr.to_string()],
-        request_timeout_ms: 1_000,
-        connect_timeout_ms: 1_000,
-        ..settings.clone()
-    };
-    // Shard-aware connections would go to the node's own port, around the proxy.
-    let store = ScyllaStore::open_with(&proxied, |builder| {
-        builder
-            .disallow_shard_aware_port(true)
-            .address_translator(Arc::new(ThroughProxy(proxy.addr)))
-    })
-    .await
-    .unwrap();
+    let (proxy, proxied) = Proxy::to_node(&cluster, &settings).await;
+    let store = ScyllaStore::open_with(&proxied, |builder| proxy.route(builder))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = service_config(dir.path(), &proxied);
     config.flush.delay_ms = 200;
@@ -856,29 +838,14 @@ async fn a_restart_during_a_hung_cluster_loses_nothing_acknowledged() {
     else {
         return;
     };
-    if cluster.admin.get_cluster_state().get_nodes_info().len() != 1 {
-        let _ = writeln!(
-            std::io::stderr(),
-            "scylla::a_restart_during_a_hung_cluster_loses_nothing_acknowledged: skipped: needs a \
-             single-node cluster"
-        );
+    if !cluster.single_node("scylla::a_restart_during_a_hung_cluster_loses_nothing_acknowledged") {
         return;
     }
     let settings = cluster.migrated().await;
-    let proxy = Proxy::start(cluster.contact_points[0].clone()).await;
-    let proxied = ScyllaConfig {
-        contact_points: vec![proxy.addr.to_string()],
-        request_timeout_ms: 1_000,
-        connect_timeout_ms: 1_000,
-        ..settings.clone()
-    };
-    let store = ScyllaStore::open_with(&proxied, |builder| {
-        builder
-            .disallow_shard_aware_port(true)
-            .address_translator(Arc::new(ThroughProxy(proxy.addr)))
-    })
-    .await
-    .unwrap();
+    let (proxy, proxied) = Proxy::to_node(&cluster, &settings).await;
+    let store = ScyllaStore::open_with(&proxied, |builder| proxy.route(builder))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let spill = tempfile::tempdir().unwrap();
     let mut config = service_config(dir.path(), &proxied);

@@ -32,6 +32,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Returns whether the cluster has one node, as the proxy tests need;
+    /// otherwise says that `test` is skipped.
+    pub fn single_node(&self, test: &str) -> bool {
+        let nodes = self.admin.get_cluster_state().get_nodes_info().len();
+        if nodes != 1 {
+            eprintln!("{test}: skipped: needs a single-node cluster, this one has {nodes} nodes");
+        }
+        nodes == 1
+    }
+
     /// Connects to the cluster `READSTATES_TEST_SCYLLA` names, or prints why
     /// `test` is skipped and returns `None`.
     pub async fn from_env(test: &str) -> Option<Self> {
@@ -167,6 +177,28 @@ impl Proxy {
 
     pub fn set_hung(&self, hung: bool) {
         self.hung.send_replace(hung);
+    }
+
+    /// Starts a proxy to the cluster's first node, and returns it with
+    /// `settings` pointed through it, with short timeouts so that a cut or
+    /// hung proxy shows at once.
+    pub async fn to_node(cluster: &Cluster, settings: &ScyllaConfig) -> (Self, ScyllaConfig) {
+        let proxy = Self::start(cluster.contact_points[0].clone()).await;
+        let proxied = ScyllaConfig {
+            contact_points: vec![proxy.addr.to_string()],
+            request_timeout_ms: 1_000,
+            connect_timeout_ms: 1_000,
+            ..settings.clone()
+        };
+        (proxy, proxied)
+    }
+
+    /// Sends a driver session's every connection through this proxy
+    /// (shard-aware connections would go to the node's own port, around it).
+    pub fn route(&self, builder: SessionBuilder) -> SessionBuilder {
+        builder
+            .disallow_shard_aware_port(true)
+            .address_translator(Arc::new(ThroughProxy(self.addr)))
     }
 }
 

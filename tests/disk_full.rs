@@ -167,6 +167,16 @@ async fn server_with_a_first_round(config: &Config) -> TestServer {
     server
 }
 
+/// A server that wrote a first round, then acknowledged a second one after
+/// the disk filled: the store refuses it.
+async fn server_refused_by_a_full_disk(disk: &SmallDisk, config: &Config) -> TestServer {
+    let mut server = server_with_a_first_round(config).await;
+    disk.fill();
+    ack_all(&mut server, 20).await;
+    assert!(eventually(GUARD, async || write_failing(&server) == 1.0).await);
+    server
+}
+
 #[tokio::test]
 async fn a_full_disk_keeps_every_change_and_drains_once_space_frees() {
     let Some(disk) = SmallDisk::mount("a_full_disk_keeps_every_change") else {
@@ -216,10 +226,7 @@ async fn a_restart_during_a_full_disk_loses_nothing_acknowledged() {
     let spill = tempfile::tempdir().unwrap();
     let mut config = config(disk.path());
     config.store.spill_dir = Some(spill.path().to_owned());
-    let mut server = server_with_a_first_round(&config).await;
-    disk.fill();
-    ack_all(&mut server, 20).await;
-    assert!(eventually(GUARD, async || write_failing(&server) == 1.0).await);
+    let server = server_refused_by_a_full_disk(&disk, &config).await;
 
     let TestServer { running, client } = server;
     drop(client);
@@ -254,10 +261,7 @@ async fn a_shutdown_with_nowhere_to_keep_changes_waits_until_space_frees() {
     // The spill beside the database (the default): the full disk refuses
     // it too, so the shutdown waits.
     let config = config(disk.path());
-    let mut server = server_with_a_first_round(&config).await;
-    disk.fill();
-    ack_all(&mut server, 20).await;
-    assert!(eventually(GUARD, async || write_failing(&server) == 1.0).await);
+    let server = server_refused_by_a_full_disk(&disk, &config).await;
 
     let TestServer { running, client } = server;
     drop(client);

@@ -13,11 +13,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use metrics::Gauge;
+use crate::metrics::{Gauge, Metrics, Unit};
 use tokio_util::sync::CancellationToken;
 
 /// How often the probe measures.
 const PROBE_PERIOD: Duration = Duration::from_millis(5);
+
+/// Registers `readstates_runtime_queue_delay_seconds` with `metrics`
+/// (read 0 while the probe does not run), once per server.
+pub fn queue_delay_gauge(metrics: &Metrics) -> Gauge {
+    metrics.gauge(
+        "readstates_runtime_queue_delay_seconds",
+        Some(Unit::Seconds),
+        "How long a task last waited for a runtime worker (the overload signal of limits.max_queue_delay_ms).",
+    )
+}
 
 /// The latest measured queueing delay of the runtime's workers.
 #[derive(Debug, Default)]

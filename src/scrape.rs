@@ -21,21 +21,23 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connections::{Acceptor, ConnectionLimits, ConnectionTable};
-use crate::metrics::{ListenerPort, Metrics};
+use crate::connections::{
+    Acceptor, ConnectionLimits, ConnectionTable, ListenerPort, PortConnections,
+};
+use crate::metrics::Metrics;
 
 /// Serves `GET /metrics` until `shutdown` is cancelled, within `limits`
 /// (whose first-request and idle timeouts are the header-read timeout).
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    port_metrics: PortConnections,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
     // Bounded by the table's cap: a connection task ends once its
     // connection is closed, and the table counts it until then.
     let connections = TaskTracker::new();
-    let port_metrics = metrics.connections.port(ListenerPort::Metrics);
     let table = Arc::new(ConnectionTable::new(limits, port_metrics.clone()));
     let mut acceptor = Acceptor::new(listener, table, port_metrics, ListenerPort::Metrics.name());
     loop {

@@ -53,14 +53,14 @@ impl Harness {
             .expect("a tokio runtime");
         let service = runtime.block_on(async {
             let store = EmbeddedStore::open(data_dir.path()).expect("the embedded store opens");
-            let metrics = Metrics::new(store.backend());
-            let engine = Engine::open(&config, Arc::new(store), Arc::clone(&metrics))
+            let metrics = Metrics::new();
+            let engine = Engine::open(&config, Arc::new(store), &metrics)
                 .await
                 .expect("the engine starts");
             // Never stopped: the write-behind runs until the process exits.
             let background = engine.start().expect("the engine's tasks start");
             std::mem::forget(background);
-            ReadStatesService::new(engine, config.limits.clone(), metrics)
+            ReadStatesService::new(engine, config.limits.clone(), &metrics)
         });
         Self {
             runtime,

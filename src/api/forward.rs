@@ -28,10 +28,11 @@ use super::channels::Channels;
 use super::proto::read_states_client::ReadStatesClient;
 use super::status::ApiError;
 use crate::auth::AuthError;
-use crate::cluster::{Cluster, Owner, Ownership, Routing, RoutingSnapshot, Slot};
+use crate::cluster::{
+    Cluster, ForwardResult, Forwards, Owner, Ownership, Routing, RoutingSnapshot, Slot,
+};
 use crate::config::ClusterConfig;
 use crate::ids::UserId;
-use crate::metrics::{ForwardResult, Metrics};
 
 /// The metadata key that marks a forwarded call; its value is the id of
 /// the instance that forwarded it.
@@ -120,7 +121,7 @@ pub struct Forwarding {
     instance_id: AsciiMetadataValue,
     channels: Channels,
     default_timeout: Duration,
-    metrics: Arc<Metrics>,
+    forwards: Arc<Forwards>,
 }
 
 impl Forwarding {
@@ -128,7 +129,7 @@ impl Forwarding {
     pub async fn new(
         cluster: &Cluster,
         config: &ClusterConfig,
-        metrics: Arc<Metrics>,
+        forwards: Arc<Forwards>,
     ) -> Result<Self, AuthError> {
         let instance_id = cluster.instance_id().parse().map_err(|_| {
             AuthError::Tls("cluster.instance_id cannot be sent as gRPC metadata".to_owned())
@@ -139,7 +140,7 @@ impl Forwarding {
             instance_id,
             channels: Channels::from_config(config).await?,
             default_timeout: config.forward_timeout(),
-            metrics,
+            forwards,
         })
     }
 
@@ -245,10 +246,7 @@ impl Remote<'_> {
                 }),
             ),
         };
-        forwarding
-            .metrics
-            .cluster_forwards
-            .record(result, started.elapsed());
+        forwarding.forwards.record(result, started.elapsed());
         answer
     }
 }

@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::config::LimitsConfig;
 use crate::engine::Engine;
 use crate::ids::UserId;
-use crate::metrics::{Method, Metrics};
+use crate::metrics::Metrics;
 use crate::overload::QueueDelay;
 
 /// The generated protobuf and gRPC code of `readstates.v1`.
@@ -40,6 +40,7 @@ mod channels;
 mod convert;
 mod fan_out;
 mod forward;
+mod latency;
 mod slot_map;
 mod split;
 mod status;
@@ -50,12 +51,13 @@ pub use slot_map::{SLOT_HASH, slot_map};
 pub use status::ApiError;
 
 use forward::{Caller, Remote};
+use latency::{CallLatency, Method};
 
 /// The `ReadStates` service.
 pub struct ReadStatesService {
     engine: Arc<Engine>,
     limits: LimitsConfig,
-    metrics: Arc<Metrics>,
+    latency: Arc<CallLatency>,
     /// Calls admitted and not yet ended, over all connections.
     in_flight: AtomicUsize,
     /// The workers' queueing delay, if `limits.max_queue_delay_ms` is set.
@@ -66,12 +68,13 @@ pub struct ReadStatesService {
 }
 
 impl ReadStatesService {
-    /// Creates the service over the engine.
-    pub fn new(engine: Arc<Engine>, limits: LimitsConfig, metrics: Arc<Metrics>) -> Self {
+    /// Creates the service over the engine, registering its call latency
+    /// with `metrics` (one service per server).
+    pub fn new(engine: Arc<Engine>, limits: LimitsConfig, metrics: &Metrics) -> Self {
         Self {
             engine,
             limits,
-            metrics,
+            latency: CallLatency::register(metrics),
             in_flight: AtomicUsize::new(0),
             queue_delay: None,
             forwarding: None,
@@ -155,7 +158,7 @@ impl ReadStatesService {
         call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<Response<T>, Status> {
         let mut record = CallRecord {
-            metrics: &self.metrics,
+            latency: &self.latency,
             method,
             started: Instant::now(),
             code: Code::Cancelled,
@@ -190,7 +193,7 @@ impl Drop for InFlight<'_> {
 /// Records one call's latency and status code when dropped: at the end of
 /// the call, or when the call's future is dropped unfinished.
 struct CallRecord<'a> {
-    metrics: &'a Metrics,
+    latency: &'a CallLatency,
     method: Method,
     started: Instant,
     /// `CANCELLED` until the call ends.
@@ -199,8 +202,8 @@ struct CallRecord<'a> {
 
 impl Drop for CallRecord<'_> {
     fn drop(&mut self) {
-        self.metrics
-            .record_rpc(self.method, self.code, self.started.elapsed());
+        self.latency
+            .record(self.method, self.code, self.started.elapsed());
     }
 }
 

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use tonic::Request;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Metrics};
 
 /// Why the security settings could not be put in force.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +72,7 @@ pub struct Security {
 impl Security {
     /// Reads the files the `[tls]` and `[auth]` sections name. The
     /// configuration has been validated.
-    pub async fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Result<Self, AuthError> {
+    pub async fn from_config(config: &Config, metrics: &Metrics) -> Result<Self, AuthError> {
         let tls = ServerTls::open(&config.tls).await?.map(Arc::new);
         let allowed: HashSet<String> = config.auth.allowed_callers.iter().cloned().collect();
         let (requirement, tokens) = match (&config.tls.client_ca_file, &config.auth.tokens_file) {
@@ -91,7 +91,7 @@ impl Security {
             tls,
             authenticator: Authenticator {
                 requirement: Arc::new(requirement),
-                metrics: Arc::clone(metrics),
+                refused: Refused::register(metrics),
             },
             tokens,
         })
@@ -165,7 +165,28 @@ pub enum Refusal {
 #[derive(Clone)]
 pub struct Authenticator {
     requirement: Arc<Requirement>,
-    metrics: Arc<Metrics>,
+    refused: Refused,
+}
+
+/// `readstates_auth_refused_total`, by `reason`.
+#[derive(Clone)]
+struct Refused {
+    unauthenticated: Counter,
+    permission_denied: Counter,
+}
+
+impl Refused {
+    fn register(metrics: &Metrics) -> Self {
+        let refused = metrics.labelled_counter(
+            "readstates_auth_refused_total",
+            "reason",
+            "ReadStates calls refused by the authentication check: reason=\"unauthenticated\" (no or bad credentials), \"permission_denied\" (a caller not allowed).",
+        );
+        Self {
+            unauthenticated: refused("unauthenticated"),
+            permission_denied: refused("permission_denied"),
+        }
+    }
 }
 
 impl Authenticator {
@@ -174,8 +195,8 @@ impl Authenticator {
         let result = self.check(request);
         if let Err(refusal) = result {
             let counter = match refusal {
-                Refusal::NotAllowed => &self.metrics.auth_refused_permission_denied,
-                _ => &self.metrics.auth_refused_unauthenticated,
+                Refusal::NotAllowed => &self.refused.permission_denied,
+                _ => &self.refused.unauthenticated,
             };
             counter.increment(1);
             tracing::debug!(?refusal, peer = ?request.remote_addr(), "call refused");

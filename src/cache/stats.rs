@@ -1,6 +1,6 @@
 //! The cache's counters and sizes, summed over its partitions when
 //! metrics are collected: the cache is the source of its metrics (see
-//! `metrics::cache`).
+//! `cache::metrics`).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,11 +11,61 @@ use super::entry::{self, UserEntry};
 use super::{Cache, duration_millis};
 use crate::clock::unix_micros;
 use crate::ids::UserId;
-use crate::metrics::{CacheFigures, CacheGauges};
 
-/// A snapshot of the cache's counters and sizes: the figures its metrics
-/// are set from.
-pub use crate::metrics::CacheFigures as CacheStats;
+/// The cache's counters and sizes at one moment (`Cache::stats`): what a
+/// scrape sets its handles from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// `readstates_cache_hits_total`.
+    pub hits: u64,
+    /// `readstates_cache_misses_total`.
+    pub misses: u64,
+    /// `readstates_cache_evictions_total{dirty="false"}`.
+    pub evictions_clean: u64,
+    /// `readstates_cache_evictions_total{dirty="true"}`.
+    pub evictions_dirty: u64,
+    /// `readstates_state_changes_total`: state changes.
+    pub changed_states: u64,
+    /// `readstates_flush_coalesced_updates_total`: the changes of
+    /// `changed_states` to states that were already dirty, coalesced into
+    /// a write already pending.
+    pub coalesced_updates: u64,
+    /// `readstates_mentions_deferred_total`: mentions put in an inbox
+    /// (ever).
+    pub deferred_mentions: u64,
+    /// `readstates_mentions_deferred_waiting`: deferred mentions waiting in
+    /// an inbox now.
+    pub waiting_mentions: usize,
+    /// `readstates_cache_read_states`: capacity in use (states; an empty
+    /// user counts as one).
+    pub resident_states: usize,
+    /// `readstates_cache_users`.
+    pub resident_users: usize,
+    /// `readstates_cache_protected_users`: cached users in the segmented
+    /// LRU's protected segment.
+    pub protected_users: usize,
+    /// `readstates_cache_capacity_read_states`.
+    pub capacity: usize,
+    /// `readstates_cache_partition_read_states_min`.
+    pub smallest_partition: usize,
+    /// `readstates_cache_partition_read_states_max`.
+    pub largest_partition: usize,
+    /// `readstates_cache_estimated_bytes`.
+    pub estimated_bytes: usize,
+    /// `readstates_dirty_read_states`.
+    pub dirty_states: usize,
+    /// `readstates_flush_queue_users`: users waiting in timer buckets.
+    pub scheduled_users: usize,
+    /// `readstates_flush_eviction_queue_users`: evicted users waiting for
+    /// their write.
+    pub evicting_users: usize,
+    /// Age of the oldest change waiting in a flush timer bucket: the
+    /// cache's part of `readstates_flush_lag_seconds`.
+    pub flush_lag: Duration,
+    /// `readstates_version_lease_remaining_seconds`: time left on the
+    /// version lease (the version clock lives in the cache).
+    pub lease_left: Duration,
+}
 
 /// Event counts of one partition, kept under its lock (no shared atomics
 /// on the request path) and summed when metrics are collected.
@@ -95,11 +145,5 @@ impl Cache {
         stats.coalesced_updates = stats.changed_states.saturating_sub(newly_dirty);
         stats.lease_left = self.clock().lease_left_at(unix_micros());
         stats
-    }
-}
-
-impl CacheGauges for Cache {
-    fn cache_figures(&self) -> CacheFigures {
-        self.stats()
     }
 }

@@ -27,10 +27,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::HandoffMetrics;
 use super::slots::{Slot, slot_of};
 use crate::engine::Engine;
 use crate::ids::UserId;
-use crate::metrics::HandoffMetrics;
 
 /// What a handoff needs: the engine that writes the slots' users out, and
 /// how long it may take.

@@ -15,6 +15,7 @@ mod error;
 mod handoff;
 pub mod lease;
 mod membership;
+mod metrics;
 pub mod ownership;
 pub mod placement;
 pub mod routing;
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ClusterError;
 pub use handoff::Handoff;
+pub use metrics::{ClusterMetrics, ForwardResult, Forwards, HandoffMetrics, LeaseRenewals};
 pub use ownership::Ownership;
 pub use routing::{Owner, Routing, RoutingSnapshot};
 pub use slots::{Slot, slot_of};
@@ -37,38 +39,6 @@ use self::lease::{Holder, Identity, LeaseTable};
 use self::membership::{Membership, Timing};
 use crate::cache::ServingGate;
 use crate::config::{ClusterConfig, ScyllaConfig};
-use crate::metrics::{HandoffMetrics, LeaseRenewals};
-
-/// The metrics the cluster task keeps.
-#[derive(Clone)]
-pub struct ClusterMetrics {
-    /// Slots served, as of the last round.
-    pub owned_slots: ::metrics::Gauge,
-    pub renewals: LeaseRenewals,
-    pub handoffs: HandoffMetrics,
-}
-
-impl ClusterMetrics {
-    /// The handles registered in `metrics`.
-    pub fn of(metrics: &crate::metrics::Metrics) -> Self {
-        Self {
-            owned_slots: metrics.cluster_owned_slots.clone(),
-            renewals: metrics.cluster_lease_renewals.clone(),
-            handoffs: metrics.cluster_handoffs.clone(),
-        }
-    }
-}
-
-impl Default for ClusterMetrics {
-    /// Handles that record nothing.
-    fn default() -> Self {
-        Self {
-            owned_slots: ::metrics::Gauge::noop(),
-            renewals: LeaseRenewals::default(),
-            handoffs: HandoffMetrics::default(),
-        }
-    }
-}
 
 /// This instance's membership and slot leases, kept by a background task.
 /// Dropping it stops the task as [`Cluster::stop`] does, without waiting.

@@ -16,9 +16,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use super::metrics::{AcceptFailure, PortConnections};
 use super::stream::TrackedStream;
 use super::table::{Admission, ConnectionKey, ConnectionTable};
-use crate::metrics::{AcceptFailure, PortConnections};
 
 /// The first wait after a failed accept; doubled at each further failure.
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);

@@ -19,6 +19,7 @@ mod acceptor;
 mod calls;
 mod incoming;
 mod limits;
+mod metrics;
 mod stream;
 mod table;
 
@@ -26,5 +27,6 @@ pub use acceptor::Acceptor;
 pub use calls::{CallTracking, CallTrackingLayer};
 pub use incoming::{PlainIncoming, plain_incoming};
 pub use limits::{ConnectionLimits, open_files_limit, port_limits};
+pub use metrics::{AcceptFailure, ConnectionMetrics, ListenerPort, PortConnections, ReapReason};
 pub use stream::{ClosedByServer, ConnectionCalls, TrackedStream};
 pub use table::{Admission, CallGuard, ConnectionKey, ConnectionTable};

@@ -26,7 +26,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
 use super::ConnectionLimits;
-use crate::metrics::{PortConnections, ReapReason};
+use super::metrics::{PortConnections, ReapReason};
 
 /// Identifies a connection the way a call sees it: its two addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,10 +7,12 @@
 //! the store. See ARCHITECTURE.md, "The engine".
 //!
 //! `background` starts and stops the engine's tasks; `fan_out` is how one
-//! change reaches many users; `metered` wraps the store for metrics.
+//! change reaches many users; `metered` wraps the store for metrics;
+//! `gauges` is what a scrape reads of the cache and the write-behind.
 
 mod background;
 mod fan_out;
+mod gauges;
 mod metered;
 
 pub use background::Background;
@@ -28,7 +30,8 @@ use crate::cache::{Cache, CacheError, CacheSettings, ChangeHook, Evicted, Servin
 use crate::clock::unix_micros;
 use crate::config::Config;
 use crate::flush::{
-    FlushBarrier, FlushSettings, Flusher, SpillDir, WriteOutError, WriteOutSettings, replay_spills,
+    FlushBarrier, FlushMetrics, FlushSettings, Flusher, SpillDir, WriteOutError, WriteOutSettings,
+    replay_spills,
 };
 use crate::ids::UserId;
 use crate::metrics::Metrics;
@@ -57,7 +60,7 @@ impl Engine {
     pub async fn open(
         config: &Config,
         store: Arc<dyn Store>,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
     ) -> anyhow::Result<Arc<Self>> {
         let store: Arc<dyn Store> = match config.store.injected_latency() {
             Some((median, p99)) => {
@@ -71,7 +74,7 @@ impl Engine {
             None => store,
         };
         // Metered outermost: the store metrics include any injected latency.
-        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics));
         let floor = store
             .load_version_floor()
             .await
@@ -96,8 +99,10 @@ impl Engine {
             floor,
         ));
         cache.clock().set_lease(lease);
-        // The cache's gauges are read when `/metrics` is scraped.
-        metrics.register_cache(Arc::clone(&cache));
+        // The cache's figures, and with them the flush lag, are read when
+        // `/metrics` is scraped.
+        let flush_metrics = FlushMetrics::register(metrics);
+        gauges::register(metrics, &cache, &flush_metrics);
         // What a shutdown could not write goes to the store before any call
         // is served (see `flush::last_resort`).
         let spill = SpillDir::new(config.store.spill_dir());
@@ -116,7 +121,7 @@ impl Engine {
         let flusher = Flusher::new(
             Arc::clone(&cache),
             Arc::clone(&store),
-            metrics,
+            flush_metrics,
             FlushSettings {
                 tick: config.flush.tick(),
                 concurrency: config.flush.concurrency,

@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
+use super::metrics::FlushMetrics;
 use crate::cache::Cache;
 use crate::clock::unix_micros;
-use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// How often a failure streak is logged again.
@@ -28,7 +28,7 @@ const REMINDER_EVERY: Duration = Duration::from_secs(30);
 pub(super) struct LeaseKeeper {
     pub(super) store: Arc<dyn Store>,
     pub(super) cache: Arc<Cache>,
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<FlushMetrics>,
     /// How far ahead of the clock a new lease runs.
     pub(super) length: Duration,
     pub(super) backoff: Backoff,

@@ -38,6 +38,7 @@ mod health;
 mod in_flight;
 mod last_resort;
 mod lease;
+mod metrics;
 mod purge;
 mod spill;
 mod writer;
@@ -53,7 +54,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::{Cache, FlushJob};
-use crate::metrics::Metrics;
 use crate::store::{RowWrite, Store, StoreError};
 use backoff::Backoff;
 use deferred::DeferredLoader;
@@ -63,6 +63,7 @@ pub use in_flight::FlushBarrier;
 use in_flight::{InFlight, TakeRound};
 pub use last_resort::{GivenUp, Kept, ReplayError, keep_unwritten, replay_spills};
 use lease::LeaseKeeper;
+pub use metrics::{FlushMetrics, UnfinishedWrite};
 use purge::Purger;
 pub use spill::{DeferredMention, SpillDir, SpillError, Unwritten};
 use writer::{Batch, Outcome, write_until_done};
@@ -106,7 +107,7 @@ pub enum FlushError {
 pub struct Flusher {
     cache: Arc<Cache>,
     store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<FlushMetrics>,
     settings: FlushSettings,
     permits: Arc<Semaphore>,
     /// Woken by each batch write that ends (its permit is free again).
@@ -133,7 +134,7 @@ impl Flusher {
     pub fn new(
         cache: Arc<Cache>,
         store: Arc<dyn Store>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<FlushMetrics>,
         settings: FlushSettings,
         lease: u64,
     ) -> Self {

@@ -22,9 +22,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::in_flight::InFlight;
+use super::metrics::FlushMetrics;
 use crate::cache::Cache;
 use crate::clock::unix_micros;
-use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Tombstones asked for per store call. A store may remove fewer per call
@@ -39,7 +39,7 @@ const CALLS_PER_ROUND: usize = 100;
 pub(super) struct Purger {
     pub(super) store: Arc<dyn Store>,
     pub(super) cache: Arc<Cache>,
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<FlushMetrics>,
     pub(super) in_flight: Arc<InFlight>,
     pub(super) interval: Duration,
     pub(super) grace: Duration,

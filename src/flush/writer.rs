@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use super::WriteHealth;
 use super::backoff::Backoff;
 use super::in_flight::InFlightBatch;
+use super::metrics::FlushMetrics;
 use crate::cache::Cache;
-use crate::metrics::Metrics;
 use crate::store::{RowWrite, Store};
 
 /// Rows taken from the cache, waiting for (or in) their write.
@@ -35,7 +35,7 @@ pub(super) enum Outcome {
 pub(super) async fn write_until_done(
     cache: &Cache,
     store: &dyn Store,
-    (metrics, health): (&Metrics, &WriteHealth),
+    (metrics, health): (&FlushMetrics, &WriteHealth),
     batch: Batch,
     mut backoff: Backoff,
     give_up: &CancellationToken,
@@ -58,7 +58,7 @@ pub(super) async fn write_until_done(
                 drop(in_flight);
                 health.written();
                 cache.mark_written(&rows);
-                metrics.record_flush_batch(rows.len());
+                metrics.record_batch(rows.len());
                 return Outcome::Written;
             }
             Err(error) => error,
@@ -66,7 +66,7 @@ pub(super) async fn write_until_done(
         health.failed();
         let wait = backoff.next_wait();
         tracing::warn!(%error, rows = rows.len(), attempt, retry_in_ms = wait.as_millis() as u64, "flush write failed");
-        metrics.flush_retries.increment(1);
+        metrics.retries.increment(1);
         tokio::select! {
             () = give_up.cancelled() => return Outcome::GivenUp,
             () = tokio::time::sleep(wait) => {}

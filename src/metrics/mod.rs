@@ -1,145 +1,65 @@
-//! Prometheus metrics: the registry of one server's handles, the
-//! histograms rendered beside it, and the text that `/metrics` serves (see
-//! `scrape` for the endpoint).
+//! Prometheus metrics: one server's registry, and the text that `/metrics`
+//! serves (see `scrape` for the endpoint).
 //!
-//! Counters and gauges are handles registered once, at start-up, with this
-//! server's own `metrics-exporter-prometheus` recorder (no global recorder,
-//! so several servers can live in one process, as in the tests). Latency and
-//! size histograms are [`AtomicHistogram`]s, lock- and allocation-free on the
-//! request path, rendered beside the recorder's output. Cache counters live
-//! in the cache partitions (under the lock a request holds anyway) and are
-//! gathered, with the gauges, from a registered [`CacheGauges`] source when
-//! `/metrics` is scraped. This module imports nothing of the rooms it
-//! counts: they map their own types to its labels.
+//! This module keeps the registry and the exporter, and imports nothing of
+//! the rooms it serves: each room declares its own handles (counters,
+//! gauges and [`AtomicHistogram`]s) from a [`Metrics`] when it is built,
+//! and records into them itself. Counters and gauges are registered with
+//! this server's own `metrics-exporter-prometheus` recorder (no global
+//! recorder, so several servers can live in one process, as in the tests).
+//! Latency and size histograms are [`AtomicHistogram`]s, lock- and
+//! allocation-free on the request path, rendered beside the recorder's
+//! output by the [`Histograms`] their rooms register. Figures that a room
+//! keeps itself, such as the cache's counters kept under its partition
+//! locks, are read by the [`Collect`] sources it registers, at each scrape.
 //!
 //! Names follow Prometheus conventions: `readstates_` prefix, base units,
 //! `_seconds`, `_bytes`, `_total`. Labels come from small fixed sets.
 
-mod cache;
-mod connections;
-mod flush;
-mod forwarding;
-mod handoff;
 mod histogram;
-mod rpc;
-mod store;
 
-pub use cache::{CacheFigures, CacheGauges};
-pub use connections::{
-    AcceptFailure, ConnectionMetrics, ListenerPort, PortConnections, ReapReason,
-};
-pub use flush::UnfinishedWrite;
-pub use forwarding::{ForwardResult, Forwards};
-pub use handoff::HandoffMetrics;
 pub use histogram::{AtomicHistogram, LATENCY_BUCKETS, SIZE_BUCKETS};
-pub use rpc::Method;
-pub use store::{StoreErrorClass, StoreOperation};
+pub use metrics::{Counter, Gauge, Unit};
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::fmt::Write as _;
+use std::sync::Arc;
 
-use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics::{Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-
-use cache::CacheMetrics;
-use flush::{FlushCounters, FlushProgress};
-use store::StoreMetrics;
+use parking_lot::Mutex;
 
 const METADATA: Metadata<'static> = Metadata::new("readstates", Level::INFO, Some(module_path!()));
 
-/// Every metric of one server.
+/// Histograms a room renders itself, after the recorder's counters and
+/// gauges, in the Prometheus text format (see [`write_histogram_header`]).
+pub trait Histograms: Send + Sync {
+    fn render(&self, out: &mut String);
+}
+
+/// A source of figures that a room keeps itself, read at each scrape to set
+/// its gauges and counters.
+pub trait Collect: Send + Sync {
+    fn collect(&self);
+}
+
+/// The registry of one server's metrics.
 pub struct Metrics {
-    /// Renders the recorder's counters and gauges (the handles registered
-    /// below keep its registry alive).
+    recorder: PrometheusRecorder,
+    /// Renders the recorder's counters and gauges.
     handle: PrometheusHandle,
-    /// Indexed by `method * CODES + code` (see `rpc`).
-    rpc_durations: Box<[AtomicHistogram]>,
-    store: StoreMetrics,
-    pub flush_rows_written: Counter,
-    pub flush_batches: Counter,
-    pub flush_retries: Counter,
-    /// 1 while the store refuses the write-behind's writes (the last batch
-    /// write failed and none has landed since), else 0.
-    pub store_write_failing: Gauge,
-    flush_progress: FlushProgress,
-    /// How late the runtime's probe task last woke (see `overload`).
-    pub queue_delay: Gauge,
-    /// ReadStates calls refused by the authentication check, by reason.
-    pub auth_refused_unauthenticated: Counter,
-    pub auth_refused_permission_denied: Counter,
-    /// TLS handshakes on the gRPC port that failed or timed out.
-    pub tls_handshake_failures: Counter,
-    pub lease_renewal_failures: Counter,
-    pub tombstones_purged: Counter,
-    /// Slots this instance serves (0 without `cluster.enabled`).
-    pub cluster_owned_slots: Gauge,
-    /// Slot lease renewals, by result.
-    pub cluster_lease_renewals: LeaseRenewals,
-    /// Slot handoffs, and slots lost without one.
-    pub cluster_handoffs: HandoffMetrics,
-    /// Calls forwarded to their slot's owner.
-    pub cluster_forwards: Forwards,
-    /// Connections open, reaped and refused on the gRPC and metrics ports.
-    pub connections: ConnectionMetrics,
-    cache: CacheMetrics,
-    /// Read at each scrape; unset until the server registers its cache
-    /// (and in tests and fuzz targets that have none).
-    cache_source: OnceLock<Arc<dyn CacheGauges>>,
+    /// Rendered in registration order, after the recorder's output.
+    histograms: Mutex<Vec<Arc<dyn Histograms>>>,
+    /// Run before each render.
+    sources: Mutex<Vec<Arc<dyn Collect>>>,
     process_resident_memory: Gauge,
 }
 
-/// `readstates_cluster_lease_renewals_total`, by `result`.
-#[derive(Clone)]
-pub struct LeaseRenewals {
-    /// The lease was extended.
-    pub renewed: Counter,
-    /// Another instance holds the slot, or nobody does: it was lost.
-    pub lost: Counter,
-    /// The request failed or timed out; the slot may still be ours.
-    pub failed: Counter,
-}
-
-impl Default for LeaseRenewals {
-    fn default() -> Self {
-        Self {
-            renewed: Counter::noop(),
-            lost: Counter::noop(),
-            failed: Counter::noop(),
-        }
-    }
-}
-
-impl LeaseRenewals {
-    fn register(recorder: &PrometheusRecorder) -> Self {
-        let renewals = labelled_counter(
-            recorder,
-            "readstates_cluster_lease_renewals_total",
-            "result",
-            "Renewals of this instance's slot leases (cluster.enabled): result=\"renewed\", \"lost\" (another instance or nobody holds the slot), \"failed\" (an error or timeout; the slot stops being served if its renewals keep failing).",
-        );
-        Self {
-            renewed: renewals("renewed"),
-            lost: renewals("lost"),
-            failed: renewals("failed"),
-        }
-    }
-}
-
 impl Metrics {
-    /// Registers every metric of a server whose store is `store_backend`.
-    pub fn new(store_backend: &'static str) -> Arc<Self> {
+    /// A registry holding only the process's own metrics: the build and
+    /// its resident memory. The rooms add theirs as they are built.
+    pub fn new() -> Arc<Self> {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        let counter = |name, help| register_counter(&recorder, name, None, help);
-        let gauge = |name, help| register_gauge(&recorder, name, None, help);
-
-        let auth_refused = labelled_counter(
-            &recorder,
-            "readstates_auth_refused_total",
-            "reason",
-            "ReadStates calls refused by the authentication check: reason=\"unauthenticated\" (no or bad credentials), \"permission_denied\" (a caller not allowed).",
-        );
-
         let build_info = {
             let name = "readstates_build_info";
             recorder.describe_gauge(
@@ -151,134 +71,156 @@ impl Metrics {
             recorder.register_gauge(&Key::from_parts(name, labels), &METADATA)
         };
         build_info.set(1.0);
-
-        let flush = FlushCounters::register(&recorder);
-        let metrics = Self {
-            rpc_durations: rpc::rpc_histograms(),
-            store: StoreMetrics::register(&recorder, store_backend),
-            flush_rows_written: flush.rows_written,
-            flush_batches: flush.batches,
-            flush_retries: flush.retries,
-            store_write_failing: flush.store_write_failing,
-            flush_progress: FlushProgress::register(&recorder),
-            queue_delay: register_gauge(
-                &recorder,
-                "readstates_runtime_queue_delay_seconds",
-                Some(Unit::Seconds),
-                "How long a task last waited for a runtime worker (the overload signal of limits.max_queue_delay_ms).",
-            ),
-            auth_refused_unauthenticated: auth_refused("unauthenticated"),
-            auth_refused_permission_denied: auth_refused("permission_denied"),
-            tls_handshake_failures: counter(
-                "readstates_tls_handshake_failures_total",
-                "TLS handshakes on the gRPC port that failed (plaintext, a certificate from another CA) or timed out.",
-            ),
-            lease_renewal_failures: counter(
-                "readstates_version_lease_renewal_failures_total",
-                "Failed or timed-out renewals of the version lease in the store (retried with backoff).",
-            ),
-            tombstones_purged: counter(
-                "readstates_tombstones_purged_total",
-                "Deletion tombstones purged from the store.",
-            ),
-            cluster_owned_slots: gauge(
-                "readstates_cluster_owned_slots",
-                "Slots whose users this instance serves now (cluster.enabled).",
-            ),
-            cluster_lease_renewals: LeaseRenewals::register(&recorder),
-            cluster_handoffs: HandoffMetrics::register(&recorder),
-            cluster_forwards: Forwards::register(&recorder),
-            connections: ConnectionMetrics::register(&recorder),
-            cache: CacheMetrics::register(&recorder),
-            cache_source: OnceLock::new(),
-            process_resident_memory: register_gauge(
-                &recorder,
-                "readstates_process_resident_memory_bytes",
+        let process_resident_memory = {
+            let name = "readstates_process_resident_memory_bytes";
+            recorder.describe_gauge(
+                name.into(),
                 Some(Unit::Bytes),
-                "Resident memory of the process.",
-            ),
-            handle,
+                "Resident memory of the process.".into(),
+            );
+            recorder.register_gauge(&Key::from_static_name(name), &METADATA)
         };
-        Arc::new(metrics)
+        Arc::new(Self {
+            recorder,
+            handle,
+            histograms: Mutex::new(Vec::new()),
+            sources: Mutex::new(Vec::new()),
+            process_resident_memory,
+        })
     }
 
-    /// Registers the source of the cache's figures, read at each scrape.
-    /// A server has one cache: a second registration is a bug, and is
-    /// ignored.
-    pub fn register_cache<Source: CacheGauges + 'static>(&self, source: Arc<Source>) {
-        let first = self.cache_source.set(source).is_ok();
-        debug_assert!(first, "a second cache registered with one server's metrics");
+    /// Describes and registers the unlabelled counter `name`.
+    pub fn counter(&self, name: &'static str, help: &'static str) -> Counter {
+        self.recorder
+            .describe_counter(name.into(), None, help.into());
+        self.recorder
+            .register_counter(&Key::from_static_name(name), &METADATA)
     }
 
-    /// Gathers the cache's counters and gauges, then renders everything in
-    /// the Prometheus text format.
+    /// Describes the counter `name`, whose one label is `label`, and returns
+    /// what registers it for one value of the label (one counter per value,
+    /// registered once, so recording never looks a label up).
+    pub fn labelled_counter<'a>(
+        &'a self,
+        name: &'static str,
+        label: &'static str,
+        help: &'static str,
+    ) -> impl Fn(&'static str) -> Counter + 'a {
+        self.recorder
+            .describe_counter(name.into(), None, help.into());
+        move |value| self.counter_with(name, &[(label, value)])
+    }
+
+    /// Describes the counter `name`, to be registered with
+    /// [`Metrics::counter_with`] for each set of label values.
+    pub fn describe_counter(&self, name: &'static str, help: &'static str) {
+        self.recorder
+            .describe_counter(name.into(), None, help.into());
+    }
+
+    /// Registers the counter `name` with these labels.
+    pub fn counter_with(
+        &self,
+        name: &'static str,
+        labels: &[(&'static str, &'static str)],
+    ) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, to_labels(labels)), &METADATA)
+    }
+
+    /// Describes and registers the unlabelled gauge `name`.
+    pub fn gauge(&self, name: &'static str, unit: Option<Unit>, help: &'static str) -> Gauge {
+        self.recorder.describe_gauge(name.into(), unit, help.into());
+        self.recorder
+            .register_gauge(&Key::from_static_name(name), &METADATA)
+    }
+
+    /// Describes the gauge `name`, to be registered with
+    /// [`Metrics::gauge_with`] for each set of label values.
+    pub fn describe_gauge(&self, name: &'static str, help: &'static str) {
+        self.recorder.describe_gauge(name.into(), None, help.into());
+    }
+
+    /// Registers the gauge `name` with these labels.
+    pub fn gauge_with(&self, name: &'static str, labels: &[(&'static str, &'static str)]) -> Gauge {
+        self.recorder
+            .register_gauge(&Key::from_parts(name, to_labels(labels)), &METADATA)
+    }
+
+    /// Registers the unlabelled histogram `name` over `bounds`, rendered
+    /// at each scrape.
+    pub fn histogram(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        bounds: &'static [f64],
+    ) -> Arc<AtomicHistogram> {
+        let histogram = Arc::new(AtomicHistogram::new(bounds));
+        self.register_histograms(Arc::new(Unlabelled {
+            name,
+            help,
+            histogram: Arc::clone(&histogram),
+        }));
+        histogram
+    }
+
+    /// Renders `histograms` at each scrape. Each family is registered once
+    /// per server.
+    pub fn register_histograms(&self, histograms: Arc<dyn Histograms>) {
+        self.histograms.lock().push(histograms);
+    }
+
+    /// Reads `source` at each scrape, before rendering.
+    pub fn register_source(&self, source: Arc<dyn Collect>) {
+        self.sources.lock().push(source);
+    }
+
+    /// Reads every registered source, then renders everything in the
+    /// Prometheus text format.
     pub fn render(&self) -> String {
-        self.collect();
-        let mut text = self.handle.render();
-        self.render_histograms(&mut text);
-        text
-    }
-
-    fn collect(&self) {
-        let figures = self.cache_source.get().map(|source| source.cache_figures());
-        if let Some(figures) = &figures {
-            self.cache.set(figures);
+        // Cloned out, so that no source or family runs under the lists'
+        // locks.
+        let sources = self.sources.lock().clone();
+        for source in &sources {
+            source.collect();
         }
-        let bucket_lag = figures.map_or(Duration::ZERO, |figures| figures.flush_lag);
-        self.flush_progress.collect(bucket_lag);
         if let Some(bytes) = resident_memory_bytes() {
             self.process_resident_memory.set(bytes as f64);
         }
         self.handle.run_upkeep();
-    }
-
-    fn render_histograms(&self, out: &mut String) {
-        self.render_rpc(out);
-        self.store.render(out);
-        self.flush_progress.render(out);
-        self.cluster_handoffs.render(out);
-        self.cluster_forwards.render(out);
+        let mut text = self.handle.render();
+        let histograms = self.histograms.lock().clone();
+        for family in &histograms {
+            family.render(&mut text);
+        }
+        text
     }
 }
 
-/// Describes and registers the unlabelled counter `name`.
-fn register_counter(
-    recorder: &PrometheusRecorder,
+/// One histogram without labels.
+struct Unlabelled {
     name: &'static str,
-    unit: Option<Unit>,
     help: &'static str,
-) -> Counter {
-    recorder.describe_counter(name.into(), unit, help.into());
-    recorder.register_counter(&Key::from_static_name(name), &METADATA)
+    histogram: Arc<AtomicHistogram>,
 }
 
-/// Describes the counter `name`, whose one label is `label`, and returns
-/// what registers it for one value of the label (one counter per value,
-/// registered once, so recording never looks a label up).
-fn labelled_counter<'a>(
-    recorder: &'a PrometheusRecorder,
-    name: &'static str,
-    label: &'static str,
-    help: &'static str,
-) -> impl Fn(&'static str) -> Counter + 'a {
-    recorder.describe_counter(name.into(), None, help.into());
-    move |value| {
-        recorder.register_counter(
-            &Key::from_parts(name, vec![Label::new(label, value)]),
-            &METADATA,
-        )
+impl Histograms for Unlabelled {
+    fn render(&self, out: &mut String) {
+        write_histogram_header(out, self.name, self.help);
+        self.histogram.render(self.name, "", out);
     }
 }
 
-/// Describes and registers the unlabelled gauge `name`.
-fn register_gauge(
-    recorder: &PrometheusRecorder,
-    name: &'static str,
-    unit: Option<Unit>,
-    help: &'static str,
-) -> Gauge {
-    recorder.describe_gauge(name.into(), unit, help.into());
-    recorder.register_gauge(&Key::from_static_name(name), &METADATA)
+/// Appends the `# HELP` and `# TYPE` lines of the histogram `name`.
+pub fn write_histogram_header(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+}
+
+fn to_labels(labels: &[(&'static str, &'static str)]) -> Vec<Label> {
+    labels
+        .iter()
+        .map(|&(key, value)| Label::new(key, value))
+        .collect()
 }
 
 /// Returns the process's resident memory, from `/proc/self/statm`.

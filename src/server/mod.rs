@@ -22,12 +22,14 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{Forwarding, ReadStatesService};
 use crate::auth::{AuthError, Security};
 use crate::cache::Cache;
-use crate::cluster::{Cluster, ClusterMetrics, Handoff, Ownership};
+use crate::cluster::{Cluster, ClusterMetrics, Forwards, Handoff, Ownership};
 use crate::config::{Config, StoreBackend};
-use crate::connections::{Acceptor, ConnectionTable, open_files_limit, port_limits};
+use crate::connections::{
+    Acceptor, ConnectionMetrics, ConnectionTable, ListenerPort, open_files_limit, port_limits,
+};
 use crate::engine::Engine;
-use crate::metrics::{ListenerPort, Metrics};
-use crate::overload::QueueDelay;
+use crate::metrics::Metrics;
+use crate::overload::{QueueDelay, queue_delay_gauge};
 use crate::scrape::serve_metrics;
 use crate::store::{EmbeddedOptions, EmbeddedStore, ScyllaStore, Store};
 
@@ -176,7 +178,7 @@ impl Running {
 
 /// Starts serving `config` over `store`.
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
-    let metrics = Metrics::new(store.backend());
+    let metrics = Metrics::new();
     // First, so that a missing or bad file stops the start before the
     // store is touched.
     let security = Arc::new(
@@ -184,12 +186,16 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             .await
             .context("setting up TLS and authentication")?,
     );
-    let engine = Engine::open(config, store, Arc::clone(&metrics)).await?;
+    let engine = Engine::open(config, store, &metrics).await?;
     let cache = Arc::clone(engine.cache());
     // After the store: its schema check has passed, so the cluster tables
     // exist. With `cluster.enabled = false` nothing of the cluster runs.
+    // The cluster's metrics read 0 without a cluster.
+    let cluster_metrics = ClusterMetrics::register(&metrics);
+    let forwards = Forwards::register(&metrics);
     let (cluster, forwarding) = if config.cluster.enabled {
-        let (cluster, forwarding) = join_cluster(config, &engine, &metrics).await?;
+        let (cluster, forwarding) =
+            join_cluster(config, &engine, cluster_metrics, forwards).await?;
         (Some(cluster), Some(forwarding))
     } else {
         (None, None)
@@ -203,25 +209,29 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     let (grpc_limits, metrics_limits) = port_limits(config, open_files_limit());
     let shutdown = CancellationToken::new();
     let metrics_shutdown = CancellationToken::new();
+    let connection_metrics = ConnectionMetrics::register(&metrics);
     let (metrics_addr, metrics_task) = if config.metrics.enabled {
-        let (addr, task) =
-            start_scrape(config, &metrics, metrics_limits, metrics_shutdown.clone()).await?;
+        let (addr, task) = start_scrape(
+            config,
+            &metrics,
+            &connection_metrics,
+            metrics_limits,
+            metrics_shutdown.clone(),
+        )
+        .await?;
         (Some(addr), Some(task))
     } else {
         (None, None)
     };
 
-    let mut service = ReadStatesService::new(
-        Arc::clone(&engine),
-        config.limits.clone(),
-        Arc::clone(&metrics),
-    );
+    let mut service = ReadStatesService::new(Arc::clone(&engine), config.limits.clone(), &metrics);
     let probe_stop = CancellationToken::new();
     if let Some(forwarding) = forwarding {
         service = service.with_forwarding(forwarding);
     }
+    let queue_delay = queue_delay_gauge(&metrics);
     if config.limits.max_queue_delay_ms > 0 {
-        let probe = QueueDelay::spawn(metrics.queue_delay.clone(), probe_stop.clone());
+        let probe = QueueDelay::spawn(queue_delay, probe_stop.clone());
         service = service.with_queue_delay(probe);
     }
 
@@ -242,7 +252,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     let force = CancellationToken::new();
     // The gRPC port's connections: capped, reaped when silent or idle (see
     // `connections`); the layer below marks their calls.
-    let grpc_connections = metrics.connections.port(ListenerPort::Grpc);
+    let grpc_connections = connection_metrics.port(ListenerPort::Grpc);
     let connection_table = Arc::new(ConnectionTable::new(grpc_limits, grpc_connections.clone()));
     let acceptor = Acceptor::new(
         listener,
@@ -256,7 +266,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         acceptor,
         connections: connection_table,
         write_failing: engine.write_failing(),
-        handshake_failures: metrics.tls_handshake_failures.clone(),
+        handshake_failures: connection_metrics.tls_handshake_failures.clone(),
     };
     let (task_engine, task_force, task_config) =
         (Arc::clone(&engine), force.clone(), config.clone());
@@ -314,21 +324,17 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
 async fn join_cluster(
     config: &Config,
     engine: &Arc<Engine>,
-    metrics: &Arc<Metrics>,
+    cluster_metrics: ClusterMetrics,
+    forwards: Arc<Forwards>,
 ) -> anyhow::Result<(Cluster, Forwarding)> {
     let handoff = Handoff {
         engine: Arc::clone(engine),
         timeout: config.cluster.handoff_timeout(),
     };
-    let cluster = Cluster::start_serving(
-        &config.scylla,
-        &config.cluster,
-        ClusterMetrics::of(metrics),
-        handoff,
-    )
-    .await
-    .context("joining the cluster of instances")?;
-    let forwarding = Forwarding::new(&cluster, &config.cluster, Arc::clone(metrics))
+    let cluster = Cluster::start_serving(&config.scylla, &config.cluster, cluster_metrics, handoff)
+        .await
+        .context("joining the cluster of instances")?;
+    let forwarding = Forwarding::new(&cluster, &config.cluster, forwards)
         .await
         .context("setting up forwarding to the other instances")?;
     Ok((cluster, forwarding))
@@ -339,6 +345,7 @@ async fn join_cluster(
 async fn start_scrape(
     config: &Config,
     metrics: &Arc<Metrics>,
+    connections: &ConnectionMetrics,
     limits: crate::connections::ConnectionLimits,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
@@ -346,7 +353,14 @@ async fn start_scrape(
         .await
         .with_context(|| format!("binding the metrics address {}", config.metrics.listen_addr))?;
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(serve_metrics(listener, Arc::clone(metrics), limits, stop));
+    let port = connections.port(ListenerPort::Metrics);
+    let task = tokio::spawn(serve_metrics(
+        listener,
+        Arc::clone(metrics),
+        port,
+        limits,
+        stop,
+    ));
     Ok((addr, task))
 }
 

@@ -1,14 +1,11 @@
-//! The metrics of the connections on the gRPC and `/metrics` ports (see
-//! `connections`): `readstates_connections_open{port}`, the connections the
+//! The metrics of the connections on the gRPC and `/metrics` ports: `readstates_connections_open{port}`, the connections the
 //! server closed itself, `readstates_connections_reaped_total{port,reason}`,
 //! and `readstates_connection_accept_errors_total{port,error}`. Together
 //! they show idle sockets piling up, the cap biting and a process that has
-//! run out of file descriptors.
+//! run out of file descriptors. Beside them, the TLS handshakes that failed
+//! on the gRPC port.
 
-use metrics::{Counter, Gauge, Key, Label, Recorder};
-use metrics_exporter_prometheus::PrometheusRecorder;
-
-use super::METADATA;
+use crate::metrics::{Counter, Gauge, Metrics};
 
 const OPEN: &str = "readstates_connections_open";
 const REAPED: &str = "readstates_connections_reaped_total";
@@ -106,25 +103,12 @@ impl PortConnections {
         }
     }
 
-    fn register(recorder: &PrometheusRecorder, port: ListenerPort) -> Self {
-        let port_label = || Label::new("port", port.name());
-        let reaped = |reason: &'static str| {
-            recorder.register_counter(
-                &Key::from_parts(REAPED, vec![port_label(), Label::new("reason", reason)]),
-                &METADATA,
-            )
-        };
-        let accept_error = |error: &'static str| {
-            recorder.register_counter(
-                &Key::from_parts(
-                    ACCEPT_ERRORS,
-                    vec![port_label(), Label::new("error", error)],
-                ),
-                &METADATA,
-            )
-        };
+    fn register(metrics: &Metrics, port: ListenerPort) -> Self {
+        let port = ("port", port.name());
+        let reaped = |reason| metrics.counter_with(REAPED, &[port, ("reason", reason)]);
+        let accept_error = |error| metrics.counter_with(ACCEPT_ERRORS, &[port, ("error", error)]);
         Self {
-            open: recorder.register_gauge(&Key::from_parts(OPEN, vec![port_label()]), &METADATA),
+            open: metrics.gauge_with(OPEN, &[port]),
             first_request_timeout: reaped("first_request_timeout"),
             idle: reaped("idle"),
             evicted: reaped("evicted"),
@@ -139,29 +123,32 @@ impl PortConnections {
 pub struct ConnectionMetrics {
     grpc: PortConnections,
     metrics: PortConnections,
+    /// TLS handshakes on the gRPC port that failed or timed out.
+    pub tls_handshake_failures: Counter,
 }
 
 impl ConnectionMetrics {
     /// Registers the gauges and counters with `recorder`.
-    pub(super) fn register(recorder: &PrometheusRecorder) -> Self {
-        recorder.describe_gauge(
-            OPEN.into(),
-            None,
-            "Connections open on the port (port=\"grpc\" or \"metrics\"), those being closed included.".into(),
+    pub fn register(metrics: &Metrics) -> Self {
+        metrics.describe_gauge(
+            OPEN,
+            "Connections open on the port (port=\"grpc\" or \"metrics\"), those being closed included.",
         );
-        recorder.describe_counter(
-            REAPED.into(),
-            None,
-            "Connections the server closed itself, by port and reason: \"first_request_timeout\" (no call started within server.first_request_timeout_ms or metrics.header_read_timeout_ms of the accept), \"idle\" (no call open for server.idle_timeout_ms; on the metrics port, no request headers within metrics.header_read_timeout_ms of the previous response), \"evicted\" (the longest-idle connection, closed to make room at the connection cap or when out of file descriptors), \"refused\" (a new connection closed at once: at the cap with a call open on every connection).".into(),
+        metrics.describe_counter(
+            REAPED,
+            "Connections the server closed itself, by port and reason: \"first_request_timeout\" (no call started within server.first_request_timeout_ms or metrics.header_read_timeout_ms of the accept), \"idle\" (no call open for server.idle_timeout_ms; on the metrics port, no request headers within metrics.header_read_timeout_ms of the previous response), \"evicted\" (the longest-idle connection, closed to make room at the connection cap or when out of file descriptors), \"refused\" (a new connection closed at once: at the cap with a call open on every connection).",
         );
-        recorder.describe_counter(
-            ACCEPT_ERRORS.into(),
-            None,
-            "Failed accepts, by port and error: \"fd_limit\" (EMFILE or ENFILE: no file descriptor left; accepting backs off up to 1 s) or \"other\".".into(),
+        metrics.describe_counter(
+            ACCEPT_ERRORS,
+            "Failed accepts, by port and error: \"fd_limit\" (EMFILE or ENFILE: no file descriptor left; accepting backs off up to 1 s) or \"other\".",
         );
         Self {
-            grpc: PortConnections::register(recorder, ListenerPort::Grpc),
-            metrics: PortConnections::register(recorder, ListenerPort::Metrics),
+            grpc: PortConnections::register(metrics, ListenerPort::Grpc),
+            metrics: PortConnections::register(metrics, ListenerPort::Metrics),
+            tls_handshake_failures: metrics.counter(
+                "readstates_tls_handshake_failures_total",
+                "TLS handshakes on the gRPC port that failed (plaintext, a certificate from another CA) or timed out.",
+            ),
         }
     }
 

@@ -2,19 +2,21 @@
 //! one [`AtomicHistogram`] per method and status code, so recording a call
 //! is an index and three relaxed atomic adds.
 
-use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Code;
 
-use super::{AtomicHistogram, LATENCY_BUCKETS, Metrics};
+use crate::metrics::{
+    AtomicHistogram, Histograms, LATENCY_BUCKETS, Metrics, write_histogram_header,
+};
 
 const RPC_DURATION: &str = "readstates_rpc_duration_seconds";
 
-/// The gRPC status codes, 0 to 16.
+/// Status codes 0 to 16; anything else counts as the last.
 const CODES: usize = 17;
 
-/// The RPCs of `readstates.v1.ReadStates`.
+/// The `method` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     Ack,
@@ -41,7 +43,7 @@ impl Method {
         Method::GetRouting,
     ];
 
-    /// Returns the RPC's name as gRPC spells it.
+    /// The method's name, as in the proto.
     pub fn name(self) -> &'static str {
         match self {
             Method::Ack => "Ack",
@@ -57,31 +59,41 @@ impl Method {
     }
 }
 
-/// Returns the empty histograms of every method and code, indexed by
-/// `method * CODES + code`: all of them exist from the start, so recording
-/// never allocates.
-pub(super) fn rpc_histograms() -> Box<[AtomicHistogram]> {
-    (0..Method::ALL.len() * CODES)
-        .map(|_| AtomicHistogram::new(LATENCY_BUCKETS))
-        .collect()
+/// The latency histograms of every method and status code.
+pub(super) struct CallLatency {
+    /// Indexed by `method * CODES + code`.
+    durations: Box<[AtomicHistogram]>,
 }
 
-impl Metrics {
-    /// Records one call of `method` that ended with `code`.
-    pub fn record_rpc(&self, method: Method, code: Code, elapsed: Duration) {
-        let code_index = (code as usize).min(CODES - 1);
-        self.rpc_durations[method as usize * CODES + code_index].record_duration(elapsed);
+impl CallLatency {
+    /// Registers the histograms with `metrics`, once per server.
+    pub(super) fn register(metrics: &Metrics) -> Arc<Self> {
+        let latency = Arc::new(Self {
+            durations: (0..Method::ALL.len() * CODES)
+                .map(|_| AtomicHistogram::new(LATENCY_BUCKETS))
+                .collect(),
+        });
+        metrics.register_histograms(Arc::clone(&latency) as Arc<dyn Histograms>);
+        latency
     }
 
-    /// Appends the RPC latency histograms in the Prometheus text format.
-    pub(super) fn render_rpc(&self, out: &mut String) {
-        let _ = writeln!(
+    /// Records one call's latency and status code.
+    pub(super) fn record(&self, method: Method, code: Code, elapsed: Duration) {
+        let code_index = (code as usize).min(CODES - 1);
+        self.durations[method as usize * CODES + code_index].record_duration(elapsed);
+    }
+}
+
+impl Histograms for CallLatency {
+    fn render(&self, out: &mut String) {
+        write_histogram_header(
             out,
-            "# HELP {RPC_DURATION} gRPC call latency, by method and status code.\n# TYPE {RPC_DURATION} histogram"
+            RPC_DURATION,
+            "gRPC call latency, by method and status code.",
         );
         for method in Method::ALL {
             for code in 0..CODES {
-                let histogram = &self.rpc_durations[method as usize * CODES + code];
+                let histogram = &self.durations[method as usize * CODES + code];
                 // OK is always shown, so queries work before the first call.
                 if code != 0 && histogram.count() == 0 {
                     continue;
@@ -93,7 +105,7 @@ impl Metrics {
     }
 }
 
-/// Returns the gRPC name of a status code, e.g. `OK`, `INVALID_ARGUMENT`.
+/// The `code` label: the status code's name.
 fn code_name(code: usize) -> &'static str {
     const NAMES: [&str; CODES] = [
         "OK",

@@ -1,85 +1,15 @@
-//! The cache's counters and gauges, read from the cache when `/metrics` is
-//! scraped.
+//! The cache's counters and gauges, set from its [`CacheStats`] when
+//! `/metrics` is scraped.
 //!
 //! The cache counts under the partition locks its requests hold anyway, so
-//! nothing is recorded on the request path; a scrape asks the one
-//! registered [`CacheGauges`] source for its [`CacheFigures`] and sets the
-//! handles from them. The source is registered rather than named, so that
-//! metrics, a floor below the cache, imports nothing of it.
+//! nothing is recorded on the request path; a scrape reads the figures
+//! (see the engine's scrape source) and sets these handles from them.
 
-use std::time::Duration;
+use super::CacheStats;
+use crate::metrics::{Counter, Gauge, Metrics, Unit};
 
-use metrics::{Counter, Gauge, Unit};
-use metrics_exporter_prometheus::PrometheusRecorder;
-
-use super::{labelled_counter, register_counter, register_gauge};
-
-/// The cache's counters and sizes at one moment: what a scrape sets its
-/// handles from, and the cache's own snapshot (`cache::CacheStats`, the
-/// same type: `Cache::stats` returns it).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CacheFigures {
-    /// `readstates_cache_hits_total`.
-    pub hits: u64,
-    /// `readstates_cache_misses_total`.
-    pub misses: u64,
-    /// `readstates_cache_evictions_total{dirty="false"}`.
-    pub evictions_clean: u64,
-    /// `readstates_cache_evictions_total{dirty="true"}`.
-    pub evictions_dirty: u64,
-    /// `readstates_state_changes_total`: state changes.
-    pub changed_states: u64,
-    /// `readstates_flush_coalesced_updates_total`: the changes of
-    /// `changed_states` to states that were already dirty, coalesced into
-    /// a write already pending.
-    pub coalesced_updates: u64,
-    /// `readstates_mentions_deferred_total`: mentions put in an inbox
-    /// (ever).
-    pub deferred_mentions: u64,
-    /// `readstates_mentions_deferred_waiting`: deferred mentions waiting in
-    /// an inbox now.
-    pub waiting_mentions: usize,
-    /// `readstates_cache_read_states`: capacity in use (states; an empty
-    /// user counts as one).
-    pub resident_states: usize,
-    /// `readstates_cache_users`.
-    pub resident_users: usize,
-    /// `readstates_cache_protected_users`: cached users in the segmented
-    /// LRU's protected segment.
-    pub protected_users: usize,
-    /// `readstates_cache_capacity_read_states`.
-    pub capacity: usize,
-    /// `readstates_cache_partition_read_states_min`.
-    pub smallest_partition: usize,
-    /// `readstates_cache_partition_read_states_max`.
-    pub largest_partition: usize,
-    /// `readstates_cache_estimated_bytes`.
-    pub estimated_bytes: usize,
-    /// `readstates_dirty_read_states`.
-    pub dirty_states: usize,
-    /// `readstates_flush_queue_users`: users waiting in timer buckets.
-    pub scheduled_users: usize,
-    /// `readstates_flush_eviction_queue_users`: evicted users waiting for
-    /// their write.
-    pub evicting_users: usize,
-    /// Age of the oldest change waiting in a flush timer bucket: the
-    /// cache's part of `readstates_flush_lag_seconds`.
-    pub flush_lag: Duration,
-    /// `readstates_version_lease_remaining_seconds`: time left on the
-    /// version lease (the version clock lives in the cache).
-    pub lease_left: Duration,
-}
-
-/// The source of the cache's figures, registered once with
-/// [`Metrics::register_cache`](super::Metrics::register_cache).
-pub trait CacheGauges: Send + Sync {
-    /// Returns the cache's figures now. Called once per scrape, off the
-    /// request path; it may lock each partition briefly.
-    fn cache_figures(&self) -> CacheFigures;
-}
-
-/// The handles set from [`CacheFigures`].
-pub(super) struct CacheMetrics {
+/// The cache's handles.
+pub struct CacheMetrics {
     hits: Counter,
     misses: Counter,
     evictions_clean: Counter,
@@ -102,12 +32,11 @@ pub(super) struct CacheMetrics {
 }
 
 impl CacheMetrics {
-    /// Registers the counters and gauges with `recorder`.
-    pub(super) fn register(recorder: &PrometheusRecorder) -> Self {
-        let counter = |name, help| register_counter(recorder, name, None, help);
-        let gauge = |name, help| register_gauge(recorder, name, None, help);
-        let eviction = labelled_counter(
-            recorder,
+    /// Registers the counters and gauges with `metrics`, once per server.
+    pub fn register(metrics: &Metrics) -> Self {
+        let counter = |name, help| metrics.counter(name, help);
+        let gauge = |name, help| metrics.gauge(name, None, help);
+        let eviction = metrics.labelled_counter(
             "readstates_cache_evictions_total",
             "dirty",
             "Users evicted from the cache; dirty=\"true\" ones were written on eviction.",
@@ -157,8 +86,7 @@ impl CacheMetrics {
                 "readstates_cache_partition_read_states_max",
                 "Read states in the fullest cache partition.",
             ),
-            estimated_bytes: register_gauge(
-                recorder,
+            estimated_bytes: metrics.gauge(
                 "readstates_cache_estimated_bytes",
                 Some(Unit::Bytes),
                 "Estimated heap memory of the cached read states.",
@@ -175,8 +103,7 @@ impl CacheMetrics {
                 "readstates_flush_eviction_queue_users",
                 "Evicted dirty users waiting for (or in) their write.",
             ),
-            lease_remaining: register_gauge(
-                recorder,
+            lease_remaining: metrics.gauge(
                 "readstates_version_lease_remaining_seconds",
                 Some(Unit::Seconds),
                 "Time left on the version lease recorded in the store; at 0, writes get UNAVAILABLE until it is renewed.",
@@ -185,7 +112,7 @@ impl CacheMetrics {
     }
 
     /// Sets every handle from `figures`.
-    pub(super) fn set(&self, figures: &CacheFigures) {
+    pub fn set(&self, figures: &CacheStats) {
         // Counters are set, not incremented: the cache keeps the totals.
         self.hits.absolute(figures.hits);
         self.misses.absolute(figures.misses);

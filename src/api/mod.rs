@@ -228,8 +228,12 @@ macro_rules! handlers {
                         method = stringify!($method)
                         $(, $field = $value)*
                     );
-                    self.observe(Method::$method, span, self.$call($message, &caller))
-                        .await
+                    // Boxed: the call's state is copied at each layer it
+                    // is moved through (the trait's own box included); a
+                    // pointer moves cheaper (about 2,000 instructions less
+                    // per Ack through gRPC, under callgrind).
+                    let call = Box::pin(self.$call($message, &caller));
+                    self.observe(Method::$method, span, call).await
                 }
             )*
         }

@@ -177,14 +177,15 @@ struct Refused {
 
 impl Refused {
     fn register(metrics: &Metrics) -> Self {
-        let refused = metrics.labelled_counter(
+        let [unauthenticated, permission_denied] = metrics.counters(
             "readstates_auth_refused_total",
             "reason",
             "ReadStates calls refused by the authentication check: reason=\"unauthenticated\" (no or bad credentials), \"permission_denied\" (a caller not allowed).",
+            ["unauthenticated", "permission_denied"],
         );
         Self {
-            unauthenticated: refused("unauthenticated"),
-            permission_denied: refused("permission_denied"),
+            unauthenticated,
+            permission_denied,
         }
     }
 }

@@ -36,10 +36,11 @@ impl CacheMetrics {
     pub fn register(metrics: &Metrics) -> Self {
         let counter = |name, help| metrics.counter(name, help);
         let gauge = |name, help| metrics.gauge(name, None, help);
-        let eviction = metrics.labelled_counter(
+        let [evictions_clean, evictions_dirty] = metrics.counters(
             "readstates_cache_evictions_total",
             "dirty",
             "Users evicted from the cache; dirty=\"true\" ones were written on eviction.",
+            ["false", "true"],
         );
         Self {
             hits: counter(
@@ -50,8 +51,8 @@ impl CacheMetrics {
                 "readstates_cache_misses_total",
                 "Requests that had to load their user from the store.",
             ),
-            evictions_clean: eviction("false"),
-            evictions_dirty: eviction("true"),
+            evictions_clean,
+            evictions_dirty,
             changed_states: counter("readstates_state_changes_total", "Read-state changes."),
             coalesced_updates: counter(
                 "readstates_flush_coalesced_updates_total",

@@ -67,15 +67,16 @@ impl Default for LeaseRenewals {
 
 impl LeaseRenewals {
     fn register(metrics: &Metrics) -> Self {
-        let renewals = metrics.labelled_counter(
+        let [renewed, lost, failed] = metrics.counters(
             "readstates_cluster_lease_renewals_total",
             "result",
             "Renewals of this instance's slot leases (cluster.enabled): result=\"renewed\", \"lost\" (another instance or nobody holds the slot), \"failed\" (an error or timeout; the slot stops being served if its renewals keep failing).",
+            ["renewed", "lost", "failed"],
         );
         Self {
-            renewed: renewals("renewed"),
-            lost: renewals("lost"),
-            failed: renewals("failed"),
+            renewed,
+            lost,
+            failed,
         }
     }
 }
@@ -107,15 +108,16 @@ impl Default for HandoffMetrics {
 
 impl HandoffMetrics {
     fn register(metrics: &Metrics) -> Self {
-        let handoffs = metrics.labelled_counter(
+        let [completed, timed_out, failed] = metrics.counters(
             "readstates_cluster_handoffs_total",
             "result",
             "Slot handoffs (cluster.enabled), by result: \"completed\" (the slots' users written, then their leases released), \"timed_out\" (past cluster.handoff_timeout_ms) or \"failed\" (a store error); the last two keep the leases until they run out and leave the users to the write-behind.",
+            ["completed", "timed_out", "failed"],
         );
         Self {
-            completed: handoffs("completed"),
-            timed_out: handoffs("timed_out"),
-            failed: handoffs("failed"),
+            completed,
+            timed_out,
+            failed,
             users_written: metrics.counter(
                 "readstates_cluster_handoff_users_written_total",
                 "Users whose dirty states or deferred mentions a slot handoff wrote.",
@@ -133,43 +135,38 @@ impl HandoffMetrics {
     }
 }
 
-/// How a forwarded call ended: the `result` label.
+/// How a forwarded call ended: the `result` label (its counter's index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardResult {
     /// The owner answered OK.
-    Ok,
+    Ok = 0,
     /// The owner answered an error status (passed through).
-    Error,
+    Error = 1,
     /// No connection to the owner.
-    Unreachable,
+    Unreachable = 2,
     /// No answer within the deadline.
-    Timeout,
+    Timeout = 3,
 }
 
 /// `readstates_cluster_forwards_total{result}` and the latency histogram
 /// `readstates_cluster_forward_duration_seconds`. A fan-out split over
 /// several owners counts one forward per owner.
 pub struct Forwards {
-    ok: Counter,
-    error: Counter,
-    unreachable: Counter,
-    timeout: Counter,
+    /// Indexed by [`ForwardResult`].
+    results: [Counter; 4],
     duration: Arc<AtomicHistogram>,
 }
 
 impl Forwards {
     /// Registers the handles with `metrics`, once per server.
     pub fn register(metrics: &Metrics) -> Arc<Self> {
-        let counter = metrics.labelled_counter(
-            "readstates_cluster_forwards_total",
-            "result",
-            "Calls (or fan-out parts) forwarded to the instance holding their slot (cluster.enabled): result=\"ok\", \"error\" (the owner's error status, passed through), \"unreachable\" (no connection to the owner), \"timeout\" (no answer within the deadline).",
-        );
         Arc::new(Self {
-            ok: counter("ok"),
-            error: counter("error"),
-            unreachable: counter("unreachable"),
-            timeout: counter("timeout"),
+            results: metrics.counters(
+                "readstates_cluster_forwards_total",
+                "result",
+                "Calls (or fan-out parts) forwarded to the instance holding their slot (cluster.enabled): result=\"ok\", \"error\" (the owner's error status, passed through), \"unreachable\" (no connection to the owner), \"timeout\" (no answer within the deadline).",
+                ["ok", "error", "unreachable", "timeout"],
+            ),
             duration: metrics.histogram(
                 "readstates_cluster_forward_duration_seconds",
                 "Latency of calls forwarded to their slot's owner, whatever their result.",
@@ -180,13 +177,7 @@ impl Forwards {
 
     /// Records one forward.
     pub fn record(&self, result: ForwardResult, elapsed: Duration) {
-        let counter = match result {
-            ForwardResult::Ok => &self.ok,
-            ForwardResult::Error => &self.error,
-            ForwardResult::Unreachable => &self.unreachable,
-            ForwardResult::Timeout => &self.timeout,
-        };
-        counter.increment(1);
+        self.results[result as usize].increment(1);
         self.duration.record_duration(elapsed);
     }
 }

@@ -30,31 +30,37 @@ impl ListenerPort {
     }
 }
 
-/// Why the server closed a connection itself.
+/// Why the server closed a connection itself (its counter's index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReapReason {
     /// No call started within the first-request timeout of its accept
     /// (TLS handshake included).
-    FirstRequestTimeout,
+    FirstRequestTimeout = 0,
     /// No call open for the idle timeout.
-    Idle,
+    Idle = 1,
     /// The longest-idle connection, closed to make room for a new one at
     /// the cap (or when accepting ran out of file descriptors).
-    Evicted,
+    Evicted = 2,
     /// A new connection, closed at once: the cap was reached and every
     /// connection had a call open.
-    Refused,
+    Refused = 3,
 }
 
-/// Why accepting a connection failed.
+/// The `reason` label of each [`ReapReason`], in its order.
+const REAP_REASONS: [&str; 4] = ["first_request_timeout", "idle", "evicted", "refused"];
+
+/// Why accepting a connection failed (its counter's index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AcceptFailure {
     /// The process or the system has no file descriptor left (EMFILE,
     /// ENFILE).
-    FdLimit,
+    FdLimit = 0,
     /// Anything else.
-    Other,
+    Other = 1,
 }
+
+/// The `error` label of each [`AcceptFailure`], in its order.
+const ACCEPT_FAILURES: [&str; 2] = ["fd_limit", "other"];
 
 /// One port's connection metrics.
 #[derive(Clone)]
@@ -62,12 +68,10 @@ pub struct PortConnections {
     /// Connections open now (those being closed included: they still hold
     /// their descriptors).
     pub open: Gauge,
-    first_request_timeout: Counter,
-    idle: Counter,
-    evicted: Counter,
-    refused: Counter,
-    fd_limit: Counter,
-    other: Counter,
+    /// Indexed by [`ReapReason`].
+    reaped: [Counter; 4],
+    /// Indexed by [`AcceptFailure`].
+    accept_failures: [Counter; 2],
 }
 
 impl PortConnections {
@@ -75,46 +79,29 @@ impl PortConnections {
     pub fn noop() -> Self {
         Self {
             open: Gauge::noop(),
-            first_request_timeout: Counter::noop(),
-            idle: Counter::noop(),
-            evicted: Counter::noop(),
-            refused: Counter::noop(),
-            fd_limit: Counter::noop(),
-            other: Counter::noop(),
+            reaped: std::array::from_fn(|_| Counter::noop()),
+            accept_failures: std::array::from_fn(|_| Counter::noop()),
         }
     }
 
     /// Counts one connection the server closed for `reason`.
     pub fn record_reaped(&self, reason: ReapReason) {
-        let counter = match reason {
-            ReapReason::FirstRequestTimeout => &self.first_request_timeout,
-            ReapReason::Idle => &self.idle,
-            ReapReason::Evicted => &self.evicted,
-            ReapReason::Refused => &self.refused,
-        };
-        counter.increment(1);
+        self.reaped[reason as usize].increment(1);
     }
 
     /// Counts one failed accept.
     pub fn record_accept_failure(&self, failure: AcceptFailure) {
-        match failure {
-            AcceptFailure::FdLimit => self.fd_limit.increment(1),
-            AcceptFailure::Other => self.other.increment(1),
-        }
+        self.accept_failures[failure as usize].increment(1);
     }
 
     fn register(metrics: &Metrics, port: ListenerPort) -> Self {
         let port = ("port", port.name());
-        let reaped = |reason| metrics.counter_with(REAPED, &[port, ("reason", reason)]);
-        let accept_error = |error| metrics.counter_with(ACCEPT_ERRORS, &[port, ("error", error)]);
         Self {
             open: metrics.gauge_with(OPEN, &[port]),
-            first_request_timeout: reaped("first_request_timeout"),
-            idle: reaped("idle"),
-            evicted: reaped("evicted"),
-            refused: reaped("refused"),
-            fd_limit: accept_error("fd_limit"),
-            other: accept_error("other"),
+            reaped: REAP_REASONS
+                .map(|reason| metrics.counter_with(REAPED, &[port, ("reason", reason)])),
+            accept_failures: ACCEPT_FAILURES
+                .map(|error| metrics.counter_with(ACCEPT_ERRORS, &[port, ("error", error)])),
         }
     }
 }

@@ -97,18 +97,19 @@ impl Metrics {
             .register_counter(&Key::from_static_name(name), &METADATA)
     }
 
-    /// Describes the counter `name`, whose one label is `label`, and returns
-    /// what registers it for one value of the label (one counter per value,
-    /// registered once, so recording never looks a label up).
-    pub fn labelled_counter<'a>(
-        &'a self,
+    /// Describes the counter `name`, whose one label is `label`, and
+    /// registers one counter for each of `values`, in their order (an
+    /// enum's variants, say, so that recording indexes the array).
+    pub fn counters<const N: usize>(
+        &self,
         name: &'static str,
         label: &'static str,
         help: &'static str,
-    ) -> impl Fn(&'static str) -> Counter + 'a {
+        values: [&'static str; N],
+    ) -> [Counter; N] {
         self.recorder
             .describe_counter(name.into(), None, help.into());
-        move |value| self.counter_with(name, &[(label, value)])
+        values.map(|value| self.counter_with(name, &[(label, value)]))
     }
 
     /// Describes the counter `name`, to be registered with

@@ -69,7 +69,7 @@ pub use scylla::{
 };
 pub use server::{
     DEFAULT_MAX_IN_FLIGHT_CALLS, LimitsConfig, LogConfig, MAX_STREAMS_PER_CONNECTION,
-    MetricsConfig, ServerConfig,
+    MetricsConfig, ServerConfig, WatchConfig,
 };
 pub use storage::{
     CacheConfig, DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS, FlushConfig, StoreBackend, StoreConfig,
@@ -90,6 +90,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub cluster: ClusterConfig,
+    pub watch: WatchConfig,
 }
 
 /// Why the configuration was refused.

@@ -6,6 +6,7 @@
 //! - [`api`]: the `readstates.v1` gRPC service: validation, admission, forwarding, status codes.
 //! - [`cluster`]: scale-out: slots, membership, leases, placement, routing, handoff.
 //! - [`engine`]: everything below the API: the store, the cache, write-behind and its tasks.
+//! - [`watch`]: who follows which user's changes, and each change stream's bounded outbox.
 //! - [`flush`]: write-behind, the one writer of dirty rows; the shutdown's spill.
 //! - [`cache`]: partitioned LRU of users' states: loads, eviction, dirty marks, inboxes.
 //! - [`store`]: the store trait, the embedded store and the ScyllaDB/Cassandra store.
@@ -42,3 +43,4 @@ pub mod read_state;
 pub mod scrape;
 pub mod server;
 pub mod store;
+pub mod watch;

@@ -5,13 +5,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{Client, TestServer, get, test_config};
 use readstates::api::proto::{
     AckPinsRequest, AckRequest, AddMentionsRequest, BulkAckRequest, ChannelAck,
-    DeleteReadStatesRequest, GetReadStateRequest, GetUserReadStatesRequest, ReadState,
-    RemoveMentionsRequest,
+    DeleteReadStatesRequest, GetReadStateRequest, GetUserReadStatesRequest,
+    GetUserReadStatesResponse, ReadState, RemoveMentionsRequest,
 };
 use readstates::config::Config;
 use tonic::Code;
@@ -727,6 +727,123 @@ async fn get_user_read_states_since_version_returns_only_later_changes() {
     server.shutdown().await;
 }
 
+/// Returns the full answer of a delta since `since`.
+async fn delta(c: &mut Client, user: u64, since: u64) -> GetUserReadStatesResponse {
+    let mut response = c
+        .get_user_read_states(GetUserReadStatesRequest {
+            user_id: user,
+            since_version: Some(since),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    response.read_states.sort_by_key(|s| s.channel_id);
+    response
+}
+
+/// The (channel, version) of each deleted pair in a delta.
+fn deletions(response: &GetUserReadStatesResponse) -> Vec<(u64, u64)> {
+    response
+        .deleted
+        .iter()
+        .map(|deleted| (deleted.channel_id, deleted.version))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_delta_reports_the_pairs_deleted_after_its_version() {
+    let (_dir, mut server) = start().await;
+    let c = &mut server.client;
+    ack(c, 1, 10, 5).await;
+    ack(c, 1, 20, 5).await;
+    ack(c, 1, 30, 5).await;
+    let (_, v1) = user_states(c, 1, None).await;
+
+    let deletion = delete(c, 1, &[20]).await[0].version;
+    let later = ack(c, 1, 40, 5).await;
+    let answer = delta(c, 1, v1).await;
+    assert!(!answer.reset);
+    assert_eq!(answer.read_states, [later]);
+    assert_eq!(deletions(&answer), [(20, deletion)]);
+    assert!(answer.deleted.iter().all(|deleted| deleted.user_id == 1));
+    assert_eq!(answer.version, later.version);
+
+    // From the deletion's own version, only what followed it.
+    let answer = delta(c, 1, deletion).await;
+    assert_eq!(channels_of(&answer.read_states), [40]);
+    assert!(answer.deleted.is_empty());
+
+    // A pair changed again after its deletion is a changed pair, no longer
+    // a deleted one.
+    let revived = ack(c, 1, 20, 3).await;
+    let answer = delta(c, 1, v1).await;
+    assert_eq!(channels_of(&answer.read_states), [20, 40]);
+    assert_eq!(answer.read_states[0], revived);
+    assert!(answer.deleted.is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn deletions_in_a_delta_survive_the_users_eviction_and_reload() {
+    let (_dir, mut server) = start_with(|config| {
+        config.cache.capacity = 2;
+        config.cache.partitions = 1;
+        config.flush.delay_ms = 50;
+        config.flush.tick_ms = 10;
+    })
+    .await;
+    let c = &mut server.client;
+    ack(c, 1, 10, 5).await;
+    ack(c, 1, 20, 5).await;
+    let (_, v1) = user_states(c, 1, None).await;
+    let deletion = delete(c, 1, &[10]).await[0].version;
+    // Other users push user 1 out of the two-state cache; it is written
+    // on eviction, and reloaded (with its deletion marker) by the delta.
+    for user in 2..6 {
+        ack(c, user, 10, 5).await;
+        ack(c, user, 20, 5).await;
+    }
+    let answer = delta(c, 1, v1).await;
+    assert!(!answer.reset);
+    assert!(answer.read_states.is_empty(), "{answer:?}");
+    assert_eq!(deletions(&answer), [(10, deletion)]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delta_that_cannot_be_proved_complete_is_a_reset_with_every_state() {
+    let (_dir, mut server) = start_with(|config| {
+        config.flush.delay_ms = 50;
+        config.flush.tick_ms = 10;
+        config.flush.tombstone_grace_ms = 50;
+        config.flush.purge_interval_ms = 20;
+    })
+    .await;
+    let c = &mut server.client;
+    ack(c, 1, 10, 5).await;
+    let kept = ack(c, 1, 20, 5).await;
+    let (_, v1) = user_states(c, 1, None).await;
+
+    // Ahead of the user: the copy has what the service does not.
+    let answer = delta(c, 1, v1 + 1_000_000).await;
+    assert!(answer.reset);
+    assert_eq!(channels_of(&answer.read_states), [10, 20]);
+    assert!(answer.deleted.is_empty());
+
+    // Older than the deletion horizon, once the deletion marker may be
+    // purged: the deletion cannot be proved, so every state comes back.
+    delete(c, 1, &[10]).await;
+    let reset = common::eventually(Duration::from_secs(20), async || {
+        delta(c, 1, v1).await.reset
+    })
+    .await;
+    assert!(reset, "the purge never passed version {v1}");
+    let answer = delta(c, 1, v1).await;
+    assert_eq!(answer.read_states, [kept]);
+    assert!(answer.deleted.is_empty());
+    server.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // BulkAck
 // ---------------------------------------------------------------------------
@@ -841,7 +958,7 @@ async fn deletions_of_stored_states_persist() {
         add_one(c, 1, channel, 100).await;
     }
     // Wait until the states are stored and clean, then delete two.
-    let flushed = common::eventually(std::time::Duration::from_secs(5), async || {
+    let flushed = common::eventually(Duration::from_secs(5), async || {
         common::stored(store.as_ref(), 1).await.len() == 3
     })
     .await;

@@ -10,7 +10,9 @@
 //! `gc_grace_seconds` to watch them expire, and reads a trace of the
 //! partition to see that an expired marker is never counted as a
 //! tombstone (Cassandra's trace says how many a read met; ScyllaDB's does
-//! not, and that check is skipped there).
+//! not, and that check is skipped there). Until they expire, loads return
+//! the markers as deletions, and the store's deletion horizon trails the
+//! clock by the markers' TTL less an hour.
 //!
 //! Enabled like `tests/scylla.rs`:
 //! `READSTATES_TEST_SCYLLA=127.0.0.1:9042 cargo test --test scylla_tombstones`;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, put, state, write};
+use readstates::clock::unix_micros;
 use readstates::config::ScyllaConfig;
 use readstates::ids::UserId;
 use readstates::store::{LoadPriority, RowWrite, ScyllaStore, Store, UserRows};
@@ -102,6 +105,11 @@ async fn a_user_who_deleted_more_states_than_the_tombstone_threshold_still_loads
          deleted in {deleted:?}, loaded deleted in {loaded:?}"
     );
     assert!(rows.states.is_empty(), "every state stays deleted");
+    assert_eq!(
+        rows.deleted.len(),
+        DELETED as usize,
+        "each loads as a deletion"
+    );
     assert_eq!(rows.version, 1_000_000 + DELETED, "the version counts them");
     assert_eq!(load(store.as_ref(), 6).await.states, [state(1, 9, 50)]);
 
@@ -181,6 +189,7 @@ async fn expired_delete_markers_vanish_without_a_tombstone_a_read_counts() {
     let deleted_at = Instant::now();
     let rows = load(store.as_ref(), 5).await;
     assert!(rows.states.is_empty());
+    assert_eq!(rows.deleted.len(), count as usize);
     assert_eq!(rows.version, 10_000 + count);
 
     // The markers expire after gc_grace_seconds and are purgeable at once:
@@ -218,6 +227,7 @@ async fn expired_delete_markers_vanish_without_a_tombstone_a_read_counts() {
         );
     }
     let rows = load(store.as_ref(), 5).await;
+    assert!(rows.deleted.is_empty(), "expired markers load as nothing");
     assert_eq!(rows.version, 10_000 + count, "the user's version stays");
 
     // The row first written by an INSERT keeps its row marker, and nothing
@@ -225,5 +235,81 @@ async fn expired_delete_markers_vanish_without_a_tombstone_a_read_counts() {
     let rows = load(store.as_ref(), 6).await;
     assert!(rows.states.is_empty(), "{rows:?}");
     assert_eq!(rows.version, 30);
+    cluster.drop_keyspace(&settings).await;
+}
+
+/// Reads the `gc_grace_seconds` of `settings`' `read_states` table, as the
+/// store does when it opens.
+async fn gc_grace_seconds(cluster: &Cluster, settings: &ScyllaConfig) -> u64 {
+    let cql = format!(
+        "SELECT gc_grace_seconds FROM system_schema.tables \
+         WHERE keyspace_name = '{}' AND table_name = 'read_states'",
+        settings.keyspace
+    );
+    let (seconds,): (i32,) = cluster
+        .admin
+        .query_unpaged(cql, &[])
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row()
+        .unwrap();
+    u64::try_from(seconds).unwrap()
+}
+
+/// Checks that `store`'s deletion horizon is `now - gc_grace_seconds + 1 h`
+/// within a few seconds, and returns it.
+fn assert_horizon_trails_the_clock(store: &dyn Store, gc_grace_seconds: u64) -> u64 {
+    const HOUR_MICROS: u64 = 3_600_000_000;
+    const TOLERANCE_MICROS: u64 = 5_000_000;
+    let before = unix_micros();
+    let horizon = store.deletion_horizon();
+    let after = unix_micros();
+    let gc_grace = gc_grace_seconds * 1_000_000;
+    let lowest = (before + HOUR_MICROS).saturating_sub(gc_grace + TOLERANCE_MICROS);
+    let highest = (after + HOUR_MICROS + TOLERANCE_MICROS).saturating_sub(gc_grace);
+    assert!(
+        (lowest..=highest).contains(&horizon),
+        "horizon {horizon}, expected now - {gc_grace_seconds} s + 1 h ({lowest}..={highest})"
+    );
+    horizon
+}
+
+#[tokio::test]
+async fn the_deletion_horizon_trails_the_clock_by_gc_grace_seconds_less_an_hour() {
+    let Some(cluster) =
+        Cluster::from_env("the_deletion_horizon_trails_the_clock_by_gc_grace_seconds_less_an_hour")
+            .await
+    else {
+        return;
+    };
+    let settings = cluster.migrated().await;
+    let store = open(&settings).await;
+    let gc_grace = gc_grace_seconds(&cluster, &settings).await;
+    let first = assert_horizon_trails_the_clock(store.as_ref(), gc_grace);
+    // A deletion made now is above it, and loads.
+    let version = unix_micros();
+    put(store.as_ref(), vec![write(3, state(1, 0, version), true)]).await;
+    let rows = load(store.as_ref(), 3).await;
+    assert_eq!(rows.deleted.len(), 1, "{rows:?}");
+    assert_eq!(rows.deleted[0].version, version);
+    assert!(version >= store.deletion_horizon());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(store.deletion_horizon() >= first, "it never goes down");
+
+    // Markers shorter-lived than the margin: the horizon runs ahead of the
+    // clock, so no deletion proves a catch-up complete.
+    let short = 60;
+    cluster
+        .query(format!(
+            "ALTER TABLE {}.read_states WITH gc_grace_seconds = {short}",
+            settings.keyspace
+        ))
+        .await;
+    assert_eq!(gc_grace_seconds(&cluster, &settings).await, short);
+    let reopened = open(&settings).await;
+    let horizon = assert_horizon_trails_the_clock(reopened.as_ref(), short);
+    assert!(horizon > unix_micros());
     cluster.drop_keyspace(&settings).await;
 }

@@ -39,6 +39,8 @@ macro_rules! contract_tests {
                 a_deleted_state_loses_to_stale_writes_and_comes_back_with_a_newer_one,
                 the_newest_duplicate_in_a_batch_wins,
                 a_user_with_only_deletions_keeps_its_version,
+                a_deleted_pair_loads_as_a_deletion_until_a_newer_write_revives_it,
+                the_deletion_horizon_never_decreases_and_every_deletion_above_it_loads,
                 every_field_survives_the_round_trip,
                 users_are_separate_and_survive_a_reopen,
                 the_version_floor_never_goes_down,

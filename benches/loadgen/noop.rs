@@ -17,7 +17,7 @@ use readstates::api::proto::{
     AddMentionsResponse, BulkAckRequest, BulkAckResponse, DeleteReadStatesRequest,
     DeleteReadStatesResponse, GetReadStateRequest, GetReadStateResponse, GetRoutingRequest,
     GetRoutingResponse, GetUserReadStatesRequest, GetUserReadStatesResponse, ReadState,
-    RemoveMentionsRequest, RemoveMentionsResponse,
+    RemoveMentionsRequest, RemoveMentionsResponse, WatchRequest,
 };
 
 /// A fixed timestamp for every response.
@@ -121,8 +121,8 @@ impl ReadStates for Noop {
         _request: Request<GetUserReadStatesRequest>,
     ) -> Result<Response<GetUserReadStatesResponse>, Status> {
         Ok(Response::new(GetUserReadStatesResponse {
-            read_states: Vec::new(),
             version: 1,
+            ..GetUserReadStatesResponse::default()
         }))
     }
 
@@ -147,6 +147,17 @@ impl ReadStates for Noop {
         // As readstates answers with the cluster off.
         Err(Status::failed_precondition(
             "no cluster: one instance serves every user",
+        ))
+    }
+
+    type WatchReadStatesStream = readstates::api::WatchStream;
+
+    async fn watch_read_states(
+        &self,
+        _request: Request<tonic::Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchReadStatesStream>, Status> {
+        Err(Status::unimplemented(
+            "the no-op server has no change streams",
         ))
     }
 }

@@ -2,7 +2,7 @@
 //! forwards it to its users' owner if this instance does not serve them
 //! (`cluster.enabled`), and otherwise runs it on the engine.
 
-use super::convert::to_proto;
+use super::convert::{delta_to_proto, to_proto};
 use super::forward::by;
 use super::status::ApiError;
 use super::validate::{
@@ -157,19 +157,13 @@ impl ReadStatesService {
                 .forward(caller, request, by!(get_user_read_states))
                 .await;
         }
-        let (views, version) = self
-            .engine
-            .read(user, |txn| {
-                let mut views = Vec::new();
-                txn.views_since(since_version, &mut views);
-                (views, txn.user_version())
-            })
+        // The limits are read once the user is loaded: a purge after its
+        // load only raises them.
+        let engine = &self.engine;
+        let delta = engine
+            .read(user, |txn| txn.delta(since_version, engine.delta_limits()))
             .await?;
-        let read_states = views.into_iter().map(|view| to_proto(user, view)).collect();
-        Ok(proto::GetUserReadStatesResponse {
-            read_states,
-            version,
-        })
+        Ok(delta_to_proto(user, delta))
     }
 
     pub(super) async fn delete_read_states_call(

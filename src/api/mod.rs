@@ -45,10 +45,12 @@ mod slot_map;
 mod split;
 mod status;
 mod validate;
+mod watch;
 
 pub use forward::{FORWARDED_BY, Forwarding, parse_grpc_timeout};
 pub use slot_map::{SLOT_HASH, slot_map};
 pub use status::ApiError;
+pub use watch::{WatchStream, Watching};
 
 use forward::{Caller, Remote};
 use latency::{CallLatency, Method};
@@ -65,6 +67,8 @@ pub struct ReadStatesService {
     /// With `cluster.enabled`: the slots this instance serves, and where
     /// the others' calls go.
     forwarding: Option<Forwarding>,
+    /// Change streams; without it `WatchReadStates` is unimplemented.
+    watching: Option<Watching>,
 }
 
 impl ReadStatesService {
@@ -78,7 +82,14 @@ impl ReadStatesService {
             in_flight: AtomicUsize::new(0),
             queue_delay: None,
             forwarding: None,
+            watching: None,
         }
+    }
+
+    /// Serves `WatchReadStates` streams.
+    pub fn with_watching(mut self, watching: Watching) -> Self {
+        self.watching = Some(watching);
+        self
     }
 
     /// Serves only the users of the slots this instance holds, and
@@ -236,6 +247,20 @@ macro_rules! handlers {
                     self.observe(Method::$method, span, call).await
                 }
             )*
+
+            type WatchReadStatesStream = WatchStream;
+
+            /// Not counted in the calls in flight, nor timed: a stream
+            /// lasts as long as its subscriber. See `watch`.
+            async fn watch_read_states(
+                &self,
+                request: Request<tonic::Streaming<proto::WatchRequest>>,
+            ) -> Result<Response<WatchStream>, Status> {
+                match &self.watching {
+                    Some(watching) => watching.start(&self.engine, request),
+                    None => Err(ApiError::NotWatching.into()),
+                }
+            }
         }
     };
 }

@@ -72,6 +72,27 @@ pub enum ApiError {
     /// A part of a split fan-out did not answer one state per user.
     #[error("{part} did not answer one read state per user of its part of the fan-out")]
     SplitMismatch { part: String },
+    /// `watch.max_streams` streams are open already.
+    #[error(
+        "{open} WatchReadStates streams are open, the limit (watch.max_streams = {limit}); retry \
+         with backoff"
+    )]
+    TooManyStreams { open: usize, limit: usize },
+    /// A stream would follow more than `watch.max_users_per_stream` users.
+    #[error(
+        "the stream follows {limit} users, the limit (watch.max_users_per_stream): follow more \
+         users on another stream"
+    )]
+    TooManyWatchedUsers { limit: usize },
+    /// The server is shutting down and ends its streams.
+    #[error(
+        "the server is shutting down: resume each user at another instance (its owner, with a \
+         cluster) from the last version received"
+    )]
+    ShuttingDown,
+    /// This server serves no change streams.
+    #[error("WatchReadStates is not served by this server")]
+    NotWatching,
 }
 
 impl From<ApiError> for Status {
@@ -131,6 +152,11 @@ impl From<ApiError> for Status {
             // metadata and details stay behind.
             ApiError::Owner(status) => Status::new(status.code(), status.message()),
             ApiError::SplitMismatch { .. } => Status::internal(error.to_string()),
+            ApiError::TooManyStreams { .. } | ApiError::TooManyWatchedUsers { .. } => {
+                Status::resource_exhausted(error.to_string())
+            }
+            ApiError::ShuttingDown => Status::unavailable(error.to_string()),
+            ApiError::NotWatching => Status::unimplemented(error.to_string()),
         }
     }
 }

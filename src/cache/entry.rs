@@ -9,7 +9,7 @@
 
 use crate::ids::{ChannelId, MessageId, UserId};
 use crate::read_state::{Mentions, ReadState};
-use crate::store::{RowWrite, UserRows};
+use crate::store::{RowWrite, Tombstone, UserRows};
 
 /// A read state as a response carries it: small and `Copy`, so building a
 /// response allocates nothing per state.
@@ -46,7 +46,8 @@ impl StateView {
 
 /// Changed since it was last written to the store.
 const DIRTY: u64 = 1 << 63;
-/// Deleted; kept until the deletion is written, then dropped.
+/// Deleted: a tombstone, kept while the user is cached, so that a delta can
+/// report the deletion (ARCHITECTURE.md §1.3); a later change revives it.
 const DELETED: u64 = 1 << 62;
 /// Has an [`Extra`] (a pin or mentions).
 const HAS_EXTRA: u64 = 1 << 61;
@@ -123,22 +124,40 @@ pub(super) struct UserEntry {
 }
 
 impl UserEntry {
-    /// Builds the entry of a user loaded from the store.
+    /// Builds the entry of a user loaded from the store: its live states,
+    /// and its deletion markers as tombstones.
     pub fn loaded(rows: UserRows) -> Self {
         let UserRows {
             mut states,
+            mut deleted,
             version,
         } = rows;
         states.sort_unstable_by_key(|state| state.channel_id);
         states.dedup_by_key(|state| state.channel_id);
+        deleted.sort_unstable_by_key(|tombstone| tombstone.channel_id);
         let mut entry = Self {
-            slots: Vec::with_capacity(states.len()),
+            slots: Vec::with_capacity(states.len() + deleted.len()),
             extras: Vec::new(),
             version,
             scheduled: false,
             writing: false,
         };
+        let mut tombstones = deleted.into_iter().peekable();
         for state in states {
+            while let Some(tombstone) =
+                tombstones.next_if(|tombstone| tombstone.channel_id < state.channel_id)
+            {
+                entry.push_tombstone(tombstone);
+            }
+            // A store holds one row per pair; should both come back, the
+            // newer wins.
+            if let Some(tombstone) =
+                tombstones.next_if(|tombstone| tombstone.channel_id == state.channel_id)
+                && tombstone.version > state.version
+            {
+                entry.push_tombstone(tombstone);
+                continue;
+            }
             entry.version = entry.version.max(state.version);
             let index = entry.slots.len();
             entry.slots.push(Slot {
@@ -149,8 +168,22 @@ impl UserEntry {
             });
             entry.put(index, state);
         }
+        for tombstone in tombstones {
+            entry.push_tombstone(tombstone);
+        }
         entry.extras.shrink_to_fit();
         entry
+    }
+
+    /// Appends a clean tombstone; slots are built in channel order.
+    fn push_tombstone(&mut self, tombstone: Tombstone) {
+        self.version = self.version.max(tombstone.version);
+        self.slots.push(Slot {
+            channel_id: tombstone.channel_id,
+            last_message_id: MessageId::NONE,
+            version: tombstone.version,
+            updated_and_flags: DELETED,
+        });
     }
 
     /// Returns the cache capacity this user takes: its states, and one for
@@ -182,9 +215,9 @@ impl UserEntry {
         }
     }
 
-    /// Clears the dirty mark of `channel_id` if it still holds `version`;
-    /// drops the slot if that write was its deletion. Returns whether the
-    /// mark was cleared.
+    /// Clears the dirty mark of `channel_id` if it still holds `version`
+    /// (a deletion stays as a clean tombstone). Returns whether the mark was
+    /// cleared.
     pub fn mark_written(&mut self, channel_id: ChannelId, version: u64) -> bool {
         let Ok(index) = self.find(channel_id) else {
             return false;
@@ -194,10 +227,6 @@ impl UserEntry {
             return false;
         }
         slot.set(DIRTY, false);
-        if slot.has(DELETED) {
-            self.slots.remove(index);
-            self.shrink_slots();
-        }
         true
     }
 
@@ -216,6 +245,30 @@ impl UserEntry {
                 out.push(self.view_at(index));
             }
         }
+    }
+
+    /// Appends the tombstones of pairs deleted after `since_version`.
+    pub fn deleted_since(&self, since_version: u64, out: &mut Vec<Tombstone>) {
+        out.extend(
+            self.slots
+                .iter()
+                .filter(|slot| slot.has(DELETED) && slot.version > since_version)
+                .map(|slot| Tombstone {
+                    channel_id: slot.channel_id,
+                    version: slot.version,
+                }),
+        );
+    }
+
+    /// Returns the highest version of a state or tombstone at or below
+    /// `limit` (0 if none).
+    pub fn highest_version_up_to(&self, limit: u64) -> u64 {
+        self.slots
+            .iter()
+            .map(|slot| slot.version)
+            .filter(|&version| version <= limit)
+            .max()
+            .unwrap_or(0)
     }
 
     fn view_at(&self, index: usize) -> StateView {
@@ -303,7 +356,7 @@ impl UserEntry {
             .map(|position| &self.extras[position])
     }
 
-    /// Returns whether the state at `index` is a deletion not yet written.
+    /// Returns whether the state at `index` is a tombstone.
     #[inline]
     pub(super) fn is_deleted(&self, index: usize) -> bool {
         self.slots[index].has(DELETED)
@@ -354,12 +407,6 @@ impl UserEntry {
                 updated_and_flags: 0,
             },
         );
-    }
-
-    fn shrink_slots(&mut self) {
-        if self.slots.capacity() > self.slots.len() + self.slots.len() / 8 + 1 {
-            self.slots.shrink_to_fit();
-        }
     }
 }
 
@@ -457,11 +504,75 @@ mod tests {
         plain.version = 7;
         let entry = UserEntry::loaded(UserRows {
             states: vec![with_mentions.clone(), plain.clone()],
+            deleted: Vec::new(),
             version: 8,
         });
         assert_eq!(entry.version, 8);
         assert_eq!(entry.state(0), plain);
         assert_eq!(entry.state(1), with_mentions);
         assert_eq!(entry.dirty_count(), 0);
+    }
+
+    fn tombstone(channel_id: u64, version: u64) -> Tombstone {
+        Tombstone {
+            channel_id: channel(channel_id),
+            version,
+        }
+    }
+
+    #[test]
+    fn loaded_tombstones_read_as_deleted_and_show_in_deltas() {
+        let mut live = ReadState::empty(channel(1));
+        live.last_message_id = message(3);
+        live.version = 7;
+        let mut older = ReadState::empty(channel(3));
+        older.last_message_id = message(4);
+        older.version = 4;
+        let entry = UserEntry::loaded(UserRows {
+            states: vec![older, live],
+            // Channel 3's marker is newer than its row: the deletion wins.
+            deleted: vec![tombstone(3, 5), tombstone(2, 9)],
+            version: 0,
+        });
+        assert_eq!(entry.version, 9, "the newest marker counts");
+        assert_eq!(entry.view(channel(2)), StateView::empty(channel(2)));
+        assert_eq!(entry.view(channel(3)), StateView::empty(channel(3)));
+        let mut views = Vec::new();
+        entry.views_since(0, &mut views);
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].channel_id, channel(1));
+        let mut deleted = Vec::new();
+        entry.deleted_since(0, &mut deleted);
+        assert_eq!(deleted, vec![tombstone(2, 9), tombstone(3, 5)]);
+        deleted.clear();
+        entry.deleted_since(5, &mut deleted);
+        assert_eq!(deleted, vec![tombstone(2, 9)]);
+        assert_eq!(entry.highest_version_up_to(8), 7);
+        assert_eq!(entry.dirty_count(), 0, "loaded markers need no write");
+    }
+
+    #[test]
+    fn a_written_deletion_stays_as_a_tombstone_until_a_change_revives_it() {
+        let clock = VersionClock::default();
+        let mut entry = UserEntry::default();
+        UserTxn::new(user(1), &mut entry, &clock, 1_000, None).ack(channel(1), message(10));
+        let mut txn = UserTxn::new(user(1), &mut entry, &clock, 1_000, None);
+        let deletion = txn.delete(channel(1)).version;
+        assert!(deletion > 0);
+        assert!(entry.mark_written(channel(1), deletion));
+        let mut deleted = Vec::new();
+        entry.deleted_since(0, &mut deleted);
+        assert_eq!(deleted, vec![tombstone(1, deletion)]);
+        let revived =
+            UserTxn::new(user(1), &mut entry, &clock, 1_000, None).ack(channel(1), message(5));
+        assert!(revived.version > deletion);
+        assert_eq!(
+            revived.last_message_id,
+            message(5),
+            "a revived pair starts from zeros"
+        );
+        deleted.clear();
+        entry.deleted_since(0, &mut deleted);
+        assert!(deleted.is_empty());
     }
 }

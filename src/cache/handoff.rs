@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{Cache, CacheError, Partition, UserEntry, UserTxn};
+use super::{Cache, CacheError, Partition, TxnCounts, UserEntry, UserTxn};
 use crate::clock::unix_micros;
 use crate::ids::UserId;
 use crate::store::{RowWrite, UserRows};
@@ -222,7 +222,11 @@ impl Cache {
             self.hook.get().map(|hook| hook.as_ref()),
         );
         let merged = inbox.apply_to(&mut txn);
-        let (newly_dirty, changed_states) = (txn.newly_dirty, txn.changed_states);
+        let TxnCounts {
+            newly_dirty,
+            changed_states,
+            ..
+        } = txn.finish();
         partition.stats.changed_states += changed_states as u64;
         partition.stats.newly_dirty += newly_dirty as u64;
         self.dirty.fetch_add(newly_dirty, Ordering::Relaxed);

@@ -37,7 +37,8 @@ pub use handoff::{Evicted, ServingGate};
 pub use inbox::Deferral;
 pub use metrics::CacheMetrics;
 pub use stats::CacheStats;
-pub use txn::{AppliedChange, ChangeHook, UserTxn};
+use txn::TxnCounts;
+pub use txn::{AppliedChange, ChangeHook, Delta, DeltaLimits, UserTxn};
 pub use write_behind::FlushJob;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -205,6 +206,14 @@ impl Cache {
         }
     }
 
+    /// Tells the change hook, if one is set, that the selected users are
+    /// no longer served here (see [`ChangeHook::released`]).
+    pub fn tell_released(&self, selects: &dyn Fn(UserId) -> bool) {
+        if let Some(hook) = self.hook.get() {
+            hook.released(selects);
+        }
+    }
+
     /// Makes `hook` hear every change applied from now on (see
     /// [`ChangeHook`]). Returns false (and changes nothing) if a hook was
     /// set before.
@@ -368,8 +377,11 @@ impl Cache {
             self.hook.get().map(|hook| hook.as_ref()),
         );
         let result = work(&mut txn);
-        let (changed, newly_dirty, changed_states) =
-            (txn.changed(), txn.newly_dirty, txn.changed_states);
+        let TxnCounts {
+            changed,
+            newly_dirty,
+            changed_states,
+        } = txn.finish();
         let weight_added = entry.weight() - weight_before;
         partition.extras = partition.extras + entry.sizes().1 - extras_before;
         partition.stats.hits += u64::from(the_use == Use::Request);

@@ -114,13 +114,20 @@ async fn concurrent_loads_into_a_full_cache_all_make_progress() {
 struct Recorder(parking_lot::Mutex<Vec<(u64, u64, u64, bool)>>);
 
 impl ChangeHook for Recorder {
-    fn applied(&self, change: AppliedChange<'_>) {
-        self.0.lock().push((
-            change.user_id.get(),
-            change.view.channel_id.get(),
-            change.view.version,
-            change.deleted,
-        ));
+    fn listens(&self, _user_id: UserId) -> bool {
+        true
+    }
+
+    fn applied(&self, user_id: UserId, changes: &[AppliedChange]) {
+        let mut heard = self.0.lock();
+        for change in changes {
+            heard.push((
+                user_id.get(),
+                change.view.channel_id.get(),
+                change.view.version,
+                change.deleted,
+            ));
+        }
     }
 }
 

@@ -1,29 +1,82 @@
 //! The transaction through which a request changes one user's states: all
-//! its changes share one version, and each applied change is told to the
-//! change hook (see [`ChangeHook`]) while the user's partition is still
-//! locked, so a listener sees a user's changes in their version order.
+//! its changes share one version, and they are told together to the change
+//! hook (see [`ChangeHook`]) when the transaction ends, while the user's
+//! partition is still locked, so a listener sees a user's changes in their
+//! version order. A transaction also answers deltas (see [`UserTxn::delta`]).
 
 use super::entry::{StateView, UserEntry};
 use crate::clock::{VersionClock, unix_micros};
 use crate::ids::{ChannelId, MessageId, UserId};
 use crate::read_state::ReadState;
+use crate::store::Tombstone;
 
-/// One change just applied to a user's state.
-#[derive(Debug, Clone, Copy)]
-pub struct AppliedChange<'a> {
-    pub user_id: UserId,
+/// One change applied to a user's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppliedChange {
     /// The resulting state, with the change's version (zeros and the
     /// deletion's version for a deletion).
-    pub view: &'a StateView,
+    pub view: StateView,
     pub deleted: bool,
 }
 
 /// Hears every change the cache applies, deletions included, in each user's
-/// version order. It is called under the user's partition lock: it must be
-/// quick and never block or wait (hand the change to a bounded queue, say).
-/// With no hook set, a change costs one branch more.
+/// version order, one transaction at a time. Both methods are called under
+/// the user's partition lock: they must be quick and never block or wait
+/// (hand the changes to a bounded queue, say). A transaction of a user that
+/// nobody listens to costs one call of [`ChangeHook::listens`].
 pub trait ChangeHook: Send + Sync {
-    fn applied(&self, change: AppliedChange<'_>);
+    /// Returns whether anyone listens to the user's changes: asked once per
+    /// transaction, before it changes anything.
+    fn listens(&self, user_id: UserId) -> bool;
+
+    /// Tells the changes of one transaction, which share one version, once
+    /// it ends.
+    fn applied(&self, user_id: UserId, changes: &[AppliedChange]);
+
+    /// Tells that the selected users are no longer served here (their
+    /// slot moved), after their last change; called by the engine once it
+    /// has evicted them.
+    fn released(&self, _selects: &dyn Fn(UserId) -> bool) {}
+}
+
+/// What decides whether a delta can be proved complete (ARCHITECTURE.md
+/// §1.3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeltaLimits {
+    /// Deletion markers below this version may be gone (the store's
+    /// deletion horizon).
+    pub horizon: u64,
+    /// Versions at or below this one may have been handed out by an earlier
+    /// holder of the user (a previous run of this instance, or the previous
+    /// owner of its slot), and lost in its crash.
+    pub inherited_up_to: u64,
+}
+
+/// A user's states since a version: what `GetUserReadStates` answers and a
+/// subscription catches up with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// The states changed after the version; every live state for a full
+    /// answer or a reset.
+    pub states: Vec<StateView>,
+    /// The pairs deleted after the version (none for a full answer or a
+    /// reset).
+    pub deleted: Vec<Tombstone>,
+    /// The user's current version.
+    pub version: u64,
+    /// The difference could not be proved complete: `states` is every
+    /// state, and replaces the copy.
+    pub reset: bool,
+}
+
+/// What a transaction did, for the cache's accounting.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TxnCounts {
+    pub(super) changed: bool,
+    /// States that became dirty (were clean before).
+    pub(super) newly_dirty: usize,
+    /// States changed (each state at most once per change).
+    pub(super) changed_states: usize,
 }
 
 /// The changes one request makes to one user's states. All changes of a
@@ -31,16 +84,17 @@ pub trait ChangeHook: Send + Sync {
 pub struct UserTxn<'a> {
     user_id: UserId,
     entry: &'a mut UserEntry,
-    /// Told of every change, in the user's version order (see [`ChangeHook`]).
+    /// Told of the transaction's changes when it ends, if it listens to
+    /// this user (see [`ChangeHook`]).
     hook: Option<&'a dyn ChangeHook>,
+    /// The changes the hook is to hear (empty without a hook).
+    heard: Vec<AppliedChange>,
     clock: &'a VersionClock,
     tracked_cap: usize,
     version: Option<u64>,
     now_ms: u64,
-    /// States that became dirty (were clean before).
-    pub(super) newly_dirty: usize,
-    /// States changed (each state at most once per change).
-    pub(super) changed_states: usize,
+    newly_dirty: usize,
+    changed_states: usize,
 }
 
 impl<'a> UserTxn<'a> {
@@ -54,7 +108,8 @@ impl<'a> UserTxn<'a> {
         Self {
             user_id,
             entry,
-            hook,
+            hook: hook.filter(|hook| hook.listens(user_id)),
+            heard: Vec::new(),
             clock,
             tracked_cap,
             version: None,
@@ -67,6 +122,21 @@ impl<'a> UserTxn<'a> {
     /// Returns whether any state changed.
     pub(super) fn changed(&self) -> bool {
         self.version.is_some()
+    }
+
+    /// Ends the transaction: tells the hook its changes, and returns its
+    /// counts. Call it before the user's partition lock is released.
+    pub(super) fn finish(self) -> TxnCounts {
+        if let Some(hook) = self.hook
+            && !self.heard.is_empty()
+        {
+            hook.applied(self.user_id, &self.heard);
+        }
+        TxnCounts {
+            changed: self.changed(),
+            newly_dirty: self.newly_dirty,
+            changed_states: self.changed_states,
+        }
     }
 
     /// Acknowledges `message_id` (see [`ReadState::ack`]).
@@ -114,6 +184,37 @@ impl<'a> UserTxn<'a> {
     /// Returns the user's current version.
     pub fn user_version(&self) -> u64 {
         self.entry.version
+    }
+
+    /// Returns the user's states since `since_version` (ARCHITECTURE.md
+    /// §1.3): with 0, every live state; otherwise the states changed and
+    /// the pairs deleted after it, or a reset (every live state) when that
+    /// difference cannot be proved complete: `since_version` is ahead of
+    /// the user's version, older than the deletion horizon, or one that an
+    /// earlier holder handed out and that this one does not hold (a change
+    /// a crash lost, which the copy has and the service never will).
+    pub fn delta(&self, since_version: u64, limits: DeltaLimits) -> Delta {
+        let version = self.entry.version;
+        let complete = since_version == version
+            || (since_version < version
+                && since_version >= limits.horizon
+                && (since_version > limits.inherited_up_to
+                    || since_version <= self.entry.highest_version_up_to(limits.inherited_up_to)));
+        let mut delta = Delta {
+            version,
+            reset: since_version != 0 && !complete,
+            ..Delta::default()
+        };
+        let since = if since_version == 0 || delta.reset {
+            0
+        } else {
+            since_version
+        };
+        self.entry.views_since(since, &mut delta.states);
+        if since > 0 {
+            self.entry.deleted_since(since, &mut delta.deleted);
+        }
+        delta
     }
 
     /// Deletes the state of `channel_id`; returns how the pair now reads
@@ -192,12 +293,12 @@ impl<'a> UserTxn<'a> {
         }
     }
 
-    /// Tells the change hook, if one is set, of a change just applied.
-    fn publish(&self, view: &StateView, deleted: bool) {
-        if let Some(hook) = self.hook {
-            hook.applied(AppliedChange {
-                user_id: self.user_id,
-                view,
+    /// Keeps a change just applied for the hook, if it listens.
+    #[inline]
+    fn publish(&mut self, view: &StateView, deleted: bool) {
+        if self.hook.is_some() {
+            self.heard.push(AppliedChange {
+                view: *view,
                 deleted,
             });
         }

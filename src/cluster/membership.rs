@@ -265,6 +265,13 @@ impl Membership {
                 continue;
             }
             self.held_back[index] = false;
+            if !self.ownership.owns_slot(slot)
+                && let Some(handoff) = &self.handoff
+            {
+                // Before its users are served: versions an earlier owner
+                // handed out, and maybe lost, are told apart from ours.
+                handoff.engine.took_over_users();
+            }
             self.ownership.grant(slot, started, self.timing.serving);
         }
     }

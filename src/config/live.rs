@@ -7,7 +7,7 @@
 
 use super::{
     AuthConfig, CacheConfig, ClusterConfig, Config, FlushConfig, LimitsConfig, LogConfig,
-    MetricsConfig, ScyllaConfig, ServerConfig, StoreConfig, TlsConfig,
+    MetricsConfig, ScyllaConfig, ServerConfig, StoreConfig, TlsConfig, WatchConfig,
 };
 
 /// The settings a running server applies on reload.
@@ -94,6 +94,7 @@ impl Config {
             tls,
             auth,
             cluster,
+            watch,
         } = &new;
         [
             changed_keys!(
@@ -247,6 +248,16 @@ impl Config {
                 &self.cluster,
                 cluster
             ),
+            changed_keys!(
+                "watch",
+                WatchConfig {
+                    max_streams,
+                    max_users_per_stream,
+                    buffer_events,
+                },
+                &self.watch,
+                watch
+            ),
         ]
         .concat()
     }
@@ -281,7 +292,7 @@ mod tests {
         let current = Config::default();
         // The key expected, and a change of it alone.
         type Change = (&'static str, fn(&mut Config));
-        let changes: [Change; 11] = [
+        let changes: [Change; 12] = [
             ("server.request_timeout_ms", |c| {
                 c.server.request_timeout_ms += 1
             }),
@@ -303,6 +314,7 @@ mod tests {
             }),
             ("cluster.slots", |c| c.cluster.slots += 1),
             ("store.reader_threads", |c| c.store.reader_threads += 1),
+            ("watch.buffer_events", |c| c.watch.buffer_events += 1),
         ];
         for (expected, change) in changes {
             let mut new = current.clone();

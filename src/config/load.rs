@@ -10,9 +10,9 @@ pub const ENV_PREFIX: &str = "READSTATES_";
 
 /// The sections of [`Config`]: the first word after the prefix of an
 /// override must name one of them.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "server", "store", "cache", "flush", "limits", "metrics", "log", "scylla", "tls", "auth",
-    "cluster",
+    "cluster", "watch",
 ];
 
 /// Settings whose environment overrides are taken verbatim as strings: a

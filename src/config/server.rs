@@ -78,6 +78,24 @@ pub struct LimitsConfig {
     pub max_queue_delay_ms: u64,
 }
 
+/// Change streams (`WatchReadStates`, ARCHITECTURE.md §1.3).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Most streams open at once; past it a new one is refused with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_streams: usize,
+    /// Most users one stream follows at once; a subscription past it ends
+    /// the stream with `RESOURCE_EXHAUSTED`.
+    pub max_users_per_stream: usize,
+    /// Changes one stream holds for its subscriber, over all its users
+    /// (about 80 bytes each). A user whose change finds the buffer full
+    /// falls behind: its events are dropped, and once the subscriber has
+    /// read the buffer down, the user is caught up again from the last
+    /// version sent. Writes never wait for a subscriber.
+    pub buffer_events: usize,
+}
+
 /// The Prometheus endpoint.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -132,6 +150,16 @@ impl Default for LimitsConfig {
             max_in_flight_calls: DEFAULT_MAX_IN_FLIGHT_CALLS,
             max_request_bytes: 1 << 20,
             max_queue_delay_ms: 0,
+        }
+    }
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            max_streams: 1_024,
+            max_users_per_stream: 100_000,
+            buffer_events: 8_192,
         }
     }
 }

@@ -9,7 +9,7 @@ use super::{
 impl Config {
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [Check; 23] = [
+        let checks: [Check; 26] = [
             (
                 self.store.injected_latency_median_ms > 0
                     && self.store.injected_latency_p99_ms < self.store.injected_latency_median_ms,
@@ -69,6 +69,13 @@ impl Config {
                 1,
                 "limits.max_delete_channels"
             ),
+            at_least!(self.watch.max_streams, 1, "watch.max_streams"),
+            at_least!(
+                self.watch.max_users_per_stream,
+                1,
+                "watch.max_users_per_stream"
+            ),
+            at_least!(self.watch.buffer_events, 16, "watch.buffer_events"),
             at_least!(
                 self.server.max_concurrent_requests_per_connection,
                 1,

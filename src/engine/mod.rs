@@ -19,14 +19,16 @@ pub use background::Background;
 pub use metered::MeteredStore;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::cache::{Cache, CacheError, CacheSettings, ChangeHook, Evicted, ServingGate, UserTxn};
+use crate::cache::{
+    Cache, CacheError, CacheSettings, ChangeHook, DeltaLimits, Evicted, ServingGate, UserTxn,
+};
 use crate::clock::unix_micros;
 use crate::config::Config;
 use crate::flush::{
@@ -51,6 +53,11 @@ pub struct Engine {
     write_failing: watch::Receiver<bool>,
     /// The write-behind until [`Engine::start`] runs it.
     flusher: Mutex<Option<Flusher>>,
+    /// Versions up to this one may have been handed out by an earlier
+    /// holder of a user served here: the previous run of this instance
+    /// (the version floor it recorded), or a slot's previous owner (raised
+    /// to the time a slot is taken over). See [`DeltaLimits`].
+    inherited_up_to: AtomicU64,
 }
 
 impl Engine {
@@ -135,6 +142,7 @@ impl Engine {
             lease,
         );
         Ok(Arc::new(Self {
+            inherited_up_to: AtomicU64::new(floor),
             flushes: flusher.barrier(),
             write_failing: flusher.write_failing(),
             flusher: Mutex::new(Some(flusher)),
@@ -185,6 +193,24 @@ impl Engine {
         self.cache.write(self.store.as_ref(), user_id, change).await
     }
 
+    /// Returns what decides whether a delta is complete (ARCHITECTURE.md
+    /// §1.3): the store's deletion horizon, and the versions an earlier
+    /// holder may have handed out.
+    pub fn delta_limits(&self) -> DeltaLimits {
+        DeltaLimits {
+            horizon: self.store.deletion_horizon(),
+            inherited_up_to: self.inherited_up_to.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Notes that this instance now serves users that another one served
+    /// until now (a slot taken over): every version handed out before now
+    /// may be theirs.
+    pub fn took_over_users(&self) {
+        self.inherited_up_to
+            .fetch_max(unix_micros(), Ordering::Relaxed);
+    }
+
     /// Runs `read` on the user's states, loading them first if needed.
     pub async fn read<R>(
         &self,
@@ -207,20 +233,25 @@ impl Engine {
         &self,
         selects: &(dyn Fn(UserId) -> bool + Sync),
     ) -> Result<usize, WriteOutError> {
-        crate::flush::write_out(
+        let written = crate::flush::write_out(
             &self.cache,
             self.store.as_ref(),
             &self.flushes,
             self.write_out,
             selects,
         )
-        .await
+        .await;
+        // Evicted, even if not all written: they are served elsewhere next.
+        self.cache.tell_released(selects);
+        written
     }
 
     /// Evicts the selected users (a slot lost without a handoff); their
     /// dirty states stay for the write-behind.
     pub async fn evict(&self, selects: &(dyn Fn(UserId) -> bool + Sync)) -> Evicted {
-        crate::flush::evict(&self.cache, selects).await
+        let evicted = crate::flush::evict(&self.cache, selects).await;
+        self.cache.tell_released(selects);
+        evicted
     }
 
     /// Gives the selected users evicted but not written to the

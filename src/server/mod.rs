@@ -19,9 +19,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Forwarding, ReadStatesService};
+use crate::api::{Forwarding, ReadStatesService, Watching};
 use crate::auth::{AuthError, Security};
-use crate::cache::Cache;
+use crate::cache::{Cache, ChangeHook};
 use crate::cluster::{Cluster, ClusterMetrics, Forwards, Handoff, Ownership};
 use crate::config::{Config, StoreBackend};
 use crate::connections::{
@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::overload::{QueueDelay, queue_delay_gauge};
 use crate::scrape::serve_metrics;
 use crate::store::{EmbeddedOptions, EmbeddedStore, ScyllaStore, Store};
+use crate::watch::{WatchMetrics, Watchers};
 
 use grpc::{GrpcPort, serve_grpc};
 
@@ -225,6 +226,15 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     };
 
     let mut service = ReadStatesService::new(Arc::clone(&engine), config.limits.clone(), &metrics);
+    // Change streams: the registry of subscriptions hears every change the
+    // engine applies, and streams end when the server starts shutting down.
+    let watchers = Watchers::new(WatchMetrics::register(&metrics));
+    engine.set_change_hook(Arc::clone(&watchers) as Arc<dyn ChangeHook>);
+    service = service.with_watching(Watching {
+        watchers,
+        settings: config.watch.clone(),
+        shutdown: shutdown.clone(),
+    });
     let probe_stop = CancellationToken::new();
     if let Some(forwarding) = forwarding {
         service = service.with_forwarding(forwarding);

@@ -92,4 +92,8 @@ impl<Layer: StoreLayer> Store for Layer {
         let operation = Operation::PurgeTombstones { below, max };
         self.around(operation, move |inner| inner.purge_tombstones(below, max))
     }
+
+    fn deletion_horizon(&self) -> u64 {
+        self.inner().deletion_horizon()
+    }
 }

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::ids::UserId;
+use crate::ids::{ChannelId, UserId};
 use crate::read_state::ReadState;
 
 /// A boxed store future: the trait is used as `dyn Store`.
@@ -46,8 +46,20 @@ pub struct RowWrite {
 pub struct UserRows {
     /// The live states, in channel order.
     pub states: Vec<ReadState>,
+    /// The deletion markers the store still holds for the user, in channel
+    /// order: every deletion at or above [`Store::deletion_horizon`] is
+    /// here (ARCHITECTURE.md §1.3).
+    pub deleted: Vec<Tombstone>,
     /// The highest version among the user's rows, deletions included, so a
     /// reloaded user's version never goes backwards.
+    pub version: u64,
+}
+
+/// A deleted pair, as its deletion marker records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tombstone {
+    pub channel_id: ChannelId,
+    /// The deletion's version.
     pub version: u64,
 }
 
@@ -82,7 +94,8 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the backend's name, for logs and metrics.
     fn backend(&self) -> &'static str;
 
-    /// Returns every live state of one user and the user's version.
+    /// Returns every live state of one user, the deletion markers still
+    /// stored for it, and the user's version.
     fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows>;
 
     /// Writes a batch of rows; a row older than the stored one is skipped.
@@ -107,6 +120,17 @@ pub trait Store: Send + Sync + 'static {
     /// exists only to make such a stale write lose. A store whose database
     /// expires tombstones itself returns 0.
     fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize>;
+
+    /// Returns the version below which deletion markers may be gone (purged
+    /// by [`Store::purge_tombstones`], or expired by the database): every
+    /// deletion at or above it is still returned by [`Store::load_user`].
+    /// Never decreases. A delta since a version below it cannot be proved
+    /// complete (ARCHITECTURE.md §1.3).
+    ///
+    /// It holds for the loads that finished before it was read, so read it
+    /// after the load it vouches for: a purge may land between a read of
+    /// it and a later load, and remove markers above the value read.
+    fn deletion_horizon(&self) -> u64;
 }
 
 /// Whether retrying a failed store operation can succeed.

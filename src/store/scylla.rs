@@ -14,7 +14,10 @@
 //! deletes never fill its partition with tombstones that every load would
 //! read, and that past Cassandra's `tombstone_failure_threshold` would make
 //! the user unloadable. Markers expire after the table's
-//! `gc_grace_seconds`, read once at start-up.
+//! `gc_grace_seconds`, read once at start-up. Loads return the markers not
+//! yet expired as the user's deletions; the deletion horizon says which
+//! are certainly among them: those of versions newer than the marker TTL
+//! ago, less a margin (ARCHITECTURE.md §1.3, [`cql::deletion_horizon`]).
 //!
 //! A user's version must count deletions, but a tombstone cannot be read
 //! back. So each write batch also sets the partition's static
@@ -41,6 +44,7 @@ mod session;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::scylla::client::session::Session;
 use ::scylla::client::session_builder::SessionBuilder;
@@ -58,6 +62,7 @@ use self::error::{request_failed, result_unreadable};
 pub use self::migrate::{MigrateError, MigrationReport};
 pub(crate) use self::session::connect;
 use super::{LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows};
+use crate::clock::unix_micros;
 use crate::config::ScyllaConfig;
 use crate::ids::UserId;
 
@@ -72,6 +77,9 @@ pub struct ScyllaStore {
     max_in_flight: usize,
     /// The TTL of delete markers, in seconds.
     marker_ttl: i32,
+    /// The highest deletion horizon returned, so that it never goes back
+    /// with the wall clock.
+    horizon: AtomicU64,
 }
 
 /// The prepared statements.
@@ -116,6 +124,7 @@ impl ScyllaStore {
             write_permits: Semaphore::new(config.max_in_flight),
             max_in_flight: config.max_in_flight,
             marker_ttl,
+            horizon: AtomicU64::new(0),
         })
     }
 
@@ -249,6 +258,16 @@ impl Store for ScyllaStore {
         // Deletes write no tombstones: their delete markers expire by TTL
         // after the table's gc_grace_seconds, and the cluster drops them.
         Box::pin(async { Ok(0) })
+    }
+
+    /// Returns the marker TTL (the table's `gc_grace_seconds`) before now,
+    /// plus a margin for versions that run ahead of the clock (see
+    /// `cql::HORIZON_MARGIN_MICROS`): markers expire by time, not by a
+    /// purge. Never below a value returned before, should the clock step
+    /// back.
+    fn deletion_horizon(&self) -> u64 {
+        let now = cql::deletion_horizon(unix_micros(), self.marker_ttl);
+        self.horizon.fetch_max(now, Ordering::Relaxed).max(now)
     }
 }
 

@@ -7,9 +7,10 @@
 
 use std::sync::Arc;
 
+use readstates::clock::unix_micros;
 use readstates::ids::{ChannelId, MessageId, UserId};
 use readstates::read_state::{Mentions, ReadState};
-use readstates::store::{LoadPriority, RowWrite, Store, UserRows};
+use readstates::store::{LoadPriority, RowWrite, Store, Tombstone, UserRows};
 
 use super::cluster::{put, state, write};
 
@@ -98,6 +99,14 @@ async fn load(store: &dyn Store, user_id: u64) -> UserRows {
 /// A deletion of (user, channel) at `version`.
 fn tombstone(user_id: u64, channel: u64, version: u64) -> RowWrite {
     write(user_id, state(channel, 0, version), true)
+}
+
+/// A deletion marker of `channel` at `version`, as a load returns it.
+fn deletion(channel: u64, version: u64) -> Tombstone {
+    Tombstone {
+        channel_id: ChannelId::new(channel).unwrap(),
+        version,
+    }
 }
 
 /// Purges and checks the count the backend's capability promises: `purged`
@@ -231,7 +240,143 @@ pub async fn a_user_with_only_deletions_keeps_its_version(backend: &mut impl Bac
     put(store.as_ref(), vec![tombstone(1, 2, 4), tombstone(1, 3, 3)]).await;
     let rows = load(store.as_ref(), 1).await;
     assert!(rows.states.is_empty(), "{rows:?}");
+    assert_eq!(rows.deleted, [deletion(2, 4), deletion(3, 3)]);
     assert_eq!(rows.version, 4);
+}
+
+// ---------------------------------------------------------------------------
+// Deletions returned by loads, and the deletion horizon
+// ---------------------------------------------------------------------------
+
+/// A deleted pair loads as a deletion with its deletion's version, in
+/// channel order among the others, and not as a state: whichever instance
+/// wrote it, after stale writes, across a restart. A newer write revives
+/// it (a state again, no longer a deletion); deleted again, it loads with
+/// the newer deletion's version.
+pub async fn a_deleted_pair_loads_as_a_deletion_until_a_newer_write_revives_it(
+    backend: &mut impl Backend,
+) {
+    let first = backend.open().await;
+    let second = another_writer(backend, &first).await;
+    put(
+        first.as_ref(),
+        vec![
+            write(3, state(1, 50, 10), false),
+            write(3, state(2, 60, 10), false),
+        ],
+    )
+    .await;
+    // Channel 4 was never live; the batch lists the channels out of order.
+    put(
+        second.as_ref(),
+        vec![tombstone(3, 4, 12), tombstone(3, 1, 11)],
+    )
+    .await;
+    put(first.as_ref(), vec![write(3, state(1, 70, 9), false)]).await;
+    let rows = load(first.as_ref(), 3).await;
+    assert_eq!(rows.states, [state(2, 60, 10)], "the stale write lost");
+    assert_eq!(rows.deleted, [deletion(1, 11), deletion(4, 12)]);
+    assert_eq!(rows.version, 12);
+
+    let first = reopen(backend, vec![first, second]).await;
+    let rows = load(first.as_ref(), 3).await;
+    assert_eq!(rows.states, [state(2, 60, 10)]);
+    assert_eq!(rows.deleted, [deletion(1, 11), deletion(4, 12)]);
+
+    let second = another_writer(backend, &first).await;
+    put(second.as_ref(), vec![write(3, state(1, 80, 13), false)]).await;
+    let rows = load(first.as_ref(), 3).await;
+    assert_eq!(
+        rows.states,
+        [state(1, 80, 13), state(2, 60, 10)],
+        "the newer write revived channel 1"
+    );
+    assert_eq!(rows.deleted, [deletion(4, 12)]);
+    assert_eq!(rows.version, 13);
+
+    put(first.as_ref(), vec![tombstone(3, 1, 14)]).await;
+    let rows = load(second.as_ref(), 3).await;
+    assert_eq!(rows.states, [state(2, 60, 10)]);
+    assert_eq!(rows.deleted, [deletion(1, 14), deletion(4, 12)]);
+    assert_eq!(rows.version, 14);
+}
+
+/// Reads the deletion horizon and checks that it did not go below
+/// `previous`; returns it.
+fn horizon_after(store: &dyn Store, previous: u64, when: &str) -> u64 {
+    let horizon = store.deletion_horizon();
+    assert!(
+        horizon >= previous,
+        "{when}: the horizon went from {previous} down to {horizon}"
+    );
+    horizon
+}
+
+/// The deletion horizon never decreases: not on writes, on purges (even one
+/// with a lower cutoff), nor across a restart. Every deletion at or above
+/// it loads. After a purge below B by a store that purges, it is at least
+/// B: the purged deletions no longer load, those at or above it all do.
+pub async fn the_deletion_horizon_never_decreases_and_every_deletion_above_it_loads(
+    backend: &mut impl Backend,
+) {
+    let store = backend.open().await;
+    let mut horizon = horizon_after(store.as_ref(), 0, "opened");
+    // A deletion at a version as the clock hands them out: above the
+    // horizon of a store that purged nothing newer, and of one whose
+    // markers live longer than the horizon's margin (10 days by default).
+    let recent = unix_micros();
+    let all = [
+        deletion(1, 10),
+        deletion(2, 20),
+        deletion(3, 30),
+        deletion(6, recent),
+    ];
+    put(
+        store.as_ref(),
+        all.iter()
+            .map(|marker| tombstone(4, marker.channel_id.get(), marker.version))
+            .chain([write(4, state(5, 1, 25), false)])
+            .collect(),
+    )
+    .await;
+    horizon = horizon_after(store.as_ref(), horizon, "after a write");
+    assert!(horizon <= recent, "horizon {horizon} above a new deletion");
+    assert_eq!(load(store.as_ref(), 4).await.deleted, all);
+
+    let below = 25;
+    let removed = store.purge_tombstones(below, 100).await.unwrap();
+    horizon = horizon_after(store.as_ref(), horizon, "after a purge");
+    let rows = load(store.as_ref(), 4).await;
+    match backend.capabilities().tombstones {
+        Tombstones::Purged => {
+            assert!(removed > 0, "the purge removed nothing");
+            assert!(
+                horizon >= below,
+                "horizon {horizon} below the purge's cutoff {below}"
+            );
+            assert_eq!(rows.deleted, [deletion(3, 30), deletion(6, recent)]);
+        }
+        Tombstones::Expire => {
+            assert_eq!(removed, 0);
+            assert_eq!(rows.deleted, all, "markers go only when they expire");
+        }
+    }
+    for marker in all.iter().filter(|marker| marker.version >= horizon) {
+        assert!(
+            rows.deleted.contains(marker),
+            "{marker:?} is at or above the horizon {horizon}: {rows:?}"
+        );
+    }
+    assert_eq!(rows.states, [state(5, 1, 25)]);
+
+    store.purge_tombstones(5, 100).await.unwrap();
+    horizon = horizon_after(store.as_ref(), horizon, "after a purge with a lower cutoff");
+    let store = reopen(backend, vec![store]).await;
+    horizon = horizon_after(store.as_ref(), horizon, "after a restart");
+    let rows = load(store.as_ref(), 4).await;
+    for marker in all.iter().filter(|marker| marker.version >= horizon) {
+        assert!(rows.deleted.contains(marker), "{marker:?}: {rows:?}");
+    }
 }
 
 /// Every field of a state survives the round trip, the largest ids and

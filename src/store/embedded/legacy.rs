@@ -3,7 +3,8 @@
 //!
 //! On open, if `data_dir` holds that layout, every row (tombstones
 //! included, with their versions) and the version floor are copied into the
-//! B-tree database in chunked transactions, and the old files are moved to
+//! B-tree database in chunked transactions (the floor is also the deletion
+//! horizon, at least), and the old files are moved to
 //! `data_dir/legacy-lsm/`, where an operator may delete them. The rows are
 //! written with the same version comparison as any batch, so an import that
 //! was interrupted (a crash before the move) simply runs again.
@@ -95,6 +96,9 @@ fn import(data_dir: &Path, db: &Database) -> Result<usize, StoreError> {
         .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
         .map_or(0, u64::from_le_bytes);
     raise_version_floor(db, floor)?;
+    // The LSM store may have purged tombstones and recorded no horizon:
+    // promise none below its floor, as for any file without a horizon.
+    tombstones::raise_horizon_in(db, floor)?;
     Ok(copied)
 }
 

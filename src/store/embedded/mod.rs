@@ -37,10 +37,13 @@
 //!
 //! Tombstones have an index by version, so the oldest can be purged without
 //! a scan once no stale write can arrive (see `tombstones`). A purge is one
-//! more job for the writer thread, committed in the group it lands in.
+//! more job for the writer thread, committed in the group it lands in, and
+//! it raises the deletion horizon recorded beside the version floor in the
+//! same commit: loads return every tombstone at or above it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
@@ -53,7 +56,8 @@ mod tombstones;
 
 use super::row::{Row, decode_row, encode_row};
 use super::{
-    ErrorClass, LoadPriority, RowWrite, Store, StoreError, StoreFuture, UserRows, newest_per_key,
+    ErrorClass, LoadPriority, RowWrite, Store, StoreError, StoreFuture, Tombstone, UserRows,
+    newest_per_key,
 };
 use crate::clock::unix_micros;
 use crate::config::{DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS};
@@ -65,7 +69,8 @@ use tombstones::{RowBytes, TOMBSTONES};
 
 /// The read states, keyed by (user id, channel id).
 const STATES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("read_states");
-/// Small named values: the version floor.
+/// Small named values: the version floor, the deletion horizon (see
+/// `tombstones`), and the mark that tombstones are indexed.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const VERSION_FLOOR_KEY: &str = "version_floor";
 
@@ -117,10 +122,12 @@ enum Work {
         rows: Arc<[RowWrite]>,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// Removes tombstones older than `below`; answers how many.
+    /// Removes tombstones older than `below`; answers how many. Raises the
+    /// recorded deletion horizon to `below`, and `horizon` with it.
     Purge {
         below: u64,
         max: usize,
+        horizon: Arc<AtomicU64>,
         done: oneshot::Sender<Result<usize, StoreError>>,
     },
     /// Nothing to write: a load failed, and the writer checks whether the
@@ -134,6 +141,9 @@ pub struct EmbeddedStore {
     handle: Arc<DbHandle>,
     writer: std::sync::mpsc::SyncSender<WriteJob>,
     readers: Arc<Readers>,
+    /// The deletion horizon recorded in `meta`, kept here so that reading
+    /// it costs a load of an atomic; raised by the writer thread's purges.
+    horizon: Arc<AtomicU64>,
 }
 
 impl EmbeddedStore {
@@ -156,10 +166,13 @@ impl EmbeddedStore {
         create_tables(&db)?;
         tombstones::index_if_missing(&db)?;
         legacy::import_if_present(data_dir, &db)?;
+        // After the import, whose version floor a new horizon starts from.
+        let horizon = tombstones::horizon_on_open(&db)?;
         Ok(Self {
             handle: Arc::new(DbHandle::of(db, path, cache_bytes)),
             writer: spawn_writer()?,
             readers: Arc::new(Readers::start(options.reader_threads)?),
+            horizon: Arc::new(AtomicU64::new(horizon)),
         })
     }
 
@@ -264,16 +277,32 @@ impl Store for EmbeddedStore {
     fn purge_tombstones(&self, below: u64, max: usize) -> StoreFuture<'_, usize> {
         let below = below.min(unix_micros());
         let (done, result) = oneshot::channel();
-        let queued = self.queue(Work::Purge { below, max, done });
+        let queued = self.queue(Work::Purge {
+            below,
+            max,
+            horizon: Arc::clone(&self.horizon),
+            done,
+        });
         Box::pin(async move {
             queued.await?;
             result.await.map_err(|_| writer_stopped())?
         })
     }
+
+    /// Returns the horizon of the last purge (or the one recorded when the
+    /// file was opened): a purge removes only tombstones below its cutoff,
+    /// so every one at or above the highest cutoff is still stored
+    /// (ARCHITECTURE.md §1.3).
+    fn deletion_horizon(&self) -> u64 {
+        // Relaxed is enough: a purge raises it before its commit, and a load
+        // that saw the commit synchronized with the writer through redb.
+        self.horizon.load(Ordering::Relaxed)
+    }
 }
 
-/// Records `floor` as the version floor unless a higher one is recorded;
-/// commits with an fsync.
+/// Records `floor` as the version floor unless a higher one is recorded
+/// (and the deletion horizon if a file has none yet); commits with an
+/// fsync.
 fn raise_version_floor(db: &Database, floor: u64) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(redb_error)?;
     txn.set_durability(Durability::Immediate)
@@ -284,6 +313,7 @@ fn raise_version_floor(db: &Database, floor: u64) -> Result<(), StoreError> {
             .get(VERSION_FLOOR_KEY)
             .map_err(redb_error)?
             .map_or(0, |current| current.value());
+        tombstones::horizon_if_missing(&mut meta, current)?;
         if floor > current {
             meta.insert(VERSION_FLOOR_KEY, floor).map_err(redb_error)?;
         }
@@ -319,16 +349,21 @@ fn load_user(db: &Database, user_id: UserId) -> Result<UserRows, StoreError> {
             ChannelId::new(key.value().1).map_err(|_| corrupt(super::RowDecodeError::Id))?;
         let row = decode_row(channel_id, value.value()).map_err(corrupt)?;
         rows.version = rows.version.max(row.version());
-        if let Row::Live(state) = row {
-            rows.states.push(state);
+        match row {
+            Row::Live(state) => rows.states.push(state),
+            Row::Tombstone { version } => rows.deleted.push(Tombstone {
+                channel_id,
+                version,
+            }),
         }
     }
     Ok(rows)
 }
 
 /// Runs the jobs of a group in one transaction, in order: each batch row
-/// only if it is newer than the stored one, each purge as asked. Commits
-/// with an fsync; returns the tombstones each job purged (0 for a batch).
+/// only if it is newer than the stored one, each purge as asked, with the
+/// deletion horizon it promises. Commits with an fsync; returns the
+/// tombstones each job purged (0 for a batch).
 fn write_group(db: &Database, group: &[WriteJob]) -> Result<Vec<usize>, StoreError> {
     let mut purged = Vec::with_capacity(group.len());
     let mut txn = db.begin_write().map_err(redb_error)?;
@@ -359,8 +394,21 @@ fn write_group(db: &Database, group: &[WriteJob]) -> Result<Vec<usize>, StoreErr
                     }
                     purged.push(0);
                 }
-                Work::Purge { below, max, .. } => {
+                Work::Purge {
+                    below,
+                    max,
+                    horizon,
+                    ..
+                } => {
                     purged.push(tombstones::purge(&mut states, &mut index, *below, *max)?);
+                    let mut meta = txn.open_table(META).map_err(redb_error)?;
+                    let raised = tombstones::raise_horizon(&mut meta, *below)?;
+                    // Raised in memory before the commit makes the removals
+                    // visible: a load that sees them, then reads the
+                    // horizon, must read this one. Should the commit fail,
+                    // nothing was removed, and the higher horizon is still
+                    // a true promise.
+                    horizon.fetch_max(raised, Ordering::Relaxed);
                 }
                 Work::Probe => purged.push(0),
             }

@@ -79,6 +79,14 @@ async fn an_earlier_lsm_data_dir_is_imported_once() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let user9 = load(&store, UserId::new(9).unwrap()).await;
     assert_eq!(user9.states, vec![state(1, 10, 3)]);
+    assert_eq!(
+        user9.deleted,
+        [Tombstone {
+            channel_id: ChannelId::new(2).unwrap(),
+            version: 7
+        }],
+        "the tombstone is kept"
+    );
     assert_eq!(user9.version, 7, "the tombstone's version is kept");
     let user10 = load(&store, UserId::new(10).unwrap()).await;
     assert_eq!(user10.states, vec![state(1, 20, 4)]);

@@ -1,12 +1,13 @@
 //! Tests of the tombstone index and of what the embedded store's purge
 //! does beyond the contract (a cap per purge, tombstones ahead of the
-//! clock, purges queued with batches). What every purge keeps (versions,
-//! cutoffs, `max`) is checked in `tests/store_contract.rs`.
+//! clock, purges queued with batches, the deletion horizon on disk). What
+//! every purge keeps (versions, cutoffs, `max`, a horizon that never goes
+//! down) is checked in `tests/store_contract.rs`.
 
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::tests::{load, state, write, write_lsm_data_dir};
-use super::tombstones::{INDEXED_KEY, MAX_PURGE, TOMBSTONES};
+use super::tombstones::{HORIZON_KEY, INDEXED_KEY, MAX_PURGE, TOMBSTONES};
 use super::*;
 
 /// Writes one batch.
@@ -78,7 +79,14 @@ async fn a_tombstone_ahead_of_the_clock_is_kept() {
     put(&store, vec![tombstone(1, 1, 10), tombstone(1, 2, ahead)]).await;
     assert_eq!(store.purge_tombstones(u64::MAX, 100).await.unwrap(), 1);
     assert_eq!(index_entries(&store.handle.get().unwrap()), [(ahead, 1, 2)]);
-    assert_eq!(load(&store, UserId::new(1).unwrap()).await.version, ahead);
+    let rows = load(&store, UserId::new(1).unwrap()).await;
+    assert_eq!(rows.version, ahead);
+    assert_eq!(rows.deleted, [deletion(2, ahead)]);
+    let horizon = store.deletion_horizon();
+    assert!(
+        (10..ahead).contains(&horizon),
+        "the horizon is the cutoff held to the clock: {horizon}"
+    );
 }
 
 #[tokio::test]
@@ -107,6 +115,118 @@ async fn purges_and_batches_queued_together_all_answer() {
         stored_rows(&store.handle.get().unwrap()).len(),
         30,
         "the live rows stay"
+    );
+}
+
+/// A tombstone of `channel` at `version`, as a load returns it.
+fn deletion(channel: u64, version: u64) -> Tombstone {
+    Tombstone {
+        channel_id: ChannelId::new(channel).unwrap(),
+        version,
+    }
+}
+
+/// The deletion horizon recorded in `meta`, if any.
+fn recorded_horizon(db: &Database) -> Option<u64> {
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    meta.get(HORIZON_KEY).unwrap().map(|value| value.value())
+}
+
+#[tokio::test]
+async fn the_deletion_horizon_is_recorded_by_each_purge_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = UserId::new(1).unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.deletion_horizon(), 0, "a new file purged nothing");
+        assert_eq!(
+            recorded_horizon(&store.handle.get().unwrap()),
+            None,
+            "written down with the first version floor, not by the open"
+        );
+        put(
+            &store,
+            vec![
+                tombstone(1, 1, 10),
+                tombstone(1, 2, 20),
+                tombstone(1, 3, 30),
+            ],
+        )
+        .await;
+        // One of the two below the cutoff goes: the horizon is the cutoff
+        // all the same, a promise about what is kept.
+        assert_eq!(store.purge_tombstones(25, 1).await.unwrap(), 1);
+        assert_eq!(store.deletion_horizon(), 25);
+        assert_eq!(recorded_horizon(&store.handle.get().unwrap()), Some(25));
+        assert_eq!(
+            load(&store, user).await.deleted,
+            [deletion(2, 20), deletion(3, 30)]
+        );
+        assert_eq!(store.purge_tombstones(15, 100).await.unwrap(), 0);
+        assert_eq!(
+            store.deletion_horizon(),
+            25,
+            "a lower cutoff lowers nothing"
+        );
+        assert_eq!(recorded_horizon(&store.handle.get().unwrap()), Some(25));
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.deletion_horizon(), 25);
+    assert_eq!(
+        load(&store, user).await.deleted,
+        [deletion(2, 20), deletion(3, 30)]
+    );
+}
+
+/// Makes the database look like one written before the deletion horizon:
+/// no horizon in `meta`.
+fn forget_the_horizon(db: &Database) {
+    let txn = db.begin_write().unwrap();
+    txn.open_table(META).unwrap().remove(HORIZON_KEY).unwrap();
+    txn.commit().unwrap();
+}
+
+#[tokio::test]
+async fn a_data_file_without_a_horizon_opens_with_its_version_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.record_version_floor(1_000).await.unwrap();
+        put(&store, vec![tombstone(1, 1, 10), tombstone(1, 2, 900)]).await;
+        // Purged by a build that recorded no horizon.
+        assert_eq!(store.purge_tombstones(100, 100).await.unwrap(), 1);
+        forget_the_horizon(&store.handle.get().unwrap());
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.deletion_horizon(), 1_000);
+    // Written down with the next version floor, as a start records one.
+    store.record_version_floor(2_000).await.unwrap();
+    assert_eq!(
+        recorded_horizon(&store.handle.get().unwrap()),
+        Some(1_000),
+        "recorded with the next floor"
+    );
+    assert_eq!(store.purge_tombstones(500, 100).await.unwrap(), 0);
+    assert_eq!(store.deletion_horizon(), 1_000);
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.deletion_horizon(), 1_000);
+}
+
+#[tokio::test]
+async fn an_imported_lsm_store_opens_with_its_version_floor_as_horizon() {
+    let dir = tempfile::tempdir().unwrap();
+    write_lsm_data_dir(
+        dir.path(),
+        &[write(9, state(1, 10, 3), false), tombstone(9, 2, 7)],
+        1_000,
+    );
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.deletion_horizon(), 1_000);
+    assert_eq!(
+        load(&store, UserId::new(9).unwrap()).await.deleted,
+        [deletion(2, 7)]
     );
 }
 

@@ -13,6 +13,18 @@
 //! entry, a tombstone overwritten (by a newer write or a newer tombstone)
 //! removes its entry. A data file written before the index existed is
 //! indexed once, when it is opened (see [`index_if_missing`]).
+//!
+//! The deletion horizon, in `meta`, says which tombstones are certainly
+//! still here: every one at or above it (ARCHITECTURE.md §1.3). Loads
+//! return the tombstones with the live states, and a copy of a user's
+//! states can be brought up to date from them only if none it needs were
+//! purged. Each purge raises the horizon to its cutoff in the same
+//! transaction, whether or not it removed every tombstone below it: the
+//! horizon promises what is kept, not what is gone. A data file without a
+//! recorded horizon (new, or written before the horizon existed, whose
+//! purges recorded none) starts from its version floor, above every
+//! version it ever handed out, so it never claims tombstones it may have
+//! purged (see [`horizon_on_open`]).
 
 use std::ops::Bound;
 use std::time::Instant;
@@ -22,7 +34,7 @@ use redb::{
     TableDefinition,
 };
 
-use super::{META, STATES, redb_error};
+use super::{META, STATES, VERSION_FLOOR_KEY, redb_error};
 use crate::ids::ChannelId;
 use crate::store::StoreError;
 use crate::store::row::{Row, decode_row};
@@ -32,6 +44,9 @@ pub const TOMBSTONES: TableDefinition<(u64, u64, u64), ()> = TableDefinition::ne
 
 /// Set in `meta` once every tombstone of `read_states` has its entry.
 pub const INDEXED_KEY: &str = "tombstones_indexed";
+
+/// The deletion horizon in `meta`: no tombstone at or above it was purged.
+pub const HORIZON_KEY: &str = "deletion_horizon";
 
 /// Rows read per transaction while indexing an older data file: memory and
 /// the size of one commit stay bounded however large the table is.
@@ -48,6 +63,8 @@ pub const MAX_PURGE: usize = 2_000;
 pub type StatesTable<'txn> = Table<'txn, (u64, u64), &'static [u8]>;
 /// The tombstone index, as a write transaction opens it.
 pub type IndexTable<'txn> = Table<'txn, (u64, u64, u64), ()>;
+/// The named values, as a write transaction opens them.
+pub type MetaTable<'txn> = Table<'txn, &'static str, u64>;
 
 /// The row to write under one key: its encoding and what it holds.
 pub struct RowBytes<'a> {
@@ -127,6 +144,67 @@ pub fn purge(
         }
     }
     Ok(purged)
+}
+
+/// Raises the recorded deletion horizon to `below` (a purge's cutoff)
+/// unless it is higher already; returns the horizon now recorded. A purge
+/// calls it in its own transaction, so that its removals and the promise
+/// commit together.
+pub fn raise_horizon(meta: &mut MetaTable<'_>, below: u64) -> Result<u64, StoreError> {
+    let recorded = meta
+        .get(HORIZON_KEY)
+        .map_err(redb_error)?
+        .map_or(0, |recorded| recorded.value());
+    if below <= recorded {
+        return Ok(recorded);
+    }
+    meta.insert(HORIZON_KEY, below).map_err(redb_error)?;
+    Ok(below)
+}
+
+/// Raises the recorded deletion horizon to `at_least`, in a transaction of
+/// its own: for rows imported from a store that may have purged below it.
+pub fn raise_horizon_in(db: &Database, at_least: u64) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(redb_error)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(redb_error)?;
+    raise_horizon(&mut txn.open_table(META).map_err(redb_error)?, at_least)?;
+    txn.commit().map_err(redb_error)
+}
+
+/// Returns the recorded deletion horizon. A data file without one gets its
+/// version floor (0 on a new file): a file written before the horizon
+/// existed may have purged tombstones without saying up to where, but never
+/// any at or above the floor, which is above every version handed out
+/// before it was recorded. The next version floor recorded writes it down
+/// (see [`horizon_if_missing`]); reading it here adds no commit to an open.
+pub fn horizon_on_open(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read().map_err(redb_error)?;
+    let meta = txn.open_table(META).map_err(redb_error)?;
+    if let Some(recorded) = meta.get(HORIZON_KEY).map_err(redb_error)? {
+        return Ok(recorded.value());
+    }
+    let floor = meta
+        .get(VERSION_FLOOR_KEY)
+        .map_err(redb_error)?
+        .map_or(0, |floor| floor.value());
+    if floor > 0 {
+        tracing::info!(
+            horizon = floor,
+            "a data file written before the deletion horizon: its version floor is the horizon"
+        );
+    }
+    Ok(floor)
+}
+
+/// Records `floor`, the version floor before a new one is recorded, as the
+/// deletion horizon if none is recorded yet (see [`horizon_on_open`]); part
+/// of the transaction that records the new floor.
+pub fn horizon_if_missing(meta: &mut MetaTable<'_>, floor: u64) -> Result<(), StoreError> {
+    if meta.get(HORIZON_KEY).map_err(redb_error)?.is_none() {
+        meta.insert(HORIZON_KEY, floor).map_err(redb_error)?;
+    }
+    Ok(())
 }
 
 /// Indexes the tombstones of a data file written before the index existed,

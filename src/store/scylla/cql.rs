@@ -28,13 +28,13 @@
 //! as before, cell by cell: an older write loses to every cell of the
 //! marker, a newer one (which sets every column, `deleted = false`, no TTL)
 //! replaces all of them. A marker is a live row until it expires, which a
-//! load skips. Its cells expire no sooner than `gc_grace_seconds` after
-//! they were written, so the expired marker is purgeable at once and reads
-//! never count it as a tombstone; like a tombstone, it stops guarding
-//! against stale writes after `gc_grace_seconds`. Writes are `UPDATE`s,
-//! which add no row marker (primary key liveness): a row then exists only
-//! through its cells, and vanishes with them when its delete marker
-//! expires.
+//! load returns as a deletion, not a state. Its cells expire no sooner
+//! than `gc_grace_seconds` after they were written, so the expired marker
+//! is purgeable at once and reads never count it as a tombstone; like a
+//! tombstone, it stops guarding against stale writes after
+//! `gc_grace_seconds`. Writes are `UPDATE`s, which add no row marker
+//! (primary key liveness): a row then exists only through its cells, and
+//! vanishes with them when its delete marker expires.
 
 use ::scylla::serialize::SerializationError;
 use ::scylla::serialize::row::{RowSerializationContext, SerializeRow};
@@ -42,7 +42,7 @@ use ::scylla::serialize::writers::RowWriter;
 
 use crate::ids::{ChannelId, MessageId, UserId};
 use crate::read_state::{Mentions, ReadState};
-use crate::store::{RowDecodeError, RowWrite, UserRows, newest_per_key};
+use crate::store::{RowDecodeError, RowWrite, Tombstone, UserRows, newest_per_key};
 
 /// The columns a load reads, in `SELECT` order.
 const LOAD_COLUMNS: &str = "channel_id, last_message_id, last_pin_timestamp_ms, updated_at_ms, \
@@ -131,6 +131,33 @@ pub fn marker_ttl(gc_grace_seconds: Option<i32>) -> i32 {
 
 /// Cassandra's and ScyllaDB's default `gc_grace_seconds` (10 days).
 const DEFAULT_GC_GRACE_SECONDS: i32 = 10 * 24 * 60 * 60;
+
+/// How far the deletion horizon stays above `now - marker TTL`: an hour.
+///
+/// A marker lives its TTL from when it was written, and the horizon
+/// promises that every marker at or above it still lives. A marker of
+/// version v is written no earlier than v minus how far versions run ahead
+/// of the wall clock: up to the version lease (a floor taken from another
+/// instance's lease, two minutes by default), plus the clocks' skew between
+/// instances and database nodes. So at time `now` every marker of a version
+/// at or above `now - TTL + margin` still lives while the margin exceeds
+/// that lead. A marker written late (a flush delay, a retried batch) only
+/// lives longer. An hour is far above any sane lease or skew, and costs a
+/// catch-up only what a gap of an hour out of `gc_grace_seconds` (10 days
+/// by default) costs.
+pub const HORIZON_MARGIN_MICROS: u64 = 60 * 60 * 1_000_000;
+
+/// Returns the version below which delete markers living `marker_ttl`
+/// seconds may have expired at `now_micros`: `now - TTL + margin`
+/// ([`HORIZON_MARGIN_MICROS`]), 0 if that is below zero.
+pub fn deletion_horizon(now_micros: u64, marker_ttl: i32) -> u64 {
+    let ttl_micros = u64::try_from(marker_ttl)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000);
+    now_micros
+        .saturating_add(HORIZON_MARGIN_MICROS)
+        .saturating_sub(ttl_micros)
+}
 
 /// Returns the write timestamp of a version.
 pub fn write_timestamp(version: u64) -> i64 {
@@ -309,8 +336,8 @@ pub type StoredRow = (
     Option<bool>,
 );
 
-/// Adds one selected row to `rows`: its state, if it holds one, and its
-/// versions to the user's version.
+/// Adds one selected row to `rows`: its state or its delete marker, if it
+/// holds one, and its versions to the user's version.
 pub fn accumulate(rows: &mut UserRows, row: StoredRow) -> Result<(), RowDecodeError> {
     let (
         channel_id,
@@ -344,7 +371,11 @@ pub fn accumulate(rows: &mut UserRows, row: StoredRow) -> Result<(), RowDecodeEr
     let version = stored_version(version)?;
     rows.version = rows.version.max(version);
     if deleted == Some(true) {
-        return Ok(()); // a delete marker
+        rows.deleted.push(Tombstone {
+            channel_id,
+            version,
+        });
+        return Ok(());
     }
     let last_message_id = MessageId::new(from_bigint(last_message_id.unwrap_or(0)))
         .map_err(|_| RowDecodeError::Id)?;

@@ -191,13 +191,14 @@ fn a_users_version_counts_the_static_cell_of_deleted_rows() {
         rows,
         UserRows {
             states: vec![],
+            deleted: vec![],
             version: 42
         }
     );
 }
 
 #[test]
-fn delete_markers_and_rows_without_cells_are_skipped() {
+fn delete_markers_load_as_deletions_and_rows_without_cells_are_skipped() {
     let user = UserId::new(1).unwrap();
     let mut rows = UserRows::default();
     accumulate(
@@ -225,6 +226,14 @@ fn delete_markers_and_rows_without_cells_are_skipped() {
     without_cells.0 = Some(3);
     accumulate(&mut rows, without_cells).unwrap();
     assert_eq!(rows.states, [state(1, 10)], "only the live row");
+    assert_eq!(
+        rows.deleted,
+        [Tombstone {
+            channel_id: ChannelId::new(2).unwrap(),
+            version: 50
+        }],
+        "the marker, with its deletion's version"
+    );
     assert_eq!(rows.version, 50, "the marker's version counts");
 
     // A row written before the column existed (deleted null) is live.
@@ -242,6 +251,24 @@ fn delete_markers_live_at_least_gc_grace_seconds() {
     assert_eq!(marker_ttl(Some(0)), 1, "a TTL of 0 would be none");
     assert_eq!(marker_ttl(Some(-5)), 1);
     assert_eq!(marker_ttl(Some(i32::MAX)), MAX_TTL_SECONDS);
+}
+
+#[test]
+fn the_deletion_horizon_trails_the_clock_by_the_marker_ttl_less_the_margin() {
+    let now = 1_700_000_000_000_000;
+    let hour = 3_600_000_000;
+    assert_eq!(
+        deletion_horizon(now, 864_000),
+        now - 864_000_000_000 + hour,
+        "ten days' markers, an hour's margin"
+    );
+    assert_eq!(
+        deletion_horizon(now, 60),
+        now - 60_000_000 + hour,
+        "markers shorter than the margin: ahead of the clock"
+    );
+    assert_eq!(deletion_horizon(5, 864_000), 0, "saturates at 0");
+    assert_eq!(deletion_horizon(u64::MAX, 1), u64::MAX - 1_000_000);
 }
 
 #[test]

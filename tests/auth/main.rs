@@ -27,7 +27,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{InstrumentedStore, ack_request, sample};
+use futures_util::StreamExt;
 use readstates::api::proto::read_states_client::ReadStatesClient;
+use readstates::api::proto::{WatchRequest, WatchSubscription};
 use readstates::config::Config;
 use readstates::server::{self, Running};
 use tonic::transport::Channel;
@@ -65,6 +67,48 @@ async fn ack(
         .await
         .expect("the call hung")
         .map(|_| ())
+}
+
+/// Opens a WatchReadStates stream following `user`, with an optional
+/// `authorization` header; returns once its catch-up arrives.
+async fn watch(
+    channel: &Channel,
+    user: u64,
+    authorization: Option<&str>,
+) -> Result<(), tonic::Status> {
+    let subscribe = WatchRequest {
+        subscribe: vec![WatchSubscription {
+            user_id: user,
+            since_version: 0,
+        }],
+        unsubscribe: Vec::new(),
+    };
+    // The request stream stays open: the server follows the user until the
+    // stream is dropped.
+    let requests = futures_util::stream::iter([subscribe]).chain(futures_util::stream::pending());
+    let mut request = tonic::Request::new(requests);
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.parse().unwrap());
+    }
+    let mut client = ReadStatesClient::new(channel.clone());
+    let mut events = tokio::time::timeout(HANG_GUARD, client.watch_read_states(request))
+        .await
+        .expect("the call hung")?
+        .into_inner();
+    let first = tokio::time::timeout(HANG_GUARD, events.message())
+        .await
+        .expect("the stream hung")?
+        .expect("the stream ended without an event");
+    assert!(
+        matches!(
+            first.events[0].event,
+            Some(readstates::api::proto::watch_event::Event::CatchUp(_))
+        ),
+        "{first:?}"
+    );
+    Ok(())
 }
 
 /// Checks that health reports the service serving, and that reflection

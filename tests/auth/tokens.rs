@@ -10,6 +10,7 @@ use crate::common::{self, InstrumentedStore, TestServer, test_config};
 use crate::pki::{Pki, tls_channel};
 use crate::{
     HANG_GUARD, ack, assert_nothing_reached_the_cache, health_and_reflection_answer, metric, start,
+    watch,
 };
 
 const ORDERS_TOKEN: &str = "orders-0123456789abcdef";
@@ -75,13 +76,21 @@ async fn tokens_refuse_a_missing_or_wrong_token_and_admit_a_right_one() {
     );
     assert_nothing_reached_the_cache(running);
 
+    // A change stream passes the same check as a call.
+    let refused = watch(&channel, 3, None).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert_nothing_reached_the_cache(running);
+    watch(&channel, 3, Some(&format!("Bearer {ORDERS_TOKEN}")))
+        .await
+        .unwrap();
+
     ack(&channel, 1, Some(&format!("Bearer {ORDERS_TOKEN}")))
         .await
         .unwrap();
     ack(&channel, 2, Some(&format!("bearer  {ORDERS_TOKEN} ")))
         .await
         .unwrap();
-    assert_eq!(metric(running, "readstates_cache_users"), 2.0);
+    assert_eq!(metric(running, "readstates_cache_users"), 3.0);
     drop(channel);
     server.shutdown().await;
 }

@@ -179,6 +179,10 @@ impl StreamTask {
                     self.caught_up(user_id, from, result);
                 }
                 () = self.outbox.pushed() => {}
+                // The subscriber dropped the stream: nothing else may tell
+                // (a stream that follows nobody, or whose users never
+                // change, would otherwise stay open for ever).
+                () = self.sender.closed() => return Stop::Gone,
             }
             // A subscriber that does not read must not hold up the
             // shutdown: what is unsent then is resumed from its versions.

@@ -2,7 +2,8 @@
 //! over a real embedded store in a temporary directory, a gRPC client, and a
 //! store wrapper that counts writes and can simulate an outage; `faults`
 //! has a store whose operations fail, slow down or hang on demand;
-//! `contract` has the store contract every backend is checked against.
+//! `contract` has the store contract every backend is checked against;
+//! `watch` follows users over a change stream and checks what it sends.
 #![allow(dead_code)]
 
 pub mod binary;
@@ -10,6 +11,7 @@ pub mod cluster;
 pub mod contract;
 pub mod faults;
 pub mod routing;
+pub mod watch;
 
 use std::path::Path;
 use std::sync::Arc;

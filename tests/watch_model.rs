@@ -350,6 +350,13 @@ async fn run(mode: Mode) {
                 "seed {seed}: a stream ended otherwise than UNAVAILABLE at the restart: {failure}"
             );
         }
+        // A graceful stop loses nothing: no version of it is suspect after
+        // the restart, so no resume is a reset (the horizon is far).
+        assert_eq!(
+            report.resets + delta.resets,
+            0,
+            "seed {seed}: resets after a graceful restart"
+        );
     } else {
         assert_eq!(
             report.ended_total(),

@@ -5,6 +5,8 @@
 //! refuses them past the shutdown deadline, keeps them in a spill for the
 //! next start (see `flush::last_resort`).
 
+use std::sync::atomic::Ordering;
+
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +54,23 @@ impl Background {
     /// (then the error says how many were lost).
     pub async fn stop(self, engine: &Engine, force: &CancellationToken) -> anyhow::Result<()> {
         self.flush_shutdown.cancel();
+        self.write_everything(engine, force).await?;
+        // Every change was written or spilled: nothing of this run can be
+        // lost, and the next start need not suspect its versions.
+        let lease = engine.cache.clock().lease();
+        let inherited = engine.inherited_up_to.load(Ordering::Relaxed);
+        if let Err(error) = super::clean_stop::record(engine.spill.path(), lease, inherited).await {
+            tracing::warn!(%error, "cannot leave the clean-stop mark: the next start resets more deltas");
+        }
+        Ok(())
+    }
+
+    /// Waits for the final flush, and keeps what it could not write.
+    async fn write_everything(
+        self,
+        engine: &Engine,
+        force: &CancellationToken,
+    ) -> anyhow::Result<()> {
         match self.flusher.await.context("flusher task failed")? {
             Ok(()) => Ok(()),
             Err(FlushError::GaveUp { dirty }) => {

@@ -11,6 +11,7 @@
 //! `gauges` is what a scrape reads of the cache and the write-behind.
 
 mod background;
+mod clean_stop;
 mod fan_out;
 mod gauges;
 mod metered;
@@ -141,8 +142,11 @@ impl Engine {
             },
             lease,
         );
+        // A clean stop's mark, read and removed before any version is
+        // handed out (see `clean_stop`).
+        let inherited_up_to = clean_stop::inherited_at_start(spill.path(), floor).await;
         Ok(Arc::new(Self {
-            inherited_up_to: AtomicU64::new(floor),
+            inherited_up_to: AtomicU64::new(inherited_up_to),
             flushes: flusher.barrier(),
             write_failing: flusher.write_failing(),
             flusher: Mutex::new(Some(flusher)),

@@ -34,13 +34,9 @@ impl ClusterMetrics {
 }
 
 impl Default for ClusterMetrics {
-    /// Handles that record nothing.
+    /// Handles that nobody reads: registered in a registry of their own.
     fn default() -> Self {
-        Self {
-            owned_slots: Gauge::noop(),
-            renewals: LeaseRenewals::default(),
-            handoffs: HandoffMetrics::default(),
-        }
+        Self::register(&Metrics::new())
     }
 }
 
@@ -53,16 +49,6 @@ pub struct LeaseRenewals {
     pub lost: Counter,
     /// The request failed or timed out; the slot may still be ours.
     pub failed: Counter,
-}
-
-impl Default for LeaseRenewals {
-    fn default() -> Self {
-        Self {
-            renewed: Counter::noop(),
-            lost: Counter::noop(),
-            failed: Counter::noop(),
-        }
-    }
 }
 
 impl LeaseRenewals {
@@ -91,19 +77,6 @@ pub struct HandoffMetrics {
     pub users_written: Counter,
     pub slots_lost: Counter,
     pub duration: Arc<AtomicHistogram>,
-}
-
-impl Default for HandoffMetrics {
-    fn default() -> Self {
-        Self {
-            completed: Counter::noop(),
-            timed_out: Counter::noop(),
-            failed: Counter::noop(),
-            users_written: Counter::noop(),
-            slots_lost: Counter::noop(),
-            duration: Arc::new(AtomicHistogram::new(LATENCY_BUCKETS)),
-        }
-    }
 }
 
 impl HandoffMetrics {

@@ -162,6 +162,19 @@ pub async fn channel(addr: std::net::SocketAddr) -> Channel {
     panic!("cannot connect to {endpoint}");
 }
 
+/// Returns how many spill files (`spill-*.bin`) are in `dir`: beside them
+/// a clean stop leaves its mark.
+pub fn spill_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|entry| {
+            let name = entry.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("spill-") && name.ends_with(".bin")
+        })
+        .count()
+}
+
 /// Reads every live row of a user straight from the store.
 pub async fn stored(store: &dyn Store, user: u64) -> Vec<ReadState> {
     store

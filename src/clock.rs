@@ -59,6 +59,13 @@ impl VersionClock {
         self.lease.store(lease, Ordering::Relaxed);
     }
 
+    /// Raises the floor: no version at or below `floor` is handed out from
+    /// now on (a slot taken over from an instance whose versions may run
+    /// up to `floor`).
+    pub fn raise_floor(&self, floor: u64) {
+        self.floor.fetch_max(floor, Ordering::Relaxed);
+    }
+
     /// Returns the lease in force (`u64::MAX` without one).
     pub fn lease(&self) -> u64 {
         self.lease.load(Ordering::Relaxed)

@@ -117,6 +117,10 @@ pub(super) struct UserEntry {
     extras: Vec<Extra>,
     /// The highest version handed out to (or loaded for) this user.
     pub version: u64,
+    /// The user's version as the store had it when the entry was loaded:
+    /// every change up to it was written, so a copy at or below it holds
+    /// nothing a crash lost (see `UserTxn::delta`).
+    pub loaded_version: u64,
     /// In a flush timer bucket.
     pub scheduled: bool,
     /// An eviction write of this entry is in flight.
@@ -139,6 +143,7 @@ impl UserEntry {
             slots: Vec::with_capacity(states.len() + deleted.len()),
             extras: Vec::new(),
             version,
+            loaded_version: 0,
             scheduled: false,
             writing: false,
         };
@@ -172,6 +177,7 @@ impl UserEntry {
             entry.push_tombstone(tombstone);
         }
         entry.extras.shrink_to_fit();
+        entry.loaded_version = entry.version;
         entry
     }
 

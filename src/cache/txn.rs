@@ -191,15 +191,19 @@ impl<'a> UserTxn<'a> {
     /// the pairs deleted after it, or a reset (every live state) when that
     /// difference cannot be proved complete: `since_version` is ahead of
     /// the user's version, older than the deletion horizon, or one that an
-    /// earlier holder handed out and that this one does not hold (a change
-    /// a crash lost, which the copy has and the service never will).
+    /// earlier holder may have handed out and that this one cannot show it
+    /// holds (a change a crash lost, which the copy has and the service
+    /// never will).
     pub fn delta(&self, since_version: u64, limits: DeltaLimits) -> Delta {
         let version = self.entry.version;
+        // Held: in the store when the user was loaded, issued by this
+        // holder (above what an earlier one may have issued), or still a
+        // version of one of the user's states or deletions.
+        let held = since_version <= self.entry.loaded_version
+            || since_version > limits.inherited_up_to
+            || since_version <= self.entry.highest_version_up_to(limits.inherited_up_to);
         let complete = since_version == version
-            || (since_version < version
-                && since_version >= limits.horizon
-                && (since_version > limits.inherited_up_to
-                    || since_version <= self.entry.highest_version_up_to(limits.inherited_up_to)));
+            || (since_version < version && since_version >= limits.horizon && held);
         let mut delta = Delta {
             version,
             reset: since_version != 0 && !complete,

@@ -225,7 +225,21 @@ impl Membership {
             }
         }
         self.drop_lost(&lost).await;
-        self.grant(granted);
+        let taking_over = granted
+            .iter()
+            .any(|(slot, _)| !self.ownership.owns_slot(*slot))
+            || self.held_back.contains(&true);
+        let may_take_over = match &self.handoff {
+            Some(handoff) if taking_over => match handoff.engine.take_over().await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot record a version lease above the slots' previous owners'; serving them next round");
+                    false
+                }
+            },
+            _ => true,
+        };
+        self.grant(granted, may_take_over);
         let after = self.ownership.owned_slots();
         self.metrics.owned_slots.set(after as f64);
         if after != before {
@@ -238,7 +252,8 @@ impl Membership {
     /// Serves the slots just acquired or renewed (`started`: when their
     /// request was sent), and those held back before, except a slot not
     /// served now whose users still have changes to write.
-    fn grant(&mut self, granted: Vec<(Slot, Instant)>) {
+    /// With `may_take_over` false, slots not served yet are held back.
+    fn grant(&mut self, granted: Vec<(Slot, Instant)>, may_take_over: bool) {
         for (slot, lease) in self.leases.iter().enumerate() {
             if !matches!(lease, SlotLease::Held { .. }) {
                 self.held_back[slot] = false;
@@ -260,18 +275,11 @@ impl Membership {
         let candidates: Vec<(Slot, Instant)> = held_back.chain(granted).collect();
         for (slot, started) in candidates {
             let index = slot as usize;
-            if !self.ownership.owns_slot(slot) && unwritten[index] {
+            if !self.ownership.owns_slot(slot) && (unwritten[index] || !may_take_over) {
                 self.held_back[index] = true;
                 continue;
             }
             self.held_back[index] = false;
-            if !self.ownership.owns_slot(slot)
-                && let Some(handoff) = &self.handoff
-            {
-                // Before its users are served: versions an earlier owner
-                // handed out, and maybe lost, are told apart from ours.
-                handoff.engine.took_over_users();
-            }
             self.ownership.grant(slot, started, self.timing.serving);
         }
     }

@@ -38,7 +38,7 @@ use crate::flush::{
 };
 use crate::ids::UserId;
 use crate::metrics::Metrics;
-use crate::store::{DelayedStore, LoadPriority, Store};
+use crate::store::{DelayedStore, LoadPriority, Store, StoreError};
 
 /// The parts of a running service below its API.
 pub struct Engine {
@@ -57,8 +57,11 @@ pub struct Engine {
     /// Versions up to this one may have been handed out by an earlier
     /// holder of a user served here: the previous run of this instance
     /// (the version floor it recorded), or a slot's previous owner (raised
-    /// to the time a slot is taken over). See [`DeltaLimits`].
+    /// to the store's version floor when a slot is taken over). See
+    /// [`DeltaLimits`].
     inherited_up_to: AtomicU64,
+    /// `flush.version_lease_ms`, in microseconds.
+    lease_micros: u64,
 }
 
 impl Engine {
@@ -147,6 +150,7 @@ impl Engine {
         let inherited_up_to = clean_stop::inherited_at_start(spill.path(), floor).await;
         Ok(Arc::new(Self {
             inherited_up_to: AtomicU64::new(inherited_up_to),
+            lease_micros,
             flushes: flusher.barrier(),
             write_failing: flusher.write_failing(),
             flusher: Mutex::new(Some(flusher)),
@@ -207,12 +211,21 @@ impl Engine {
         }
     }
 
-    /// Notes that this instance now serves users that another one served
-    /// until now (a slot taken over): every version handed out before now
-    /// may be theirs.
-    pub fn took_over_users(&self) {
-        self.inherited_up_to
-            .fetch_max(unix_micros(), Ordering::Relaxed);
+    /// Prepares to serve users that another instance served until now (a
+    /// slot taken over), before any of them is served here: the versions
+    /// that instance may have handed out, and maybe lost in a crash, run up
+    /// to the version floor recorded in the store (its lease, which may be
+    /// ahead of the clock). They become suspect, and this instance's own
+    /// versions start above them, under a lease recorded first.
+    pub async fn take_over(&self) -> Result<(), StoreError> {
+        let bound = self.store.load_version_floor().await?.max(unix_micros());
+        let lease = bound.saturating_add(self.lease_micros);
+        self.store.record_version_floor(lease).await?;
+        let clock = self.cache.clock();
+        clock.set_lease(clock.lease().max(lease));
+        clock.raise_floor(bound);
+        self.inherited_up_to.fetch_max(bound, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Runs `read` on the user's states, loading them first if needed.

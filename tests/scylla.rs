@@ -878,7 +878,7 @@ async fn a_restart_during_a_hung_cluster_loses_nothing_acknowledged() {
         .await
         .expect("the shutdown hung with the cluster")
         .expect("the unwritten states were spilled");
-    assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 1);
+    assert_eq!(common::spill_files(spill.path()), 1);
 
     // The cluster comes back (and this instance restarts on it directly).
     proxy.set_hung(false);
@@ -886,7 +886,7 @@ async fn a_restart_during_a_hung_cluster_loses_nothing_acknowledged() {
     let mut config = service_config(restarted_dir.path(), &settings);
     config.store.spill_dir = Some(spill.path().to_owned());
     let mut server = TestServer::start(&config, open(&settings).await).await;
-    assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
+    assert_eq!(common::spill_files(spill.path()), 0);
     let observer = open(&settings).await;
     for user in users {
         for channel in 1..=3 {

@@ -5,7 +5,8 @@
 //! workload and reports latency; `warm` creates, beforehand, every state
 //! that workload can touch (see `warm.rs`), so a run's acks update existing
 //! states; `noop-server` serves the same gRPC service with no work, to
-//! measure the framework's ceiling on this machine.
+//! measure the framework's ceiling on this machine; `watch` follows users on
+//! change streams and measures their delivery lag (see `watch.rs`).
 //!
 //! # Pacing and coordinated omission
 //!
@@ -47,6 +48,7 @@ mod noop;
 mod redis_target;
 mod report;
 mod warm;
+mod watch;
 mod workload;
 
 use std::net::SocketAddr;
@@ -82,6 +84,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:50052")]
         addr: SocketAddr,
     },
+    /// Follow users on WatchReadStates streams and measure delivery lag.
+    Watch(Box<watch::WatchArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -311,6 +315,7 @@ fn main() -> anyhow::Result<()> {
         Command::NoopServer { addr } => runtime(None)?.block_on(noop::serve(addr)),
         Command::Run(args) => runtime(args.threads)?.block_on(run(*args)),
         Command::Warm(args) => runtime(args.threads)?.block_on(warm(*args)),
+        Command::Watch(args) => runtime(None)?.block_on(watch::run(*args)),
     }
 }
 

@@ -15,6 +15,13 @@ use crate::pool::Pool;
 use crate::retry::{Jitter, RetryPolicy};
 use crate::router::Router;
 
+impl ReadStatesClient {
+    /// Returns a builder: give it the tier's addresses, then `connect`.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+}
+
 /// The TLS settings: the CA that signed the instances' certificates, and
 /// optionally a client certificate (mutual TLS) and the name the instances'
 /// certificates carry.

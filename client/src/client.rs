@@ -12,7 +12,6 @@ use futures_util::future::try_join_all;
 use tokio::task::AbortHandle;
 use tonic::{Request, Response, Status};
 
-use crate::builder::ClientBuilder;
 use crate::call::{Shared, Stub};
 use crate::error::ConnectError;
 use crate::proto::{
@@ -57,11 +56,6 @@ impl std::fmt::Debug for ReadStatesClient {
 }
 
 impl ReadStatesClient {
-    /// Returns a builder: give it the tier's addresses, then `connect`.
-    pub fn builder() -> ClientBuilder {
-        ClientBuilder::default()
-    }
-
     pub(crate) fn new(shared: Arc<Shared>, refresher: Refresher) -> Self {
         Self {
             deadline: shared.deadline,

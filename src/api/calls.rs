@@ -5,11 +5,8 @@
 use super::convert::{delta_to_proto, to_proto};
 use super::forward::by;
 use super::status::ApiError;
-use super::validate::{
-    channel_id, list_length, mentioned_message_id, message_id, parse_user_ids, user_id,
-};
+use super::validate::{channel_id, list_length, message_id, user_id};
 use super::{Caller, ReadStatesService, proto};
-use crate::ids::{ChannelId, MessageId, UserId};
 
 impl ReadStatesService {
     pub(super) async fn ack_call(
@@ -67,46 +64,6 @@ impl ReadStatesService {
             })
             .await?;
         Ok(proto::BulkAckResponse { read_states })
-    }
-
-    pub(super) async fn add_mentions_call(
-        &self,
-        request: proto::AddMentionsRequest,
-        caller: &Caller,
-    ) -> Result<proto::AddMentionsResponse, ApiError> {
-        let (channel, message, users) =
-            self.mention(request.channel_id, request.message_id, &request.user_ids)?;
-        if let Some(split) = self.split(&users, caller)? {
-            return self
-                .add_mentions_across(split, &users, (channel, message), request, caller)
-                .await;
-        }
-        if request.omit_read_states {
-            self.defer_mentions(&users, channel, message).await?;
-            return Ok(proto::AddMentionsResponse::default());
-        }
-        let read_states = self
-            .fan_out(&users, |txn| txn.add_mention(channel, message))
-            .await?;
-        Ok(proto::AddMentionsResponse { read_states })
-    }
-
-    pub(super) async fn remove_mentions_call(
-        &self,
-        request: proto::RemoveMentionsRequest,
-        caller: &Caller,
-    ) -> Result<proto::RemoveMentionsResponse, ApiError> {
-        let (channel, message, users) =
-            self.mention(request.channel_id, request.message_id, &request.user_ids)?;
-        if let Some(split) = self.split(&users, caller)? {
-            return self
-                .remove_mentions_across(split, &users, (channel, message), request, caller)
-                .await;
-        }
-        let read_states = self
-            .fan_out(&users, |txn| txn.remove_mention(channel, message))
-            .await?;
-        Ok(proto::RemoveMentionsResponse { read_states })
     }
 
     pub(super) async fn ack_pins_call(
@@ -197,19 +154,5 @@ impl ReadStatesService {
             })
             .await?;
         Ok(proto::DeleteReadStatesResponse { read_states })
-    }
-
-    /// Validates a mention fan-out's channel, message and users.
-    fn mention(
-        &self,
-        channel: u64,
-        message: u64,
-        user_ids: &[u64],
-    ) -> Result<(ChannelId, MessageId, Vec<UserId>), ApiError> {
-        Ok((
-            channel_id("channel_id", channel)?,
-            mentioned_message_id("message_id", message)?,
-            parse_user_ids(user_ids, self.limits.max_mention_users)?,
-        ))
     }
 }

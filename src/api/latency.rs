@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use tonic::Code;
 
-use crate::metrics::{
-    AtomicHistogram, Histograms, LATENCY_BUCKETS, Metrics, write_histogram_header,
-};
+use crate::metrics::{AtomicHistogram, Histograms, LATENCY_BUCKETS, Metrics, render_histograms};
 
 const RPC_DURATION: &str = "readstates_rpc_duration_seconds";
 
@@ -86,22 +84,23 @@ impl CallLatency {
 
 impl Histograms for CallLatency {
     fn render(&self, out: &mut String) {
-        write_histogram_header(
+        let members = Method::ALL.into_iter().flat_map(|method| {
+            (0..CODES).filter_map(move |code| {
+                let histogram = &self.durations[method as usize * CODES + code];
+                // OK is always shown, so queries work before the first call.
+                (code == 0 || histogram.count() > 0).then(|| {
+                    let labels =
+                        format!("method=\"{}\",code=\"{}\"", method.name(), code_name(code));
+                    (labels, histogram)
+                })
+            })
+        });
+        render_histograms(
             out,
             RPC_DURATION,
             "gRPC call latency, by method and status code.",
+            members,
         );
-        for method in Method::ALL {
-            for code in 0..CODES {
-                let histogram = &self.durations[method as usize * CODES + code];
-                // OK is always shown, so queries work before the first call.
-                if code != 0 && histogram.count() == 0 {
-                    continue;
-                }
-                let labels = format!("method=\"{}\",code=\"{}\"", method.name(), code_name(code));
-                histogram.render(RPC_DURATION, &labels, out);
-            }
-        }
     }
 }
 

@@ -270,10 +270,10 @@ handlers! {
         |request| user_id = request.user_id, channel_id = request.channel_id;
     bulk_ack(BulkAckRequest -> BulkAckResponse) = BulkAck, bulk_ack_call,
         |request| user_id = request.user_id, acks = request.acks.len();
-    add_mentions(AddMentionsRequest -> AddMentionsResponse) = AddMentions, add_mentions_call,
+    add_mentions(AddMentionsRequest -> AddMentionsResponse) = AddMentions, mentions_call,
         |request| channel_id = request.channel_id, users = request.user_ids.len();
     remove_mentions(RemoveMentionsRequest -> RemoveMentionsResponse) = RemoveMentions,
-        remove_mentions_call,
+        mentions_call,
         |request| channel_id = request.channel_id, users = request.user_ids.len();
     ack_pins(AckPinsRequest -> AckPinsResponse) = AckPins, ack_pins_call,
         |request| user_id = request.user_id, channel_id = request.channel_id;

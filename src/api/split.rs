@@ -15,13 +15,13 @@ use futures_util::future::{join, join_all};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::forward::{Caller, Forwarding, Remote, by};
+use super::fan_out::Mentions;
+use super::forward::{Caller, Forwarding, Remote};
 use super::proto::read_states_client::ReadStatesClient;
 use super::status::ApiError;
 use super::{ReadStatesService, proto};
-use crate::cache::UserTxn;
 use crate::cluster::Owner;
-use crate::ids::{ChannelId, MessageId, UserId};
+use crate::ids::UserId;
 
 /// The users of a fan-out, split by owner.
 #[derive(Debug, PartialEq, Eq)]
@@ -130,20 +130,19 @@ impl ReadStatesService {
     }
 
     /// Runs the local part and the owners' parts at once: `local` unless
-    /// no user is served here, and for each owner the request `part` of
-    /// its users, forwarded by `call`; returns the parts' states, the
-    /// local part's first.
-    async fn run_split<Req, Resp, Fut>(
+    /// no user is served here, and for each owner `request`'s part of its
+    /// users, forwarded by `call`; returns the parts' states, the local
+    /// part's first.
+    pub(super) async fn run_split<Req: Mentions, Fut>(
         &self,
         (forwarding, split): (&Forwarding, &Split),
         caller: &Caller,
         local: impl Future<Output = Result<Vec<proto::ReadState>, ApiError>>,
-        part: impl Fn(Vec<u64>) -> Req,
+        request: &Req,
         call: impl FnOnce(ReadStatesClient<Channel>, Request<Req>) -> Fut + Copy,
-        read_states: impl Fn(Resp) -> Vec<proto::ReadState> + Copy,
     ) -> Result<Vec<Vec<proto::ReadState>>, ApiError>
     where
-        Fut: Future<Output = Result<Response<Resp>, Status>>,
+        Fut: Future<Output = Result<Response<Req::Response>, Status>>,
     {
         let local = async {
             if split.local.is_empty() {
@@ -157,10 +156,10 @@ impl ReadStatesService {
                 owner: Arc::clone(owner),
                 slot: None,
             };
-            let part = part(user_ids.clone());
+            let part = request.part(user_ids.clone());
             async move {
                 let response = remote.forward(caller, part, call).await?;
-                Ok::<_, ApiError>(read_states(response))
+                Ok::<_, ApiError>(Req::read_states(response))
             }
         }));
         let (local, remotes) = join(local, remotes).await;
@@ -170,177 +169,5 @@ impl ReadStatesService {
             answers.push(answer?);
         }
         Ok(answers)
-    }
-
-    /// AddMentions over several owners.
-    pub(super) async fn add_mentions_across(
-        &self,
-        (forwarding, split): (&Forwarding, Split),
-        users: &[UserId],
-        (channel, message): (ChannelId, MessageId),
-        request: proto::AddMentionsRequest,
-        caller: &Caller,
-    ) -> Result<proto::AddMentionsResponse, ApiError> {
-        let omit = request.omit_read_states;
-        let local = async {
-            if omit {
-                self.defer_mentions(&split.local, channel, message).await?;
-                return Ok(Vec::new());
-            }
-            self.fan_out(&split.local, |txn: &mut UserTxn<'_>| {
-                txn.add_mention(channel, message)
-            })
-            .await
-        };
-        let part = |user_ids| proto::AddMentionsRequest {
-            user_ids,
-            ..request.clone()
-        };
-        let answers = self
-            .run_split(
-                (forwarding, &split),
-                caller,
-                local,
-                part,
-                by!(add_mentions),
-                |response: proto::AddMentionsResponse| response.read_states,
-            )
-            .await?;
-        if omit {
-            return Ok(proto::AddMentionsResponse::default());
-        }
-        let read_states = split.merge(users, answers)?;
-        Ok(proto::AddMentionsResponse { read_states })
-    }
-
-    /// RemoveMentions over several owners.
-    pub(super) async fn remove_mentions_across(
-        &self,
-        (forwarding, split): (&Forwarding, Split),
-        users: &[UserId],
-        (channel, message): (ChannelId, MessageId),
-        request: proto::RemoveMentionsRequest,
-        caller: &Caller,
-    ) -> Result<proto::RemoveMentionsResponse, ApiError> {
-        let local = self.fan_out(&split.local, |txn: &mut UserTxn<'_>| {
-            txn.remove_mention(channel, message)
-        });
-        let part = |user_ids| proto::RemoveMentionsRequest {
-            user_ids,
-            ..request.clone()
-        };
-        let answers = self
-            .run_split(
-                (forwarding, &split),
-                caller,
-                local,
-                part,
-                by!(remove_mentions),
-                |response: proto::RemoveMentionsResponse| response.read_states,
-            )
-            .await?;
-        let read_states = split.merge(users, answers)?;
-        Ok(proto::RemoveMentionsResponse { read_states })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn owner(id: &str) -> Arc<Owner> {
-        Arc::new(Owner {
-            instance_id: id.to_owned(),
-            address: format!("{id}:50051"),
-        })
-    }
-
-    fn users(ids: &[u64]) -> Vec<UserId> {
-        ids.iter().map(|&id| UserId::new(id).unwrap()).collect()
-    }
-
-    fn state(user_id: u64, mention_count: u32) -> proto::ReadState {
-        proto::ReadState {
-            user_id,
-            channel_id: 7,
-            mention_count,
-            ..proto::ReadState::default()
-        }
-    }
-
-    /// Routes users 1..=9 here, 10..=19 to b, 20.. to c.
-    fn route(
-        b: &Arc<Owner>,
-        c: &Arc<Owner>,
-    ) -> impl FnMut(UserId) -> Result<Option<Arc<Owner>>, ApiError> {
-        move |user| {
-            Ok(match user.get() {
-                0..10 => None,
-                10..20 => Some(Arc::clone(b)),
-                _ => Some(Arc::clone(c)),
-            })
-        }
-    }
-
-    #[test]
-    fn users_are_split_by_owner_in_request_order() {
-        let (b, c) = (owner("b"), owner("c"));
-        assert_eq!(Split::new(&users(&[1, 2, 3]), route(&b, &c)).unwrap(), None);
-        let request = users(&[1, 20, 10, 2, 21, 11, 3]);
-        let split = Split::new(&request, route(&b, &c)).unwrap().unwrap();
-        assert_eq!(split.local, users(&[1, 2, 3]));
-        assert_eq!(split.remote, vec![(c, vec![20, 21]), (b, vec![10, 11])]);
-        assert_eq!(split.parts, vec![0, 1, 2, 0, 1, 2, 0]);
-        let refused = Split::new(&users(&[1, 10, 5]), |user| match user.get() {
-            5 => Err(ApiError::UnknownOwner {
-                user_id: 5,
-                slot: 3,
-            }),
-            _ => Ok(None),
-        });
-        assert!(matches!(
-            refused,
-            Err(ApiError::UnknownOwner { slot: 3, .. })
-        ));
-    }
-
-    #[test]
-    fn answers_merge_back_into_request_order() {
-        let (b, c) = (owner("b"), owner("c"));
-        let request = users(&[20, 1, 10, 20, 2]);
-        let split = Split::new(&request, route(&b, &c)).unwrap().unwrap();
-        let answers = vec![
-            vec![state(1, 1), state(2, 2)],
-            vec![state(20, 3), state(20, 4)],
-            vec![state(10, 5)],
-        ];
-        let merged = split.merge(&request, answers).unwrap();
-        let order: Vec<(u64, u32)> = merged
-            .iter()
-            .map(|state| (state.user_id, state.mention_count))
-            .collect();
-        assert_eq!(order, vec![(20, 3), (1, 1), (10, 5), (20, 4), (2, 2)]);
-    }
-
-    #[test]
-    fn a_part_answering_too_few_too_many_or_other_users_is_an_error() {
-        let (b, c) = (owner("b"), owner("c"));
-        let request = users(&[1, 10, 11]);
-        let split = Split::new(&request, route(&b, &c)).unwrap().unwrap();
-        let bad = [
-            vec![vec![state(1, 0)], vec![state(10, 0)]],
-            vec![
-                vec![state(1, 0)],
-                vec![state(10, 0), state(11, 0), state(11, 0)],
-            ],
-            vec![vec![state(1, 0)], vec![state(11, 0), state(10, 0)]],
-            vec![vec![], vec![state(10, 0), state(11, 0)]],
-        ];
-        for answers in bad {
-            let error = Status::from(split.merge(&request, answers.clone()).unwrap_err());
-            assert_eq!(error.code(), tonic::Code::Internal, "{answers:?}");
-        }
-        let good = vec![vec![state(1, 0)], vec![state(10, 0), state(11, 0)]];
-        assert_eq!(split.merge(&request, good).unwrap().len(), 3);
     }
 }

@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use super::error::ClusterError;
 use super::slots::Slot;
 use crate::config::ScyllaConfig;
-use crate::store::{PrepareFailed, driver_consistency, prepare_statement};
+use crate::store::{driver_consistency, prepare_statement};
 
 /// Who holds a lease: an instance id and its process's incarnation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +65,33 @@ pub struct LeaseTable {
     owners: PreparedStatement,
 }
 
+/// The statements, with [`KEYSPACE`] standing for the keyspace's name.
+const KEYSPACE: &str = "{keyspace}";
+const ACQUIRE: &str = "INSERT INTO {keyspace}.slot_leases (slot, owner, incarnation, address) \
+                       VALUES (?, ?, ?, ?) IF NOT EXISTS USING TTL ?";
+const RENEW: &str = "UPDATE {keyspace}.slot_leases USING TTL ? \
+                     SET owner = ?, incarnation = ?, address = ? \
+                     WHERE slot = ? IF owner = ? AND incarnation = ?";
+const RELEASE: &str = "DELETE FROM {keyspace}.slot_leases WHERE slot = ? \
+                       IF owner = ? AND incarnation = ?";
+const HEARTBEAT: &str = "INSERT INTO {keyspace}.cluster_members (member, incarnation, address) \
+                         VALUES (?, ?, ?) USING TTL ?";
+const LEAVE: &str = "DELETE FROM {keyspace}.cluster_members WHERE member = ?";
+const MEMBERS: &str = "SELECT member, incarnation, address FROM {keyspace}.cluster_members";
+const RECORD_SLOTS: &str = "INSERT INTO {keyspace}.meta (name, value) VALUES (?, ?) IF NOT EXISTS";
+const OWNERS: &str = "SELECT slot, owner, address FROM {keyspace}.slot_leases";
+
+/// How a statement of the lease table runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A lightweight transaction (`IF ...`), at serial consistency.
+    Conditional,
+    /// A read, at the read consistency.
+    Read,
+    /// A plain write, at the write consistency.
+    Write,
+}
+
 impl LeaseTable {
     /// Prepares the statements on `session`.
     pub async fn prepare(
@@ -74,95 +101,36 @@ impl LeaseTable {
         ttl_secs: i32,
     ) -> Result<Self, ClusterError> {
         let keyspace = config.keyspace.clone();
-        let texts = [
-            (
-                "acquire",
-                format!(
-                    "INSERT INTO {keyspace}.slot_leases (slot, owner, incarnation, address) \
-                     VALUES (?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
-                ),
-            ),
-            (
-                "renew",
-                format!(
-                    "UPDATE {keyspace}.slot_leases USING TTL ? \
-                     SET owner = ?, incarnation = ?, address = ? \
-                     WHERE slot = ? IF owner = ? AND incarnation = ?"
-                ),
-            ),
-            (
-                "release",
-                format!(
-                    "DELETE FROM {keyspace}.slot_leases WHERE slot = ? \
-                     IF owner = ? AND incarnation = ?"
-                ),
-            ),
-            (
-                "heartbeat",
-                format!(
-                    "INSERT INTO {keyspace}.cluster_members (member, incarnation, address) \
-                     VALUES (?, ?, ?) USING TTL ?"
-                ),
-            ),
-            (
-                "leave",
-                format!("DELETE FROM {keyspace}.cluster_members WHERE member = ?"),
-            ),
-            (
-                "members",
-                format!("SELECT member, incarnation, address FROM {keyspace}.cluster_members"),
-            ),
-            (
-                "record_slots",
-                format!("INSERT INTO {keyspace}.meta (name, value) VALUES (?, ?) IF NOT EXISTS"),
-            ),
-            (
-                "owners",
-                format!("SELECT slot, owner, address FROM {keyspace}.slot_leases"),
-            ),
-        ];
-        let mut prepared = Vec::with_capacity(texts.len());
-        for (statement, text) in texts {
-            let mut statement_prepared = prepare_statement(&session, statement, &text).await?;
-            let lightweight = matches!(statement, "acquire" | "renew" | "release" | "record_slots");
-            if lightweight {
-                statement_prepared.set_serial_consistency(Some(SerialConsistency::Serial));
-                statement_prepared.set_consistency(driver_consistency(config.write_consistency));
-            } else if matches!(statement, "members" | "owners") {
-                statement_prepared.set_consistency(driver_consistency(config.read_consistency));
-                statement_prepared.set_is_idempotent(true);
-            } else {
-                statement_prepared.set_consistency(driver_consistency(config.write_consistency));
-                statement_prepared.set_is_idempotent(true);
+        let prepare = |name: &'static str, kind: Kind, text: &str| {
+            let (session, text) = (&session, text.replace(KEYSPACE, &keyspace));
+            async move {
+                let mut statement = prepare_statement(session, name, &text).await?;
+                let consistency = match kind {
+                    Kind::Read => config.read_consistency,
+                    Kind::Conditional | Kind::Write => config.write_consistency,
+                };
+                statement.set_consistency(driver_consistency(consistency));
+                if kind == Kind::Conditional {
+                    statement.set_serial_consistency(Some(SerialConsistency::Serial));
+                } else {
+                    statement.set_is_idempotent(true);
+                }
+                Ok::<_, ClusterError>(statement)
             }
-            prepared.push(statement_prepared);
-        }
-        let [
-            acquire,
-            renew,
-            release,
-            heartbeat,
-            leave,
-            members,
-            record_slots,
-            owners,
-        ]: [PreparedStatement; 8] = prepared.try_into().map_err(|_| PrepareFailed {
-            statement: "all",
-            message: "the statement list changed length".to_owned(),
-        })?;
+        };
         Ok(Self {
+            acquire: prepare("acquire", Kind::Conditional, ACQUIRE).await?,
+            renew: prepare("renew", Kind::Conditional, RENEW).await?,
+            release: prepare("release", Kind::Conditional, RELEASE).await?,
+            heartbeat: prepare("heartbeat", Kind::Write, HEARTBEAT).await?,
+            leave: prepare("leave", Kind::Write, LEAVE).await?,
+            members: prepare("members", Kind::Read, MEMBERS).await?,
+            record_slots: prepare("record_slots", Kind::Conditional, RECORD_SLOTS).await?,
+            owners: prepare("owners", Kind::Read, OWNERS).await?,
             session,
             keyspace,
             me,
             ttl_secs,
-            acquire,
-            renew,
-            release,
-            heartbeat,
-            leave,
-            members,
-            record_slots,
-            owners,
         })
     }
 
@@ -200,7 +168,6 @@ impl LeaseTable {
 
     /// Takes `slot` if nobody holds it.
     pub async fn acquire(&self, slot: Slot) -> Result<Outcome, ClusterError> {
-        const ACTION: &str = "acquiring a slot lease";
         let values = (
             slot_value(slot),
             self.me.holder.instance_id.as_str(),
@@ -208,12 +175,12 @@ impl LeaseTable {
             self.me.address.as_str(),
             self.ttl_secs,
         );
-        self.lease_request(&self.acquire, values, ACTION).await
+        self.lease_request(&self.acquire, values, "acquiring a slot lease")
+            .await
     }
 
     /// Extends `slot`'s lease by a full TTL if this process holds it.
     pub async fn renew(&self, slot: Slot) -> Result<Outcome, ClusterError> {
-        const ACTION: &str = "renewing a slot lease";
         let holder = &self.me.holder;
         let values = (
             self.ttl_secs,
@@ -224,19 +191,20 @@ impl LeaseTable {
             holder.instance_id.as_str(),
             holder.incarnation,
         );
-        self.lease_request(&self.renew, values, ACTION).await
+        self.lease_request(&self.renew, values, "renewing a slot lease")
+            .await
     }
 
     /// Gives `slot` up if this process holds it.
     pub async fn release(&self, slot: Slot) -> Result<Outcome, ClusterError> {
-        const ACTION: &str = "releasing a slot lease";
         let holder = &self.me.holder;
         let values = (
             slot_value(slot),
             holder.instance_id.as_str(),
             holder.incarnation,
         );
-        self.lease_request(&self.release, values, ACTION).await
+        self.lease_request(&self.release, values, "releasing a slot lease")
+            .await
     }
 
     /// Runs one conditional lease statement and reads whether it applied.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::metrics::{AtomicHistogram, Counter, Gauge, LATENCY_BUCKETS, Metrics};
+use crate::metrics::{AtomicHistogram, Counter, Gauge, LATENCY_BUCKETS, Metrics, label_values};
 
 /// The metrics the cluster task keeps.
 #[derive(Clone)]
@@ -108,17 +108,18 @@ impl HandoffMetrics {
     }
 }
 
-/// How a forwarded call ended: the `result` label (its counter's index).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForwardResult {
-    /// The owner answered OK.
-    Ok = 0,
-    /// The owner answered an error status (passed through).
-    Error = 1,
-    /// No connection to the owner.
-    Unreachable = 2,
-    /// No answer within the deadline.
-    Timeout = 3,
+label_values! {
+    /// How a forwarded call ended: the `result` label (its counter's index).
+    pub enum ForwardResult {
+        /// The owner answered OK.
+        Ok => "ok",
+        /// The owner answered an error status (passed through).
+        Error => "error",
+        /// No connection to the owner.
+        Unreachable => "unreachable",
+        /// No answer within the deadline.
+        Timeout => "timeout",
+    }
 }
 
 /// `readstates_cluster_forwards_total{result}` and the latency histogram
@@ -126,7 +127,7 @@ pub enum ForwardResult {
 /// several owners counts one forward per owner.
 pub struct Forwards {
     /// Indexed by [`ForwardResult`].
-    results: [Counter; 4],
+    results: [Counter; ForwardResult::VALUES.len()],
     duration: Arc<AtomicHistogram>,
 }
 
@@ -138,7 +139,7 @@ impl Forwards {
                 "readstates_cluster_forwards_total",
                 "result",
                 "Calls (or fan-out parts) forwarded to the instance holding their slot (cluster.enabled): result=\"ok\", \"error\" (the owner's error status, passed through), \"unreachable\" (no connection to the owner), \"timeout\" (no answer within the deadline).",
-                ["ok", "error", "unreachable", "timeout"],
+                ForwardResult::VALUES,
             ),
             duration: metrics.histogram(
                 "readstates_cluster_forward_duration_seconds",

@@ -5,7 +5,7 @@
 //! run out of file descriptors. Beside them, the TLS handshakes that failed
 //! on the gRPC port.
 
-use crate::metrics::{Counter, Gauge, Metrics};
+use crate::metrics::{Counter, Gauge, Metrics, label_values};
 
 const OPEN: &str = "readstates_connections_open";
 const REAPED: &str = "readstates_connections_reaped_total";
@@ -30,37 +30,35 @@ impl ListenerPort {
     }
 }
 
-/// Why the server closed a connection itself (its counter's index).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReapReason {
-    /// No call started within the first-request timeout of its accept
-    /// (TLS handshake included).
-    FirstRequestTimeout = 0,
-    /// No call open for the idle timeout.
-    Idle = 1,
-    /// The longest-idle connection, closed to make room for a new one at
-    /// the cap (or when accepting ran out of file descriptors).
-    Evicted = 2,
-    /// A new connection, closed at once: the cap was reached and every
-    /// connection had a call open.
-    Refused = 3,
+label_values! {
+    /// Why the server closed a connection itself: the `reason` label (its
+    /// counter's index).
+    pub enum ReapReason {
+        /// No call started within the first-request timeout of its accept
+        /// (TLS handshake included).
+        FirstRequestTimeout => "first_request_timeout",
+        /// No call open for the idle timeout.
+        Idle => "idle",
+        /// The longest-idle connection, closed to make room for a new one at
+        /// the cap (or when accepting ran out of file descriptors).
+        Evicted => "evicted",
+        /// A new connection, closed at once: the cap was reached and every
+        /// connection had a call open.
+        Refused => "refused",
+    }
 }
 
-/// The `reason` label of each [`ReapReason`], in its order.
-const REAP_REASONS: [&str; 4] = ["first_request_timeout", "idle", "evicted", "refused"];
-
-/// Why accepting a connection failed (its counter's index).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcceptFailure {
-    /// The process or the system has no file descriptor left (EMFILE,
-    /// ENFILE).
-    FdLimit = 0,
-    /// Anything else.
-    Other = 1,
+label_values! {
+    /// Why accepting a connection failed: the `error` label (its counter's
+    /// index).
+    pub enum AcceptFailure {
+        /// The process or the system has no file descriptor left (EMFILE,
+        /// ENFILE).
+        FdLimit => "fd_limit",
+        /// Anything else.
+        Other => "other",
+    }
 }
-
-/// The `error` label of each [`AcceptFailure`], in its order.
-const ACCEPT_FAILURES: [&str; 2] = ["fd_limit", "other"];
 
 /// One port's connection metrics.
 #[derive(Clone)]
@@ -69,9 +67,9 @@ pub struct PortConnections {
     /// their descriptors).
     pub open: Gauge,
     /// Indexed by [`ReapReason`].
-    reaped: [Counter; 4],
+    reaped: [Counter; ReapReason::VALUES.len()],
     /// Indexed by [`AcceptFailure`].
-    accept_failures: [Counter; 2],
+    accept_failures: [Counter; AcceptFailure::VALUES.len()],
 }
 
 impl PortConnections {
@@ -98,9 +96,9 @@ impl PortConnections {
         let port = ("port", port.name());
         Self {
             open: metrics.gauge_with(OPEN, &[port]),
-            reaped: REAP_REASONS
+            reaped: ReapReason::VALUES
                 .map(|reason| metrics.counter_with(REAPED, &[port, ("reason", reason)])),
-            accept_failures: ACCEPT_FAILURES
+            accept_failures: AcceptFailure::VALUES
                 .map(|error| metrics.counter_with(ACCEPT_ERRORS, &[port, ("error", error)])),
         }
     }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::metrics::{
-    AtomicHistogram, Counter, Histograms, LATENCY_BUCKETS, Metrics, write_histogram_header,
+    AtomicHistogram, Counter, Histograms, LATENCY_BUCKETS, Metrics, render_histograms,
 };
 use crate::store::{ErrorClass, Operation, Store, StoreError, StoreFuture, StoreLayer};
 
@@ -168,18 +168,19 @@ impl StoreMeasures {
 
 impl Histograms for StoreMeasures {
     fn render(&self, out: &mut String) {
-        write_histogram_header(
-            out,
-            STORE_DURATION,
-            "Store operation latency, by operation and backend.",
-        );
-        for operation in StoreOperation::ALL {
+        let members = StoreOperation::ALL.into_iter().map(|operation| {
             let labels = format!(
                 "operation=\"{}\",backend=\"{}\"",
                 operation.name(),
                 self.backend
             );
-            self.durations[operation as usize].render(STORE_DURATION, &labels, out);
-        }
+            (labels, &self.durations[operation as usize])
+        });
+        render_histograms(
+            out,
+            STORE_DURATION,
+            "Store operation latency, by operation and backend.",
+            members,
+        );
     }
 }

@@ -17,8 +17,10 @@
 //! `_seconds`, `_bytes`, `_total`. Labels come from small fixed sets.
 
 mod histogram;
+mod labels;
 
 pub use histogram::{AtomicHistogram, LATENCY_BUCKETS, SIZE_BUCKETS};
+pub(crate) use labels::label_values;
 pub use metrics::{Counter, Gauge, Unit};
 
 use std::fmt::Write as _;
@@ -31,7 +33,7 @@ use parking_lot::Mutex;
 const METADATA: Metadata<'static> = Metadata::new("readstates", Level::INFO, Some(module_path!()));
 
 /// Histograms a room renders itself, after the recorder's counters and
-/// gauges, in the Prometheus text format (see [`write_histogram_header`]).
+/// gauges, in the Prometheus text format (see [`render_histograms`]).
 pub trait Histograms: Send + Sync {
     fn render(&self, out: &mut String);
 }
@@ -207,14 +209,22 @@ struct Unlabelled {
 
 impl Histograms for Unlabelled {
     fn render(&self, out: &mut String) {
-        write_histogram_header(out, self.name, self.help);
-        self.histogram.render(self.name, "", out);
+        render_histograms(out, self.name, self.help, [("", &*self.histogram)]);
     }
 }
 
-/// Appends the `# HELP` and `# TYPE` lines of the histogram `name`.
-pub fn write_histogram_header(out: &mut String, name: &str, help: &str) {
+/// Appends the histogram family `name`: its `# HELP` and `# TYPE` lines,
+/// then each histogram of `members` with its labels (`key="value",...`).
+pub fn render_histograms<'a, L: AsRef<str>>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    members: impl IntoIterator<Item = (L, &'a AtomicHistogram)>,
+) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (labels, histogram) in members {
+        histogram.render(name, labels.as_ref(), out);
+    }
 }
 
 fn to_labels(labels: &[(&'static str, &'static str)]) -> Vec<Label> {

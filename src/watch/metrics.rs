@@ -19,7 +19,7 @@ pub struct WatchMetrics {
     pub resets: Counter,
     pub fell_behind: Counter,
     /// Indexed by [`EndReason`].
-    ended: [Counter; 4],
+    ended: [Counter; EndReason::VALUES.len()],
     pub delivery_lag: Arc<AtomicHistogram>,
 }
 
@@ -54,7 +54,7 @@ impl WatchMetrics {
                 "readstates_watch_ended_total",
                 "reason",
                 "Subscriptions the server ended, by reason: \"moved\" (the user's slot moved to another instance), \"not_served\" (subscribed at an instance that does not serve the user), \"shutting_down\", \"unavailable\" (the user could not be loaded).",
-                ["moved", "not_served", "shutting_down", "unavailable"],
+                EndReason::VALUES,
             ),
             delivery_lag: metrics.histogram(
                 "readstates_watch_delivery_lag_seconds",

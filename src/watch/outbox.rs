@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::cache::{AppliedChange, Delta};
 use crate::ids::UserId;
+use crate::metrics::label_values;
 
 /// The changes of one transaction, shared by the subscribers of its user.
 #[derive(Debug, Clone)]
@@ -44,17 +45,19 @@ impl Changes {
     }
 }
 
-/// Why a subscription ended (its metric counter's index).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// The user's slot moved to another instance.
-    Moved = 0,
-    /// This instance does not serve the user's slot.
-    NotServed = 1,
-    /// This instance is shutting down.
-    ShuttingDown = 2,
-    /// The user could not be loaded.
-    Unavailable = 3,
+label_values! {
+    /// Why a subscription ended: the `reason` label of its metric (its
+    /// counter's index).
+    pub enum EndReason {
+        /// The user's slot moved to another instance.
+        Moved => "moved",
+        /// This instance does not serve the user's slot.
+        NotServed => "not_served",
+        /// This instance is shutting down.
+        ShuttingDown => "shutting_down",
+        /// The user could not be loaded.
+        Unavailable => "unavailable",
+    }
 }
 
 /// One queued event of one user.

@@ -44,9 +44,11 @@ async fn a_committed_batch_is_on_disk_without_a_sync() {
     assert_eq!(loaded.version, 5);
 }
 
-/// Writes rows the way the earlier LSM store laid them out.
-pub(super) fn write_lsm_data_dir(dir: &std::path::Path, rows: &[RowWrite], floor: u64) {
-    let db = fjall::Database::builder(dir).open().unwrap();
+/// Returns a new data dir holding rows the way the earlier LSM store laid
+/// them out.
+pub(super) fn lsm_data_dir(rows: &[RowWrite], floor: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fjall::Database::builder(dir.path()).open().unwrap();
     let states = db
         .keyspace("read_states", fjall::KeyspaceCreateOptions::default)
         .unwrap();
@@ -62,13 +64,12 @@ pub(super) fn write_lsm_data_dir(dir: &std::path::Path, rows: &[RowWrite], floor
     }
     meta.insert("version_floor", floor.to_le_bytes()).unwrap();
     db.persist(fjall::PersistMode::SyncAll).unwrap();
+    dir
 }
 
 #[tokio::test]
 async fn an_earlier_lsm_data_dir_is_imported_once() {
-    let dir = tempfile::tempdir().unwrap();
-    write_lsm_data_dir(
-        dir.path(),
+    let dir = lsm_data_dir(
         &[
             write(9, state(1, 10, 3), false),
             write(9, state(2, 0, 7), true),

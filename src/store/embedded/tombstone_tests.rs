@@ -6,7 +6,7 @@
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::tests::{load, state, write, write_lsm_data_dir};
+use super::tests::{load, lsm_data_dir, state, write};
 use super::tombstones::{HORIZON_KEY, INDEXED_KEY, MAX_PURGE, TOMBSTONES};
 use super::*;
 
@@ -182,8 +182,15 @@ async fn the_deletion_horizon_is_recorded_by_each_purge_and_survives_a_reopen() 
 /// Makes the database look like one written before the deletion horizon:
 /// no horizon in `meta`.
 fn forget_the_horizon(db: &Database) {
+    rewrite(db, |txn| {
+        txn.open_table(META).unwrap().remove(HORIZON_KEY).unwrap();
+    });
+}
+
+/// Runs `edit` in one write transaction of `db`, and commits it.
+fn rewrite(db: &Database, edit: impl FnOnce(&redb::WriteTransaction)) {
     let txn = db.begin_write().unwrap();
-    txn.open_table(META).unwrap().remove(HORIZON_KEY).unwrap();
+    edit(&txn);
     txn.commit().unwrap();
 }
 
@@ -216,9 +223,7 @@ async fn a_data_file_without_a_horizon_opens_with_its_version_floor() {
 
 #[tokio::test]
 async fn an_imported_lsm_store_opens_with_its_version_floor_as_horizon() {
-    let dir = tempfile::tempdir().unwrap();
-    write_lsm_data_dir(
-        dir.path(),
+    let dir = lsm_data_dir(
         &[write(9, state(1, 10, 3), false), tombstone(9, 2, 7)],
         1_000,
     );
@@ -233,10 +238,10 @@ async fn an_imported_lsm_store_opens_with_its_version_floor_as_horizon() {
 /// Makes the database look like one written before the tombstone index:
 /// no index table, no mark in `meta`.
 fn drop_the_index(db: &Database) {
-    let txn = db.begin_write().unwrap();
-    txn.delete_table(TOMBSTONES).unwrap();
-    txn.open_table(META).unwrap().remove(INDEXED_KEY).unwrap();
-    txn.commit().unwrap();
+    rewrite(db, |txn| {
+        txn.delete_table(TOMBSTONES).unwrap();
+        txn.open_table(META).unwrap().remove(INDEXED_KEY).unwrap();
+    });
 }
 
 #[tokio::test]
@@ -285,9 +290,7 @@ async fn indexing_in_chunks_misses_no_tombstone_at_a_chunk_edge() {
 
 #[tokio::test]
 async fn imported_lsm_tombstones_are_indexed() {
-    let dir = tempfile::tempdir().unwrap();
-    write_lsm_data_dir(
-        dir.path(),
+    let dir = lsm_data_dir(
         &[
             write(9, state(1, 10, 3), false),
             tombstone(9, 2, 7),

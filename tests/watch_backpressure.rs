@@ -1,8 +1,10 @@
 //! The bounds of a change stream (ARCHITECTURE.md §1.3): a subscriber that
 //! stops reading never slows the writes down nor grows the server's
 //! memory, falls behind, and is caught up again once it reads, with
-//! nothing lost; and a stream past its limits (users per stream, streams
-//! open, a bad user id) ends with the setting or field named.
+//! nothing lost; a busy stream sends the changes queued within
+//! `watch.coalesce_ms` together; and a stream past its limits (users per
+//! stream, streams open, a bad user id) ends with the setting or field
+//! named.
 
 mod common;
 
@@ -286,6 +288,73 @@ async fn a_stream_dropped_by_its_subscriber_gives_its_room_back() {
                 .join("\n")
         );
     }
+    server.shutdown().await;
+}
+
+/// Changes made at once on a busy stream, in `a_busy_stream_sends_its_events_together`.
+const BURST: u64 = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_stream_sends_its_events_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // Far longer than the burst below takes, so that its changes all wait.
+    config.watch.coalesce_ms = 1_000;
+    let mut server = TestServer::start(&config, InstrumentedStore::open(dir.path())).await;
+    let mut watch_client = server.client.clone();
+    let mut stream = open_watch(&mut watch_client).await.unwrap();
+    stream.requests.send(subscribe([(1, 0)])).await.unwrap();
+    let mut follower = Follower::default();
+    let message = tokio::time::timeout(READ_GUARD, next_message(&mut stream))
+        .await
+        .expect("the catch-up arrives");
+    follower.receive(&message);
+    assert!(follower.is_caught_up(1));
+
+    // After a quiet spell, one change leaves alone, at once.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    server.client.ack(ack_request(1, 1, 1)).await.unwrap();
+    let message = tokio::time::timeout(READ_GUARD, next_message(&mut stream))
+        .await
+        .expect("the change arrives");
+    assert_eq!(message.events.len(), 1, "{message:?}");
+    follower.receive(&message);
+
+    // The changes that follow it within the setting wait, and leave
+    // together.
+    for message_id in 2..=1 + BURST {
+        server
+            .client
+            .ack(ack_request(1, 1 + message_id % 4, message_id))
+            .await
+            .unwrap();
+    }
+    let mut messages = 0;
+    let read = tokio::time::timeout(READ_GUARD, async {
+        while follower.counts.changed < 1 + BURST {
+            let message = next_message(&mut stream).await;
+            follower.receive(&message);
+            messages += 1;
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the burst's {BURST} changes did not all arrive"
+    );
+    assert!(
+        messages <= 2,
+        "the burst's {BURST} changes came in {messages} messages"
+    );
+    assert!(
+        follower.violations.is_empty(),
+        "{}",
+        follower.violations.join("\n")
+    );
+    let truth = truth(&mut server.client, 1).await;
+    let copy = follower.copies.get(&1).cloned().unwrap_or_default();
+    assert_eq!(copy.differences(&truth), None);
+    drop((stream, watch_client));
     server.shutdown().await;
 }
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -84,6 +85,7 @@ impl Watching {
             watchers: Arc::clone(&self.watchers),
             outbox: Outbox::new(self.settings.buffer_events),
             max_users: self.settings.max_users_per_stream,
+            coalesce: Duration::from_millis(self.settings.coalesce_ms),
             users: HashSet::new(),
             pending: VecDeque::new(),
             sender,
@@ -120,6 +122,8 @@ struct StreamTask {
     watchers: Arc<Watchers>,
     outbox: Arc<Outbox>,
     max_users: usize,
+    /// The shortest time between two sends (`watch.coalesce_ms`).
+    coalesce: Duration,
     /// Users subscribed on this stream (or being caught up).
     users: HashSet<UserId>,
     /// Catch-ups waiting for room in the outbox.
@@ -149,6 +153,10 @@ impl StreamTask {
     ) -> Stop {
         let mut catching_up = FuturesUnordered::new();
         let mut reading = true;
+        // Until then, what is queued waits, so that a busy stream's events
+        // leave together; the first event after a quiet spell leaves at
+        // once.
+        let mut next_send = Instant::now();
         loop {
             while catching_up.len() < CATCH_UP_CONCURRENCY && self.outbox.has_room() {
                 let Some((user_id, from)) = self.pending.pop_front() else {
@@ -162,6 +170,7 @@ impl StreamTask {
                     from,
                 ));
             }
+            let holding = Instant::now() < next_send;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return self.shut_down().await,
@@ -178,11 +187,15 @@ impl StreamTask {
                 Some((user_id, from, result)) = catching_up.next() => {
                     self.caught_up(user_id, from, result);
                 }
-                () = self.outbox.pushed() => {}
+                () = self.outbox.pushed(), if !holding => {}
+                () = tokio::time::sleep_until(next_send), if holding => {}
                 // The subscriber dropped the stream: nothing else may tell
                 // (a stream that follows nobody, or whose users never
                 // change, would otherwise stay open for ever).
                 () = self.sender.closed() => return Stop::Gone,
+            }
+            if Instant::now() < next_send {
+                continue;
             }
             // A subscriber that does not read must not hold up the
             // shutdown: what is unsent then is resumed from its versions.
@@ -190,8 +203,10 @@ impl StreamTask {
                 sent = self.send_pending() => sent,
                 () = shutdown.cancelled() => return self.shut_down().await,
             };
-            if sent.is_err() {
-                return Stop::Gone;
+            match sent {
+                Ok(0) => {}
+                Ok(_) => next_send = Instant::now() + self.coalesce,
+                Err(()) => return Stop::Gone,
             }
         }
     }
@@ -250,19 +265,22 @@ impl StreamTask {
     }
 
     /// Sends what the outbox holds; queues catch-ups for users that fell
-    /// behind. Fails once the subscriber is gone.
-    async fn send_pending(&mut self) -> Result<(), ()> {
+    /// behind. Returns the messages sent; fails once the subscriber is
+    /// gone.
+    async fn send_pending(&mut self) -> Result<usize, ()> {
         let mut taken = Taken::default();
+        let mut sent = 0;
         loop {
             self.outbox.take(TAKE_EVENTS, &mut taken);
             for user_id in taken.lagging.drain(..) {
                 self.pending.push_back((user_id, CatchUp::Behind));
             }
             if taken.events.is_empty() {
-                return Ok(());
+                return Ok(sent);
             }
             for message in self.messages(taken.events.drain(..)) {
                 self.sender.send(Ok(message)).await.map_err(|_| ())?;
+                sent += 1;
             }
         }
     }

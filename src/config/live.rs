@@ -254,6 +254,7 @@ impl Config {
                     max_streams,
                     max_users_per_stream,
                     buffer_events,
+                    coalesce_ms,
                 },
                 &self.watch,
                 watch

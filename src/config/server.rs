@@ -94,6 +94,12 @@ pub struct WatchConfig {
     /// read the buffer down, the user is caught up again from the last
     /// version sent. Writes never wait for a subscriber.
     pub buffer_events: usize,
+    /// The shortest time between two messages of one stream, in ms: the
+    /// events of a busy stream wait up to this long and leave together
+    /// (one message, one HTTP/2 frame and one write for many events),
+    /// while the first event after a quiet spell leaves at once. 0 sends
+    /// each batch as soon as it is queued.
+    pub coalesce_ms: u64,
 }
 
 /// The Prometheus endpoint.
@@ -160,6 +166,7 @@ impl Default for WatchConfig {
             max_streams: 1_024,
             max_users_per_stream: 100_000,
             buffer_events: 8_192,
+            coalesce_ms: 5,
         }
     }
 }

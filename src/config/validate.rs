@@ -9,7 +9,7 @@ use super::{
 impl Config {
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [Check; 26] = [
+        let checks: [Check; 27] = [
             (
                 self.store.injected_latency_median_ms > 0
                     && self.store.injected_latency_p99_ms < self.store.injected_latency_median_ms,
@@ -76,6 +76,11 @@ impl Config {
                 "watch.max_users_per_stream"
             ),
             at_least!(self.watch.buffer_events, 16, "watch.buffer_events"),
+            (
+                self.watch.coalesce_ms > 1_000,
+                "watch.coalesce_ms",
+                "must be at most 1000: every event of a busy stream waits up to this long",
+            ),
             at_least!(
                 self.server.max_concurrent_requests_per_connection,
                 1,

@@ -63,6 +63,13 @@ impl Shared {
                     self.budget.record_success();
                     return Ok(response.into_inner());
                 }
+                Ok(Err(status)) if lost_connection(&status) => Status::unavailable(format!(
+                    "{} at {}: the connection failed ({}: {})",
+                    rpc.method(),
+                    target.address,
+                    status.code().description(),
+                    status.message()
+                )),
                 Ok(Err(status)) if !timed_out(&status) => status,
                 Ok(Err(_)) | Err(_) => Status::deadline_exceeded(format!(
                     "{} at {} did not answer within the deadline of {} ms",
@@ -71,7 +78,9 @@ impl Shared {
                     deadline.as_millis()
                 )),
             };
-            let map_moved = hints_map_moved(&status);
+            // A lost connection may mean the instance has gone, and its
+            // slots with it.
+            let map_moved = hints_map_moved(&status) || status.code() == Code::Unavailable;
             let verdict =
                 self.policy
                     .decide(rpc, &status, attempt, &self.budget, self.jitter.next());
@@ -185,14 +194,23 @@ impl Shared {
     }
 }
 
-/// Returns whether tonic's client ended the attempt at its `grpc-timeout`
-/// itself: it says `CANCELLED` then (with a `TimeoutExpired` source),
-/// where the gRPC spec, and so the retry policy, says `DEADLINE_EXCEEDED`.
-fn timed_out(status: &Status) -> bool {
-    if status.code() != Code::Cancelled {
-        return false;
-    }
-    let mut source = std::error::Error::source(status);
+/// Returns whether the attempt failed on its connection rather than with
+/// an answer of the instance: a status made here, from a transport error
+/// (it has a source; one read off the wire has none), such as `UNKNOWN`
+/// "transport error" (a reset connection), `CANCELLED` (the connection
+/// closed under the call) or `INTERNAL` (an HTTP/2 `GOAWAY` or reset). The
+/// call may or may not have been applied, as after a timeout: it is
+/// `UNAVAILABLE` to the retry policy.
+fn lost_connection(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unknown | Code::Cancelled | Code::Internal | Code::Unavailable
+    ) && std::error::Error::source(status).is_some_and(|source| !is_timeout(source))
+}
+
+/// Returns whether `error`, or an error it wraps, is tonic's timeout.
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
     while let Some(error) = source {
         if error.is::<tonic::TimeoutExpired>() {
             return true;
@@ -200,4 +218,41 @@ fn timed_out(status: &Status) -> bool {
         source = error.source();
     }
     false
+}
+
+/// Returns whether the attempt's deadline passed: tonic's client ended it
+/// at its `grpc-timeout` itself (`CANCELLED`, with a `TimeoutExpired`
+/// source), or the instance's server did (`CANCELLED` "Timeout expired",
+/// tonic's answer when a call outlives its `grpc-timeout` there), where the
+/// gRPC spec, and so the retry policy, says `DEADLINE_EXCEEDED`.
+fn timed_out(status: &Status) -> bool {
+    if status.code() != Code::Cancelled {
+        return false;
+    }
+    status.message() == "Timeout expired"
+        || std::error::Error::source(status).is_some_and(is_timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_of_the_connection_is_told_from_an_answer() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        assert!(lost_connection(&Status::from_error(Box::new(reset))));
+        // The same codes read off the wire are the instance's answers.
+        assert!(!lost_connection(&Status::unknown("transport error")));
+        assert!(!lost_connection(&Status::internal("h2 protocol error")));
+        assert!(!lost_connection(&Status::cancelled(
+            "operation was canceled"
+        )));
+    }
+
+    #[test]
+    fn an_instance_that_timed_out_the_call_is_a_passed_deadline() {
+        assert!(timed_out(&Status::cancelled("Timeout expired")));
+        assert!(!timed_out(&Status::cancelled("the caller went away")));
+        assert!(!timed_out(&Status::unavailable("Timeout expired")));
+    }
 }

@@ -64,6 +64,11 @@ impl ReadStatesClient {
         }
     }
 
+    /// Returns what every clone shares: the router, the policy, the token.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Returns a client sharing this one's channels, map and budget whose
     /// calls have another deadline (per attempt).
     #[must_use]

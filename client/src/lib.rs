@@ -75,7 +75,12 @@
 //!
 //! Which failures are retried ([`retry::classify`]):
 //! - `UNAVAILABLE` and `DEADLINE_EXCEEDED` (an instance down or moving a
-//!   slot, a lost connection, a timeout): safe calls only.
+//!   slot, a lost connection, a timeout): safe calls only. A connection
+//!   that fails under a call (tonic then says `UNKNOWN`, `CANCELLED` or
+//!   `INTERNAL`, with the transport error as the source) counts as
+//!   `UNAVAILABLE`, and an instance's own timeout (`CANCELLED` "Timeout
+//!   expired") as `DEADLINE_EXCEEDED`; both also make the client read the
+//!   slot map again, as the instance may have gone.
 //! - `RESOURCE_EXHAUSTED` (an overloaded instance, which refuses a call
 //!   before running it): every call, after at least
 //!   [`RetryPolicy::overload_backoff`], never in a tight loop.
@@ -95,9 +100,84 @@
 //!   (pure logic).
 //! - `builder`, `client`: the public client; `call`: one call's attempts;
 //!   `router`: where each attempt goes; `pool`: one channel per instance.
+//! - `watch`: the change stream ([`Watch`]): its session, which places
+//!   users, and its streams.
 //!
-//! The change stream (`WatchReadStates`) is not wrapped yet: use the
-//! generated [`proto::read_states_client::ReadStatesClient`] for it.
+//! # Following changes
+//!
+//! [`ReadStatesClient::watch`] follows users over the change stream
+//! (`WatchReadStates`), doing the README's gateway recipe for the caller.
+//! [`Watch::subscribe`] a user with the version its copy holds (0 for
+//! none) and [`Watch::unsubscribe`] it, both at once, without waiting;
+//! [`Watch::next`] (or the [`Watch`] as a `Stream`) yields its events:
+//! first a [`WatchEvent::CatchUp`] (the difference since that version, or
+//! a reset), then every [`WatchEvent::Changed`] and
+//! [`WatchEvent::Deleted`] in the user's version order.
+//!
+//! ```no_run
+//! use std::collections::{BTreeMap, HashMap};
+//!
+//! use readstates_client::proto::ReadState;
+//! use readstates_client::{ReadStatesClient, WatchEvent};
+//!
+//! # async fn example(client: ReadStatesClient) -> Result<(), Box<dyn std::error::Error>> {
+//! // Each user's states by channel, and the version they are at.
+//! let mut copies: HashMap<u64, (u64, BTreeMap<u64, ReadState>)> = HashMap::new();
+//! let mut watch = client.watch();
+//! watch.subscribe(80_351_110_224_678_912, 0)?;
+//! while let Some(item) = watch.next().await {
+//!     let event = item?; // users the watch no longer follows, and why
+//!     let (version, states) = copies.entry(event.user_id()).or_default();
+//!     match &event {
+//!         WatchEvent::CatchUp { delta, .. } => {
+//!             if delta.reset {
+//!                 states.clear();
+//!             }
+//!             for state in &delta.read_states {
+//!                 states.insert(state.channel_id, *state);
+//!             }
+//!             for deleted in &delta.deleted {
+//!                 states.remove(&deleted.channel_id);
+//!             }
+//!         }
+//!         WatchEvent::Changed(state) => {
+//!             states.insert(state.channel_id, *state);
+//!         }
+//!         WatchEvent::Deleted(deleted) => {
+//!             states.remove(&deleted.channel_id);
+//!         }
+//!     }
+//!     *version = event.version(); // to subscribe with next time
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Each user is subscribed at its owner in the slot map, over one stream
+//! per owner, opened on the client's channel to it (with its bearer token
+//! and TLS); with the cluster off, all go over one stream to one of the
+//! given addresses. The watch remembers the last version it delivered for
+//! each user, and when a user's events stop, subscribes it again with that
+//! version, so that the caller sees one sequence per user, with nothing
+//! missing and nothing twice (a resubscription yields a new catch-up: the
+//! difference since that version):
+//! - an `ended` with `MOVED` or `NOT_SERVED` (the user's slot is elsewhere)
+//!   or `SHUTTING_DOWN`: after reading the slot map again, at the owner it
+//!   names; with `UNAVAILABLE` (the user could not be loaded): at the same
+//!   owner, after a backoff. The `ended` itself is not yielded.
+//! - a stream that fails (`UNAVAILABLE` at a shutdown, a lost connection,
+//!   an overloaded instance): each of its users, after a backoff and a new
+//!   read of the slot map, wherever it names.
+//! - a stream refused for good (`UNAUTHENTICATED`, `PERMISSION_DENIED`,
+//!   `INVALID_ARGUMENT`, `UNIMPLEMENTED`, ...): its users are no longer
+//!   followed, and a [`WatchError`] naming them is yielded, once.
+//!
+//! Backoffs follow the client's [`RetryPolicy`] (its ceilings and jitter;
+//! resubscriptions spend no retry budget), counted per user since its last
+//! catch-up. Memory is bounded: at most 1,024 events wait for the caller,
+//! after which the watch stops reading its streams, and the instances,
+//! which never wait for a subscriber, let users fall behind and catch them
+//! up later (a new catch-up). Dropping the [`Watch`] closes its streams.
 
 #![warn(missing_docs)]
 
@@ -109,6 +189,7 @@ mod pool;
 pub mod retry;
 mod router;
 pub mod routing;
+mod watch;
 
 /// The service's messages and its generated gRPC client, from
 /// `proto/readstates/v1/readstates.proto`.
@@ -126,3 +207,4 @@ pub use routing::SlotMap;
 /// what calls fail with.
 pub use tonic;
 pub use tonic::{Code, Status};
+pub use watch::{Watch, WatchError, WatchEvent, WatchItem};

@@ -9,6 +9,14 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+/// How often a connection with a call open (a change stream, above all)
+/// is pinged, and how long a ping may go unanswered before the connection
+/// counts as lost: a peer that vanished without closing it (a dead host,
+/// a partition) would otherwise hold a stream open, and silent, for as
+/// long as TCP takes to notice.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Addresses kept at most. Instances that come and go (new pod addresses)
 /// leave channels behind; past this the pool starts over, and the live
 /// instances' channels reconnect on their next call.
@@ -73,7 +81,10 @@ impl Pool {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))?
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(false);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
         }

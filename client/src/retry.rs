@@ -153,8 +153,10 @@ pub enum GiveUp {
     Budget,
 }
 
-/// How failed calls are retried. The default: 3 attempts, backoff ceilings
-/// from 25 ms doubling to 1 s, at least 100 ms after `RESOURCE_EXHAUSTED`,
+/// How failed calls are retried. The default: 5 attempts, backoff ceilings
+/// from 50 ms doubling to 1 s (at most 750 ms of backoff in all: about what
+/// a slot handoff or an instance's restart takes), at least 100 ms after
+/// `RESOURCE_EXHAUSTED`,
 /// and a budget of 100 retries refilled by one per 10 successes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -169,8 +171,8 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(25),
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
             overload_backoff: Duration::from_millis(100),
             budget_tokens: 100,

@@ -78,37 +78,42 @@ impl Router {
     /// Returns where a call for `user_id` goes: its owner when the map
     /// names one with a usable address, the next given address otherwise.
     pub(crate) fn target(&self, user_id: Option<u64>) -> Target {
-        let (map, generation) = {
-            let current = self.current.lock();
-            (current.map.clone(), current.generation)
-        };
-        let owner = map
-            .as_deref()
-            .zip(user_id)
-            .and_then(|(map, user_id)| map.owner_of(user_id));
-        if let Some(owner) = owner {
-            match self.pool.channel(&owner.address) {
-                Ok(channel) => {
-                    return Target {
-                        address: owner.address.clone(),
-                        channel,
-                        generation,
-                    };
-                }
-                // Any instance forwards the call to the owner.
-                Err(error) => tracing::warn!(
-                    address = %owner.address,
-                    instance_id = %owner.instance_id,
-                    %error,
-                    "a slot owner's address is unusable; sending to another instance"
-                ),
-            }
+        if let Some(target) = user_id.and_then(|user_id| self.owner(user_id)) {
+            return target;
         }
+        let generation = self.generation();
         let (address, channel) = self.next_seed();
         Target {
             address: address.clone(),
             channel: channel.clone(),
             generation,
+        }
+    }
+
+    /// Returns the owner of `user_id` in the map in use, when the map names
+    /// one with a usable address; `None` in round-robin.
+    pub(crate) fn owner(&self, user_id: u64) -> Option<Target> {
+        let (map, generation) = {
+            let current = self.current.lock();
+            (current.map.clone(), current.generation)
+        };
+        let owner = map.as_deref()?.owner_of(user_id)?;
+        match self.pool.channel(&owner.address) {
+            Ok(channel) => Some(Target {
+                address: owner.address.clone(),
+                channel,
+                generation,
+            }),
+            // Any instance forwards a call to the owner.
+            Err(error) => {
+                tracing::warn!(
+                    address = %owner.address,
+                    instance_id = %owner.instance_id,
+                    %error,
+                    "a slot owner's address is unusable; sending to another instance"
+                );
+                None
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 //! failure if set, then success. Successful answers echo the request's
 //! users, each state marked with the instance's `marker` in
 //! `updated_at_ms`, so a test can tell which instance answered for which
-//! user.
+//! user. Its change streams end subscriptions as scripted (`watch`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,6 +18,8 @@ use readstates::api::proto::*;
 use tokio::time::Instant;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
+
+mod watch;
 
 /// What the instance does with a call before answering it.
 pub enum Step {
@@ -44,6 +46,8 @@ pub struct Script {
     always: Mutex<Option<Status>>,
     routing: Mutex<Result<GetRoutingResponse, Status>>,
     calls: Mutex<Vec<Call>>,
+    /// How its change streams answer subscriptions.
+    pub watch: watch::WatchScript,
 }
 
 impl Script {
@@ -163,6 +167,7 @@ impl Fake {
                 "cluster.enabled is false on this instance",
             ))),
             calls: Mutex::new(Vec::new()),
+            watch: watch::WatchScript::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -313,13 +318,16 @@ impl ReadStates for Instance {
         routing.map(Response::new)
     }
 
-    type WatchReadStatesStream = tokio_stream::Empty<Result<WatchResponse, Status>>;
+    type WatchReadStatesStream = watch::Events;
 
     async fn watch_read_states(
         &self,
-        _request: Request<Streaming<WatchRequest>>,
+        request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchReadStatesStream>, Status> {
-        Err(Status::unimplemented("the fake serves no change streams"))
+        Ok(Response::new(watch::serve(
+            Arc::clone(&self.0),
+            request.into_inner(),
+        )))
     }
 }
 

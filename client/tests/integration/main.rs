@@ -2,7 +2,8 @@
 //! server started in this process (the cluster off, so round-robin), and
 //! against scripted fake instances (a hand-written implementation of the
 //! service's generated server trait) that fail on demand, count calls, and
-//! answer GetRouting with slot maps naming each other. One binary, so the
+//! answer GetRouting with slot maps naming each other (or real servers, whose
+//! change streams the client's watch follows). One binary, so the
 //! server crate is linked once.
 
 mod fake;
@@ -11,3 +12,4 @@ mod retries;
 mod routing;
 mod service;
 mod tls;
+mod watch;

@@ -1,6 +1,7 @@
 //! A real readstates server in this process, on a loopback port, over an
 //! embedded store in a temporary directory, with the cluster off (as the
-//! service's own tests start one).
+//! service's own tests start one); it can be stopped and started again on
+//! the same address and store.
 
 use readstates::config::Config;
 use readstates::server::{self, Running};
@@ -10,8 +11,30 @@ use tempfile::TempDir;
 /// A running server and the directory of its store.
 pub struct Service {
     pub running: Running,
+    /// The configuration it was started with (a restart binds its address).
+    config: Config,
     /// Removed when the service is dropped, after the server stopped.
     _dir: TempDir,
+}
+
+/// A server stopped gracefully, and the directory of its store, to start
+/// it again on the same address and store.
+pub struct Stopped {
+    config: Config,
+    dir: TempDir,
+}
+
+impl Stopped {
+    /// Starts the server again, on its address, over its store.
+    pub async fn start(self) -> Service {
+        let store = server::open_store(&self.config).await.unwrap();
+        let running = server::start(&self.config, store).await.unwrap();
+        Service {
+            running,
+            config: self.config,
+            _dir: self.dir,
+        }
+    }
 }
 
 impl Service {
@@ -32,7 +55,11 @@ impl Service {
         configure(&mut config, dir.path());
         let store = server::open_store(&config).await.unwrap();
         let running = server::start(&config, store).await.unwrap();
-        Self { running, _dir: dir }
+        Self {
+            running,
+            config,
+            _dir: dir,
+        }
     }
 
     /// Returns its `host:port`.
@@ -52,5 +79,25 @@ impl Service {
     /// Shuts the server down gracefully.
     pub async fn shutdown(self) {
         self.running.shutdown().await.unwrap();
+    }
+
+    /// Shuts the server down gracefully, keeping its store and address.
+    pub async fn stop(self) -> Stopped {
+        let mut config = self.config;
+        config.server.listen_addr = self.running.addr;
+        self.running.shutdown().await.unwrap();
+        Stopped {
+            config,
+            dir: self._dir,
+        }
+    }
+
+    /// Returns the value of the gauge or counter `name` (unlabelled).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.running.metrics.render();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
     }
 }

@@ -28,11 +28,14 @@ use parking_lot::Mutex;
 use crate::grpc_target::GrpcTarget;
 use crate::redis_target::RedisTarget;
 use crate::report::Recorder;
+use crate::smart_target::SmartTarget;
 use crate::workload::{Generator, Op, Workload};
 
 /// What the load is sent to.
 pub enum Target {
     Grpc(GrpcTarget),
+    /// The gRPC service through `readstates-client` (`--client smart`).
+    Smart(SmartTarget),
     Redis(RedisTarget),
 }
 
@@ -40,6 +43,7 @@ impl Target {
     async fn execute(&self, op: &Op) -> Result<(), String> {
         match self {
             Target::Grpc(target) => target.execute(op).await,
+            Target::Smart(target) => target.execute(op).await,
             Target::Redis(target) => target.execute(op).await,
         }
     }

@@ -7,6 +7,9 @@
 //! states; `noop-server` serves the same gRPC service with no work, to
 //! measure the framework's ceiling on this machine; `watch` follows users on
 //! change streams and measures their delivery lag (see `watch.rs`).
+//! Against a gRPC target, `--client smart` sends the calls through the
+//! project's own client, straight to each user's owner (see
+//! `smart_target.rs`), instead of round-robin over the addresses.
 //!
 //! # Pacing and coordinated omission
 //!
@@ -47,6 +50,7 @@ mod grpc_target;
 mod noop;
 mod redis_target;
 mod report;
+mod smart_target;
 mod warm;
 mod watch;
 mod workload;
@@ -96,6 +100,17 @@ enum TargetKind {
     Redis,
 }
 
+/// How a gRPC target's calls find their instance (`--client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClientKind {
+    /// Plain gRPC connections, each call to the next one round-robin over
+    /// the addresses, whatever instance owns its user.
+    Naive,
+    /// The project's client (readstates-client): each call straight to its
+    /// user's owner.
+    Smart,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum MixKind {
     /// Connects, acks, mention fan-outs, mention removals, pin acks, weighted by the --w-* flags.
@@ -118,8 +133,22 @@ struct TargetArgs {
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// HTTP/2 (or Redis) connections; requests are spread round-robin.
+    /// With --client smart: ceil(N / addresses) clients, each holding one
+    /// connection per instance.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// How gRPC calls are sent. `naive`: plain connections, round-robin over
+    /// --addr (with the cluster on, an instance forwards each call whose user
+    /// it does not own). `smart`: through readstates-client, built from the
+    /// same --addr and --call-timeout, which reads the slot map (GetRouting),
+    /// sends each call to its user's owner and splits a mention fan-out by
+    /// owner (its parts in parallel, counted as one call); with the cluster
+    /// off it goes round-robin too. The smart client is set never to retry,
+    /// so every failure counts as an error, as with `naive`; a call refused
+    /// because its slot moved still makes it read the map again. The report
+    /// names the target `grpc-smart`.
+    #[arg(long, value_enum, default_value_t = ClientKind::Naive)]
+    client: ClientKind,
     /// How long to keep retrying the first connection while the target starts.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     connect_wait: Duration,
@@ -136,7 +165,22 @@ struct TargetArgs {
 impl TargetArgs {
     /// Connects; returns the target and its name for reports.
     async fn connect(&self) -> anyhow::Result<(Target, String)> {
+        if self.target == TargetKind::Redis && self.client == ClientKind::Smart {
+            bail!("--client smart needs --target grpc");
+        }
         Ok(match self.target {
+            TargetKind::Grpc if self.client == ClientKind::Smart => {
+                let smart = smart_target::SmartTarget::connect(
+                    &self.addr,
+                    self.connections,
+                    self.connect_wait,
+                    self.omit_mention_states,
+                    self.call_timeout,
+                )
+                .await?;
+                eprintln!("smart client over {}: {}", self.addr, smart.describe());
+                (Target::Smart(smart), format!("grpc-smart {}", self.addr))
+            }
             TargetKind::Grpc => (
                 Target::Grpc(
                     grpc_target::GrpcTarget::connect(
@@ -395,7 +439,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         mix: mix_name.to_string(),
         offered_rate: (!args.closed).then_some(args.rate),
         warmup: args.warmup,
-        connections: args.target.connections,
+        connections: match target.as_ref() {
+            Target::Smart(smart) => smart.connections(),
+            _ => args.target.connections,
+        },
         concurrency: args.closed.then_some(args.concurrency),
         in_flight_stalls: 0,
         max_in_flight_seen: 0,

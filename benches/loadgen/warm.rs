@@ -75,7 +75,7 @@ pub async fn warm(
             }
             templates
         }
-        Target::Grpc(_) => HashMap::new(),
+        Target::Grpc(_) | Target::Smart(_) => HashMap::new(),
     };
     let templates = &templates;
     let mut next_progress = start + PROGRESS_EVERY;
@@ -124,31 +124,17 @@ async fn warm_user(
     match target {
         Target::Grpc(grpc) => {
             let message = workload.next_message();
-            for chunk in channels.chunks(MAX_BULK_ACKS) {
-                let answered = grpc
-                    .bulk_ack(user, chunk, message)
-                    .await
-                    .map_err(|status| {
-                        anyhow::anyhow!(
-                            "BulkAck of user {user} ({} channels) failed: {:?}: {}",
-                            chunk.len(),
-                            status.code(),
-                            status.message()
-                        )
-                    })?;
-                // The no-op server answers with no states; readstates with
-                // one per ack.
-                if answered != 0 && answered != chunk.len() {
-                    bail!(
-                        "BulkAck of user {user}: {} acks answered with {answered} states",
-                        chunk.len()
-                    );
-                }
-            }
-            Ok(UserWarmed {
-                states: channels.len() as u64,
-                restored: false,
+            warm_grpc_user(user, &channels, async |chunk| {
+                grpc.bulk_ack(user, chunk, message).await
             })
+            .await
+        }
+        Target::Smart(smart) => {
+            let message = workload.next_message();
+            warm_grpc_user(user, &channels, async |chunk| {
+                smart.bulk_ack(user, chunk, message).await
+            })
+            .await
         }
         Target::Redis(redis) => {
             let template = templates
@@ -175,4 +161,35 @@ async fn warm_user(
             })
         }
     }
+}
+
+/// Acks `channels` of `user` over gRPC with `bulk_ack`, in chunks of at
+/// most [`MAX_BULK_ACKS`].
+async fn warm_grpc_user(
+    user: u64,
+    channels: &[u64],
+    bulk_ack: impl AsyncFn(&[u64]) -> Result<usize, tonic::Status>,
+) -> anyhow::Result<UserWarmed> {
+    for chunk in channels.chunks(MAX_BULK_ACKS) {
+        let answered = bulk_ack(chunk).await.map_err(|status| {
+            anyhow::anyhow!(
+                "BulkAck of user {user} ({} channels) failed: {:?}: {}",
+                chunk.len(),
+                status.code(),
+                status.message()
+            )
+        })?;
+        // The no-op server answers with no states; readstates with one per
+        // ack.
+        if answered != 0 && answered != chunk.len() {
+            bail!(
+                "BulkAck of user {user}: {} acks answered with {answered} states",
+                chunk.len()
+            );
+        }
+    }
+    Ok(UserWarmed {
+        states: channels.len() as u64,
+        restored: false,
+    })
 }

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use readstates::api::proto::watch_ended::Reason;
+use readstates::api::proto::{DeleteReadStatesRequest, GetUserReadStatesRequest};
 use readstates::config::Config;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -132,6 +133,49 @@ async fn purged_deletions() {
     .await;
 }
 
+/// A user outside the model's, changed only to see where the deletion
+/// horizon stands.
+const PROBE_USER: u64 = 1_000;
+
+/// Waits until the deletion horizon has passed every version issued so far
+/// (so every version watcher 0 held when it left, and the users changed
+/// since it left are resumed with a reset): a probe user is changed now,
+/// and asked for its difference since then until that is a reset, which
+/// it is once a purge has passed it. A slow machine delays purges (they
+/// wait for the write-back's batches in flight), so the time is not fixed.
+async fn wait_for_the_horizon(client: &mut common::Client) {
+    let acked = client
+        .ack(common::ack_request(PROBE_USER, 1, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    let since = acked.read_state.map_or(0, |state| state.version);
+    client
+        .delete_read_states(DeleteReadStatesRequest {
+            user_id: PROBE_USER,
+            channel_ids: vec![1],
+        })
+        .await
+        .unwrap();
+    let passed = eventually(HORIZON_WAIT, async || {
+        client
+            .get_user_read_states(GetUserReadStatesRequest {
+                user_id: PROBE_USER,
+                since_version: Some(since),
+            })
+            .await
+            .is_ok_and(|answer| answer.into_inner().reset)
+    })
+    .await;
+    assert!(
+        passed,
+        "the deletion horizon did not pass version {since} within {HORIZON_WAIT:?}"
+    );
+}
+
+/// How long the deletion horizon may take to pass a version.
+const HORIZON_WAIT: Duration = Duration::from_secs(60);
+
 async fn run(mode: Mode) {
     let seed: u64 = std::env::var("READSTATES_WATCH_MODEL_SEED")
         .ok()
@@ -187,6 +231,7 @@ async fn run(mode: Mode) {
         let away_since = Instant::now();
         workload.run(&mut server.client, third).await;
         tokio::time::sleep_until(away_since + away).await;
+        wait_for_the_horizon(&mut server.client).await;
         phases[0].send(Phase::Run).unwrap();
         workload
             .run(&mut server.client, mode.calls - 2 * third)

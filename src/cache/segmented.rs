@@ -10,112 +10,259 @@
 //! of cold users therefore churns probation only: the users a connect, an
 //! ack and a read touched again stay protected.
 //!
-//! Both segments are `lru` lists, so every operation stays O(1).
+//! Both segments are doubly linked lists threaded through one slab of
+//! nodes, found by one hash map: every operation stays O(1), and moving a
+//! user between the segments relinks its node in place, with no
+//! allocation (a promotion on every use of a cycling working set would
+//! otherwise free and allocate a node each time).
 
-use lru::LruCache;
+use std::collections::HashMap;
 
 use crate::ids::UserId;
 
 /// The most of a partition's users the protected segment holds.
 const PROTECTED_PERCENT: usize = 80;
 
+/// No node: the end of a list, or of the free list.
+const NONE: u32 = u32::MAX;
+
+/// The two segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Segment {
+    Probation = 0,
+    Protected = 1,
+}
+
+/// One user's node.
+struct Node<V> {
+    user_id: UserId,
+    value: V,
+    segment: Segment,
+    /// Toward the most recently used end.
+    newer: u32,
+    /// Toward the least recently used end.
+    older: u32,
+}
+
+/// One segment's list: its most and least recently used ends.
+#[derive(Clone, Copy)]
+struct List {
+    newest: u32,
+    oldest: u32,
+    len: usize,
+}
+
+impl List {
+    const EMPTY: List = List {
+        newest: NONE,
+        oldest: NONE,
+        len: 0,
+    };
+}
+
 /// The two segments of one partition's LRU.
 pub(super) struct SegmentedLru<V> {
-    probation: LruCache<UserId, V>,
-    protected: LruCache<UserId, V>,
+    index: HashMap<UserId, u32, ahash::RandomState>,
+    /// The nodes; `None` for a free slot, listed in `free`.
+    slots: Vec<Option<Node<V>>>,
+    free: Vec<u32>,
+    lists: [List; 2],
 }
 
 impl<V> SegmentedLru<V> {
     pub fn new() -> Self {
         Self {
-            probation: LruCache::unbounded(),
-            protected: LruCache::unbounded(),
+            index: HashMap::with_hasher(ahash::RandomState::new()),
+            slots: Vec::new(),
+            free: Vec::new(),
+            lists: [List::EMPTY; 2],
         }
+    }
+
+    /// The memory one user's place costs beside its value's own heap: its
+    /// slab slot (the value inline) and its hash map slot.
+    pub const fn place_bytes() -> usize {
+        std::mem::size_of::<Option<Node<V>>>() + std::mem::size_of::<(UserId, u32)>() + 1
     }
 
     /// Returns the number of users in both segments.
     pub fn len(&self) -> usize {
-        self.probation.len() + self.protected.len()
+        self.index.len()
     }
 
     /// Returns the number of users in the protected segment.
     pub fn protected_len(&self) -> usize {
-        self.protected.len()
+        self.lists[Segment::Protected as usize].len
     }
 
     pub fn contains(&self, user_id: &UserId) -> bool {
-        self.protected.contains(user_id) || self.probation.contains(user_id)
+        self.index.contains_key(user_id)
     }
 
-    /// Adds a user (a load, or one taken back from eviction) to probation.
+    /// Adds a user (a load, or one taken back from eviction) to probation;
+    /// a user already held keeps its place, with `value` as its value.
     pub fn put(&mut self, user_id: UserId, value: V) {
-        if let Some(slot) = self.protected.get_mut(&user_id) {
-            *slot = value;
+        if let Some(&at) = self.index.get(&user_id)
+            && let Some(node) = self.node_mut(at)
+        {
+            node.value = value;
+            if node.segment == Segment::Probation {
+                self.unlink(at);
+                self.link_newest(at, Segment::Probation);
+            }
             return;
         }
-        self.probation.put(user_id, value);
+        let node = Some(Node {
+            user_id,
+            value,
+            segment: Segment::Probation,
+            newer: NONE,
+            older: NONE,
+        });
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.slots[at as usize] = node;
+                at
+            }
+            None => {
+                self.slots.push(node);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(user_id, at);
+        self.link_newest(at, Segment::Probation);
     }
 
     /// Returns a user for use: marks it most recently used, promoting it
     /// from probation to protected.
     pub fn get_mut(&mut self, user_id: &UserId) -> Option<&mut V> {
-        if self.protected.contains(user_id) {
-            return self.protected.get_mut(user_id);
+        let at = *self.index.get(user_id)?;
+        let promoted = self.node(at)?.segment == Segment::Probation;
+        self.unlink(at);
+        self.link_newest(at, Segment::Protected);
+        if promoted {
+            self.demote_over_share();
         }
-        let value = self.probation.pop(user_id)?;
-        self.protected.put(*user_id, value);
-        self.demote_over_share();
-        self.protected.peek_mut(user_id)
+        Some(&mut self.node_mut(at)?.value)
     }
 
     /// Returns a user without marking it used.
     pub fn peek_mut(&mut self, user_id: &UserId) -> Option<&mut V> {
-        if let Some(value) = self.protected.peek_mut(user_id) {
-            return Some(value);
-        }
-        self.probation.peek_mut(user_id)
+        let at = *self.index.get(user_id)?;
+        Some(&mut self.node_mut(at)?.value)
     }
 
     /// Removes and returns the user to evict: probation's least recently
     /// used, or protected's when probation is empty, but never `keep` (the
     /// user a request is using: evicting it would undo the request's load).
     pub fn pop_lru_except(&mut self, keep: Option<&UserId>) -> Option<(UserId, V)> {
-        let kept = |lru: &LruCache<UserId, V>| {
-            keep.is_some_and(|keep| lru.peek_lru().is_some_and(|(user_id, _)| user_id == keep))
+        let kept = |lru: &Self, segment: Segment| {
+            let oldest = lru.lists[segment as usize].oldest;
+            keep.is_some_and(|keep| lru.node(oldest).is_some_and(|node| node.user_id == *keep))
         };
-        if !kept(&self.probation)
-            && let Some(evicted) = self.probation.pop_lru()
+        if !kept(self, Segment::Probation)
+            && let Some(evicted) = self.take(self.lists[Segment::Probation as usize].oldest)
         {
             return Some(evicted);
         }
-        if kept(&self.protected) {
+        if kept(self, Segment::Protected) {
             return None;
         }
-        self.protected.pop_lru()
+        self.take(self.lists[Segment::Protected as usize].oldest)
     }
 
     /// Removes a user from whichever segment holds it.
     pub fn remove(&mut self, user_id: &UserId) -> Option<V> {
-        self.protected
-            .pop(user_id)
-            .or_else(|| self.probation.pop(user_id))
+        let at = *self.index.get(user_id)?;
+        self.take(at).map(|(_, value)| value)
     }
 
     /// Iterates over every user, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&UserId, &V)> {
-        self.protected.iter().chain(self.probation.iter())
+        self.slots
+            .iter()
+            .flatten()
+            .map(|node| (&node.user_id, &node.value))
     }
 
     /// Moves protected's least recently used users to probation's most
     /// recently used end while protected holds more than its share.
     fn demote_over_share(&mut self) {
-        let most_protected = self.len() * PROTECTED_PERCENT / 100;
-        while self.protected.len() > most_protected.max(1) {
-            let Some((user_id, value)) = self.protected.pop_lru() else {
+        let most_protected = (self.len() * PROTECTED_PERCENT / 100).max(1);
+        while self.protected_len() > most_protected {
+            let oldest = self.lists[Segment::Protected as usize].oldest;
+            if self.node(oldest).is_none() {
                 break;
-            };
-            self.probation.put(user_id, value);
+            }
+            self.unlink(oldest);
+            self.link_newest(oldest, Segment::Probation);
         }
+    }
+
+    fn node(&self, at: u32) -> Option<&Node<V>> {
+        self.slots.get(at as usize)?.as_ref()
+    }
+
+    fn node_mut(&mut self, at: u32) -> Option<&mut Node<V>> {
+        self.slots.get_mut(at as usize)?.as_mut()
+    }
+
+    /// Unlinks the node at `at` and frees its slot; returns its user.
+    fn take(&mut self, at: u32) -> Option<(UserId, V)> {
+        self.node(at)?;
+        self.unlink(at);
+        let node = self.slots.get_mut(at as usize)?.take()?;
+        self.free.push(at);
+        self.index.remove(&node.user_id);
+        Some((node.user_id, node.value))
+    }
+
+    /// Takes the node at `at` out of its segment's list.
+    fn unlink(&mut self, at: u32) {
+        let Some(&Node {
+            segment,
+            newer,
+            older,
+            ..
+        }) = self.node(at)
+        else {
+            return;
+        };
+        let list = &mut self.lists[segment as usize];
+        list.len -= 1;
+        if newer == NONE {
+            list.newest = older;
+        }
+        if older == NONE {
+            list.oldest = newer;
+        }
+        if let Some(node) = self.node_mut(newer) {
+            node.older = older;
+        }
+        if let Some(node) = self.node_mut(older) {
+            node.newer = newer;
+        }
+    }
+
+    /// Links the (unlinked) node at `at` at `segment`'s most recently used
+    /// end.
+    fn link_newest(&mut self, at: u32, segment: Segment) {
+        let newest = self.lists[segment as usize].newest;
+        let Some(node) = self.node_mut(at) else {
+            return;
+        };
+        node.segment = segment;
+        node.newer = NONE;
+        node.older = newest;
+        if let Some(node) = self.node_mut(newest) {
+            node.newer = at;
+        }
+        let list = &mut self.lists[segment as usize];
+        list.newest = at;
+        if list.oldest == NONE {
+            list.oldest = at;
+        }
+        list.len += 1;
     }
 }
 

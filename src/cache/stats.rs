@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::entry::{self, UserEntry};
+use super::segmented::SegmentedLru;
 use super::{Cache, duration_millis};
 use crate::clock::unix_micros;
-use crate::ids::UserId;
 
 /// The cache's counters and sizes at one moment (`Cache::stats`): what a
 /// scrape sets its handles from.
@@ -80,10 +80,9 @@ pub(super) struct PartitionStats {
     pub(super) deferred_mentions: u64,
 }
 
-/// The memory an LRU node costs beside its value: key, two list pointers,
-/// and the hash table slot pointing at it.
-const LRU_NODE_BYTES: usize =
-    std::mem::size_of::<UserId>() + std::mem::size_of::<UserEntry>() + 2 * 8 + 16;
+/// The memory a cached user's place in the LRU costs, its entry included
+/// (not the entry's own heap).
+const LRU_NODE_BYTES: usize = SegmentedLru::<UserEntry>::place_bytes();
 
 impl Cache {
     /// Returns the cache's counters and sizes, locking each partition

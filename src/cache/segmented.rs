@@ -336,4 +336,31 @@ mod tests {
         assert_eq!(lru.peek_mut(&user(10)).copied(), Some(10));
         assert_eq!(lru.iter().count(), 6);
     }
+
+    #[test]
+    fn removed_users_give_their_slots_to_the_next_and_the_lists_stay_in_order() {
+        let mut lru = SegmentedLru::new();
+        for id in 1..=5 {
+            lru.put(user(id), id);
+        }
+        assert_eq!(lru.remove(&user(3)), Some(3));
+        assert_eq!(lru.remove(&user(3)), None);
+        lru.put(user(6), 6);
+        assert_eq!(lru.slots.len(), 5, "6 took the slot 3 left");
+        // Put again, a probation user becomes its most recently used.
+        lru.put(user(1), 10);
+        assert_eq!(lru.get_mut(&user(2)).copied(), Some(2), "promoted");
+        assert_eq!(lru.protected_len(), 1);
+        let order: Vec<u64> =
+            std::iter::from_fn(|| lru.pop_lru_except(None).map(|(_, value)| value)).collect();
+        assert_eq!(
+            order,
+            [4, 5, 6, 10, 2],
+            "probation oldest first, then protected"
+        );
+        assert_eq!(
+            (lru.len(), lru.protected_len(), lru.iter().count()),
+            (0, 0, 0)
+        );
+    }
 }

@@ -17,7 +17,7 @@ use crate::cache::{StateView, UserTxn};
 use crate::ids::{ChannelId, MessageId, UserId};
 
 /// A mention fan-out's request: one change to many users.
-pub(super) trait Mentions: Clone {
+pub(super) trait Mentions: Sized {
     type Response: Default;
     /// The request's `(channel_id, message_id, user_ids)`.
     fn target(&self) -> (u64, u64, &[u64]);
@@ -39,11 +39,15 @@ pub(super) trait Mentions: Clone {
     fn response(read_states: Vec<proto::ReadState>) -> Self::Response;
 }
 
-/// Implements [`Mentions`] for a request with `channel_id`, `message_id`
-/// and `user_ids`, whose response carries `read_states`: forwarded by the
-/// client's `$method`, changing each user with `UserTxn::$change`.
+/// Implements [`Mentions`] for a request with `channel_id`, `message_id`,
+/// `user_ids` and the other `$field`s, whose response carries
+/// `read_states`: forwarded by the client's `$method`, changing each user
+/// with `UserTxn::$change`.
 macro_rules! mentions {
-    ($request:ident => $response:ident, $method:ident, $change:ident, |$this:ident| $omits:expr) => {
+    (
+        $request:ident => $response:ident, $method:ident, $change:ident,
+        |$this:ident| $omits:expr $(, $field:ident)*
+    ) => {
         impl Mentions for proto::$request {
             type Response = proto::$response;
             fn target(&self) -> (u64, u64, &[u64]) {
@@ -56,10 +60,16 @@ macro_rules! mentions {
             fn change(txn: &mut UserTxn<'_>, channel: ChannelId, message: MessageId) -> StateView {
                 txn.$change(channel, message)
             }
+            /// Copies the request's fields but `user_ids` (not cloned:
+            /// each owner's part brings its own), listed so that a field
+            /// added to the message is a compile error here until it is
+            /// passed on.
             fn part(&self, user_ids: Vec<u64>) -> Self {
                 Self {
                     user_ids,
-                    ..self.clone()
+                    channel_id: self.channel_id,
+                    message_id: self.message_id,
+                    $($field: self.$field,)*
                 }
             }
             fn forward(
@@ -79,7 +89,7 @@ macro_rules! mentions {
 }
 
 mentions!(AddMentionsRequest => AddMentionsResponse, add_mentions, add_mention,
-    |request| request.omit_read_states);
+    |request| request.omit_read_states, omit_read_states);
 // RemoveMentions always answers its states.
 mentions!(RemoveMentionsRequest => RemoveMentionsResponse, remove_mentions, remove_mention,
     |_request| false);

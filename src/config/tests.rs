@@ -84,6 +84,7 @@ fn unknown_keys_and_bad_ranges_are_refused_by_name() {
             "[flush]\ndelay_ms = 60000\ntombstone_grace_ms = 59999\n",
             "flush.tombstone_grace_ms",
         ),
+        ("[watch]\ncoalesce_ms = 1001\n", "watch.coalesce_ms"),
     ]);
 }
 

@@ -41,11 +41,15 @@ async fn every_metric_family_shows_after_traffic() {
     let invalid = server.client.ack(ack_request(0, 1, 1)).await.unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
     // Wait until every change is written and no user waits in a bucket.
+    // Evicted users wait for their write outside the cache, where no dirty
+    // count sees them; the flush lag counts every batch write still in
+    // flight, so it says when the last one landed.
     let mut text = String::new();
     let settled = eventually(Duration::from_secs(10), async || {
         text = http_get(metrics_addr, "/metrics").await.1;
         sample(&text, "readstates_dirty_read_states") == Some(0.0)
             && sample(&text, "readstates_flush_queue_users") == Some(0.0)
+            && sample(&text, "readstates_flush_lag_seconds") == Some(0.0)
     })
     .await;
     assert!(settled, "write-behind did not settle:\n{text}");

@@ -144,6 +144,68 @@ async fn acknowledged_changes_survive_sigkill_at_random_moments() {
     );
 }
 
+/// After a SIGKILL the embedded database opens from the allocator state
+/// its last commit saved, instead of walking the whole file to rebuild it:
+/// the walk grows with the store (13 s at 100 million states, BENCHMARKS.md
+/// "Cost as the work grows"), and a crashed instance would serve nothing
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_sigkill_opens_the_database_without_walking_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(dir.path(), &SETTINGS);
+    let mut client = connect(server.addr).await;
+    for user in 1..=20 {
+        client
+            .ack(common::ack_request(user, 1, 100 + user))
+            .await
+            .unwrap();
+    }
+    // Killed once everything is written (the flush lag counts writes in
+    // flight), so the file's last commit is a write-back's.
+    let written = common::eventually(Duration::from_secs(30), async || {
+        scrape(server.metrics_addr).await.is_some_and(|text| {
+            sample(&text, "readstates_dirty_read_states") == Some(0.0)
+                && sample(&text, "readstates_flush_lag_seconds") == Some(0.0)
+                && sample(&text, "readstates_flush_rows_written_total") >= Some(20.0)
+        })
+    })
+    .await;
+    assert!(written, "the acks were not written back");
+    server.kill();
+
+    let walked = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&walked);
+    let path = dir
+        .path()
+        .join("data")
+        .join(readstates::store::DATABASE_FILE);
+    let db = redb::Database::builder()
+        .set_repair_callback(move |_| seen.store(true, Ordering::Relaxed))
+        .open(&path)
+        .unwrap();
+    drop(db);
+    assert!(
+        !walked.load(Ordering::Relaxed),
+        "opening the database after a SIGKILL walked the whole file"
+    );
+
+    let server = Process::start(dir.path(), &SETTINGS);
+    let mut client = connect(server.addr).await;
+    for user in 1..=20 {
+        let states = client
+            .get_user_read_states(GetUserReadStatesRequest {
+                user_id: user,
+                since_version: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .read_states;
+        assert_eq!(states.len(), 1, "user {user}'s written ack is gone");
+        assert_eq!(states[0].last_message_id, 100 + user);
+    }
+}
+
 #[derive(Default)]
 struct Totals {
     kills: usize,

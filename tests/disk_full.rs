@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestServer, ack_request, channel, eventually, get, sample, test_config};
+use readstates::api::proto::{BulkAckRequest, ChannelAck};
 use readstates::config::Config;
 use readstates::server::{self, STORE_HEALTH};
 use readstates::store::{EmbeddedStore, Store};
@@ -25,6 +26,10 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 const GUARD: Duration = Duration::from_secs(60);
 const USERS: u64 = 60;
 const CHANNELS: u64 = 5;
+/// The ballast of the second round (see `server_refused_by_a_full_disk`):
+/// 20,000 states, about 1.5 MB of rows.
+const BALLAST_USERS: std::ops::RangeInclusive<u64> = 1_001..=1_020;
+const BALLAST_CHANNELS: u64 = 1_000;
 
 /// A tmpfs of a few MiB, mounted for one test and unmounted after it.
 struct SmallDisk {
@@ -157,10 +162,34 @@ async fn assert_stored(data_dir: &Path, message: u64) {
     }
 }
 
-/// Starts a server on the disk and writes a first round to the store.
+/// Acks channels 1..=channels of `user`, one of the ballast users, in one
+/// call.
+async fn ballast(server: &mut TestServer, user: u64, channels: u64) {
+    let acks = (1..=channels)
+        .map(|channel_id| ChannelAck {
+            channel_id,
+            message_id: 20,
+        })
+        .collect();
+    server
+        .client
+        .bulk_ack(BulkAckRequest {
+            user_id: user,
+            acks,
+        })
+        .await
+        .unwrap();
+}
+
+/// Starts a server on the disk and writes a first round to the store (and
+/// one state of each ballast user, so that they are cached when the disk is
+/// full: a user that must be loaded then gets `UNAVAILABLE`).
 async fn server_with_a_first_round(config: &Config) -> TestServer {
     let mut server = start(config).await;
     ack_all(&mut server, 10).await;
+    for user in BALLAST_USERS {
+        ballast(&mut server, user, 1).await;
+    }
     let cache = Arc::clone(&server.running.cache);
     assert!(eventually(GUARD, async || cache.dirty_states() == 0).await);
     assert_eq!(store_health(&server).await, ServingStatus::Serving);
@@ -169,10 +198,17 @@ async fn server_with_a_first_round(config: &Config) -> TestServer {
 
 /// A server that wrote a first round, then acknowledged a second one after
 /// the disk filled: the store refuses it.
+///
+/// The second round comes with ballast, states of other users that need
+/// more pages than the file holds free: a small commit may fit in pages
+/// the file freed earlier (already backed by the filesystem), and land.
 async fn server_refused_by_a_full_disk(disk: &SmallDisk, config: &Config) -> TestServer {
     let mut server = server_with_a_first_round(config).await;
     disk.fill();
     ack_all(&mut server, 20).await;
+    for user in BALLAST_USERS {
+        ballast(&mut server, user, BALLAST_CHANNELS).await;
+    }
     assert!(eventually(GUARD, async || write_failing(&server) == 1.0).await);
     server
 }
@@ -183,12 +219,9 @@ async fn a_full_disk_keeps_every_change_and_drains_once_space_frees() {
         return;
     };
     let config = config(disk.path());
-    let mut server = server_with_a_first_round(&config).await;
-    disk.fill();
-    ack_all(&mut server, 20).await;
+    let mut server = server_refused_by_a_full_disk(&disk, &config).await;
 
-    // The writes fail (some may land first, in pages the database had
-    // free), and health and metrics say so; reads still work.
+    // The writes fail, and health and metrics say so; reads still work.
     assert!(
         eventually(GUARD, async || store_health(&server).await
             == ServingStatus::NotServing)

@@ -12,10 +12,10 @@
 use std::path::Path;
 
 use fjall::{Database as LsmDatabase, KeyspaceCreateOptions};
-use redb::{Database, Durability};
+use redb::Database;
 
 use super::tombstones::{self, RowBytes, TOMBSTONES};
-use super::{STATES, raise_version_floor, redb_error};
+use super::{STATES, begin_durable_write, raise_version_floor, redb_error};
 use crate::ids::ChannelId;
 use crate::store::StoreError;
 use crate::store::row::{Row, decode_row};
@@ -107,9 +107,7 @@ fn import(data_dir: &Path, db: &Database) -> Result<usize, StoreError> {
 /// how many were written.
 fn write_chunk(db: &Database, chunk: &mut Vec<((u64, u64), Vec<u8>)>) -> Result<usize, StoreError> {
     let mut written = 0;
-    let mut txn = db.begin_write().map_err(redb_error)?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(redb_error)?;
+    let txn = begin_durable_write(db)?;
     {
         let mut states = txn.open_table(STATES).map_err(redb_error)?;
         let mut index = txn.open_table(TOMBSTONES).map_err(redb_error)?;

@@ -45,7 +45,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use tokio::sync::oneshot;
 
 mod error;
@@ -300,13 +302,26 @@ impl Store for EmbeddedStore {
     }
 }
 
+/// Begins a write transaction whose commit is durable (fsynced before
+/// `commit` returns) and saves redb's allocator state ("quick repair"), so
+/// that opening the file after a crash loads that state instead of walking
+/// the whole file to rebuild it: the walk grows with the store (at 100
+/// million states, see ARCHITECTURE.md §2.5). Every write transaction of
+/// the store begins here: a commit without the saved state would leave the
+/// next open after a crash to the walk again.
+fn begin_durable_write(db: &Database) -> Result<WriteTransaction, StoreError> {
+    let mut txn = db.begin_write().map_err(redb_error)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(redb_error)?;
+    txn.set_quick_repair(true);
+    Ok(txn)
+}
+
 /// Records `floor` as the version floor unless a higher one is recorded
 /// (and the deletion horizon if a file has none yet); commits with an
 /// fsync.
 fn raise_version_floor(db: &Database, floor: u64) -> Result<(), StoreError> {
-    let mut txn = db.begin_write().map_err(redb_error)?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(redb_error)?;
+    let txn = begin_durable_write(db)?;
     {
         let mut meta = txn.open_table(META).map_err(redb_error)?;
         let current = meta
@@ -324,7 +339,7 @@ fn raise_version_floor(db: &Database, floor: u64) -> Result<(), StoreError> {
 /// Creates the tables if the database is new, so that readers can open
 /// them before the first write.
 fn create_tables(db: &Database) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(redb_error)?;
+    let txn = begin_durable_write(db)?;
     txn.open_table(STATES).map_err(redb_error)?;
     txn.open_table(META).map_err(redb_error)?;
     txn.open_table(TOMBSTONES).map_err(redb_error)?;
@@ -366,9 +381,7 @@ fn load_user(db: &Database, user_id: UserId) -> Result<UserRows, StoreError> {
 /// tombstones each job purged (0 for a batch).
 fn write_group(db: &Database, group: &[WriteJob]) -> Result<Vec<usize>, StoreError> {
     let mut purged = Vec::with_capacity(group.len());
-    let mut txn = db.begin_write().map_err(redb_error)?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(redb_error)?;
+    let txn = begin_durable_write(db)?;
     {
         let mut states = txn.open_table(STATES).map_err(redb_error)?;
         let mut index = txn.open_table(TOMBSTONES).map_err(redb_error)?;

@@ -30,11 +30,10 @@ use std::ops::Bound;
 use std::time::Instant;
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
-    TableDefinition,
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
 };
 
-use super::{META, STATES, VERSION_FLOOR_KEY, redb_error};
+use super::{META, STATES, VERSION_FLOOR_KEY, begin_durable_write, redb_error};
 use crate::ids::ChannelId;
 use crate::store::StoreError;
 use crate::store::row::{Row, decode_row};
@@ -165,9 +164,7 @@ pub fn raise_horizon(meta: &mut MetaTable<'_>, below: u64) -> Result<u64, StoreE
 /// Raises the recorded deletion horizon to `at_least`, in a transaction of
 /// its own: for rows imported from a store that may have purged below it.
 pub fn raise_horizon_in(db: &Database, at_least: u64) -> Result<(), StoreError> {
-    let mut txn = db.begin_write().map_err(redb_error)?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(redb_error)?;
+    let txn = begin_durable_write(db)?;
     raise_horizon(&mut txn.open_table(META).map_err(redb_error)?, at_least)?;
     txn.commit().map_err(redb_error)
 }
@@ -239,9 +236,7 @@ pub fn index_in_chunks(db: &Database, chunk_rows: usize) -> Result<(), StoreErro
     let mut seen: u64 = 0;
     let mut indexed: u64 = 0;
     loop {
-        let mut txn = db.begin_write().map_err(redb_error)?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(redb_error)?;
+        let txn = begin_durable_write(db)?;
         let chunk = {
             let states = txn.open_table(STATES).map_err(redb_error)?;
             let mut index = txn.open_table(TOMBSTONES).map_err(redb_error)?;

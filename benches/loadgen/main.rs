@@ -6,7 +6,8 @@
 //! that workload can touch (see `warm.rs`), so a run's acks update existing
 //! states; `noop-server` serves the same gRPC service with no work, to
 //! measure the framework's ceiling on this machine; `watch` follows users on
-//! change streams and measures their delivery lag (see `watch.rs`).
+//! change streams and measures their delivery lag (see `watch.rs`);
+//! `big-users` times users with many states and fan-outs to many cold users (see `big_users.rs`).
 //! Against a gRPC target, `--client smart` sends the calls through the
 //! project's own client, straight to each user's owner (see
 //! `smart_target.rs`), instead of round-robin over the addresses.
@@ -45,12 +46,14 @@
 //! overall, per operation kind, and per second of the run, so spikes are
 //! visible in the p99/max series (`--series FILE` writes it as CSV).
 
+mod big_users;
 mod driver;
 mod grpc_target;
 mod noop;
 mod redis_target;
 mod report;
 mod smart_target;
+mod store_scale;
 mod warm;
 mod watch;
 mod workload;
@@ -90,6 +93,12 @@ enum Command {
     },
     /// Follow users on WatchReadStates streams and measure delivery lag.
     Watch(Box<watch::WatchArgs>),
+    /// Measure the embedded store itself as it grows: fill it, time cold
+    /// loads and write-back, churn it (see `store_scale.rs`).
+    Store(Box<store_scale::StoreArgs>),
+    /// Measure users with many states and fan-outs to many cold users
+    /// through a running server (see `big_users.rs`).
+    BigUsers(Box<big_users::BigUsersArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -360,6 +369,8 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => runtime(args.threads)?.block_on(run(*args)),
         Command::Warm(args) => runtime(args.threads)?.block_on(warm(*args)),
         Command::Watch(args) => runtime(None)?.block_on(watch::run(*args)),
+        Command::Store(args) => runtime(None)?.block_on(store_scale::run(*args)),
+        Command::BigUsers(args) => runtime(None)?.block_on(big_users::run(*args)),
     }
 }
 

@@ -1,0 +1,634 @@
+//! `readstates-bench store`: the embedded store as it grows, measured
+//! through the same store API the service uses (no gRPC, no cache), so each
+//! figure is the store's own. `benches/loadgen/scale.sh` runs them at 1M,
+//! 10M and 100M states, and `churn.sh` the churn.
+//!
+//! * `fill` extends a store to `--states` states, in key order, through
+//!   `Store::write_batch` (the flusher's path: read-compare-write, one fsynced
+//!   commit per group of batches). Loading in key order is the fastest
+//!   honest path: a bulk import sorts its input first.
+//! * `loads` times loads of random users, one at a time.
+//! * `writeback` times batches of the flusher's shape (512 rows, 8 states of
+//!   each of 64 random users) with `--in-flight` batches queued at once.
+//! * `churn` rewrites, deletes, purges and re-creates a working set for
+//!   `--cycles` cycles, recording the file's size and the live data after
+//!   each step, with loads sampled throughout.
+//! * `wait-serving` polls the gRPC health check until the server answers
+//!   `SERVING` and prints how long after `--started-ns` that was.
+//!
+//! The data: user `u` (1, 2, ...) has 1 to 100 channels ([`channels_of`],
+//! 50.5 on average); one state in ten carries 1 to 3 pending mentions.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use readstates::clock::unix_micros;
+use readstates::ids::{ChannelId, MessageId, UserId};
+use readstates::read_state::{Mentions, ReadState};
+use readstates::store::{
+    EmbeddedOptions, EmbeddedStore, LoadPriority, RowWrite, Store, encode_row,
+};
+use tokio::task::JoinSet;
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    #[command(subcommand)]
+    command: StoreCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Extend the store to `--states` states.
+    Fill(FillArgs),
+    /// Time loads of random users.
+    Loads(LoadsArgs),
+    /// Time batch writes of the flusher's shape.
+    Writeback(WritebackArgs),
+    /// Rewrite, delete, purge and re-create a working set, cycle after cycle.
+    Churn(ChurnArgs),
+    /// Wait until a server's health check says SERVING.
+    WaitServing(WaitArgs),
+}
+
+#[derive(Debug, Args)]
+struct OpenArgs {
+    /// The store's data directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The store's page cache (`store.cache_mib`).
+    #[arg(long, default_value_t = 128)]
+    cache_mib: usize,
+    /// Load threads (`store.reader_threads`).
+    #[arg(long, default_value_t = 2)]
+    reader_threads: usize,
+}
+
+#[derive(Debug, Args)]
+struct FillArgs {
+    #[command(flatten)]
+    open: OpenArgs,
+    /// Stop once at least this many states are stored.
+    #[arg(long)]
+    states: u64,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 8192)]
+    batch: usize,
+    /// Batches queued at once (the writer commits up to 16 together).
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+}
+
+#[derive(Debug, Args)]
+struct LoadsArgs {
+    #[command(flatten)]
+    open: OpenArgs,
+    /// Loads to time.
+    #[arg(long, default_value_t = 2000)]
+    samples: u64,
+    /// Loads of other random users first, not timed: a serving store has
+    /// the upper levels of its tree in memory, an opened one not yet.
+    #[arg(long, default_value_t = 1000)]
+    warmup: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Debug, Args)]
+struct WritebackArgs {
+    #[command(flatten)]
+    open: OpenArgs,
+    /// Batches to write.
+    #[arg(long, default_value_t = 400)]
+    batches: u64,
+    /// Batches queued at once (the flusher's `flush.concurrency` is 4).
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Debug, Args)]
+struct ChurnArgs {
+    #[command(flatten)]
+    open: OpenArgs,
+    /// The working set, in states.
+    #[arg(long, default_value_t = 1_000_000)]
+    states: u64,
+    #[arg(long, default_value_t = 10)]
+    cycles: u32,
+    /// Loads per second sampled while the churn runs.
+    #[arg(long, default_value_t = 200)]
+    load_rate: u64,
+    /// CSV of one row per step.
+    #[arg(long)]
+    csv: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct WaitArgs {
+    /// The server's gRPC address.
+    #[arg(long)]
+    addr: String,
+    /// When the server was started, in ns since the epoch (`date +%s%N`).
+    #[arg(long)]
+    started_ns: u128,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+}
+
+pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    match args.command {
+        StoreCommand::Fill(args) => fill(args).await,
+        StoreCommand::Loads(args) => loads(args).await,
+        StoreCommand::Writeback(args) => writeback(args).await,
+        StoreCommand::Churn(args) => churn(args).await,
+        StoreCommand::WaitServing(args) => wait_serving(args).await,
+    }
+}
+
+/// SplitMix64: the same data on every run, with no extra crate.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// How many channels user `u` has: 1 to 100.
+fn channels_of(user: u64) -> u64 {
+    1 + mix(user) % 100
+}
+
+/// Channel ids are snowflake-sized, as a real deployment's are.
+const CHANNEL_BASE: u64 = 1 << 50;
+
+/// Versions: above every earlier one and at least the clock, as the
+/// service's are (purges are held to the clock).
+struct Versions(u64);
+
+impl Versions {
+    fn next(&mut self) -> u64 {
+        self.0 = (self.0 + 1).max(unix_micros());
+        self.0
+    }
+}
+
+/// The state of `user` in its `rank`-th channel, acknowledged at `message`.
+fn state(user: u64, rank: u64, message: u64, version: u64) -> anyhow::Result<ReadState> {
+    let pending = match mix(user ^ (rank << 40)) % 30 {
+        0 => vec![message + 1],
+        1 => vec![message + 1, message + 2],
+        2 => vec![message + 1, message + 2, message + 3],
+        _ => Vec::new(),
+    };
+    Ok(ReadState {
+        channel_id: ChannelId::new(CHANNEL_BASE + rank)?,
+        last_message_id: MessageId::new(message)?,
+        last_pin_timestamp_ms: 0,
+        updated_at_ms: version / 1000,
+        version,
+        mentions: Mentions::from_parts(pending, 0, 0),
+    })
+}
+
+fn open(args: &OpenArgs) -> anyhow::Result<(EmbeddedStore, Duration)> {
+    let started = Instant::now();
+    let store = EmbeddedStore::open_with(&EmbeddedOptions {
+        data_dir: args.dir.clone(),
+        reader_threads: args.reader_threads,
+        cache_mib: args.cache_mib,
+    })
+    .with_context(|| format!("opening the store under {}", args.dir.display()))?;
+    Ok((store, started.elapsed()))
+}
+
+/// How far `fill` got: users 1..=users are stored, `states` states in all.
+#[derive(Debug, Default, Clone, Copy)]
+struct Filled {
+    users: u64,
+    states: u64,
+}
+
+const FILLED_FILE: &str = "scale-filled";
+
+impl Filled {
+    fn read(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(FILLED_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(Self::default());
+        };
+        let mut fields = text.split_whitespace().map(str::parse::<u64>);
+        match (fields.next(), fields.next()) {
+            (Some(Ok(users)), Some(Ok(states))) => Ok(Self { users, states }),
+            _ => bail!("{} is not `users states`", path.display()),
+        }
+    }
+
+    fn write(self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::write(
+            dir.join(FILLED_FILE),
+            format!("{} {}\n", self.users, self.states),
+        )
+        .context("recording the fill")
+    }
+}
+
+fn database_bytes(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join(readstates::store::DATABASE_FILE)).map_or(0, |meta| meta.len())
+}
+
+/// Writes batches, keeping `in_flight` queued; returns when all landed.
+struct Writer {
+    store: EmbeddedStore,
+    pending: JoinSet<anyhow::Result<()>>,
+    in_flight: usize,
+}
+
+impl Writer {
+    async fn write(&mut self, rows: Vec<RowWrite>) -> anyhow::Result<()> {
+        while self.pending.len() >= self.in_flight {
+            self.join_one().await?;
+        }
+        let store = self.store.clone();
+        let rows: Arc<[RowWrite]> = rows.into();
+        self.pending
+            .spawn(async move { store.write_batch(rows).await.context("writing a batch") });
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> anyhow::Result<()> {
+        if let Some(result) = self.pending.join_next().await {
+            result.context("a batch task panicked")??;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        while !self.pending.is_empty() {
+            self.join_one().await?;
+        }
+        Ok(())
+    }
+}
+
+async fn fill(args: FillArgs) -> anyhow::Result<()> {
+    let (store, opened) = open(&args.open)?;
+    let mut filled = Filled::read(&args.open.dir)?;
+    let before = filled;
+    let mut writer = Writer {
+        store,
+        pending: JoinSet::new(),
+        in_flight: args.in_flight.max(1),
+    };
+    let mut versions = Versions(0);
+    let started = Instant::now();
+    let mut batch = Vec::with_capacity(args.batch);
+    while filled.states < args.states {
+        let user = filled.users + 1;
+        for rank in 0..channels_of(user) {
+            let version = versions.next();
+            batch.push(RowWrite {
+                user_id: UserId::new(user)?,
+                state: state(user, rank, 1 << 58, version)?,
+                deleted: false,
+            });
+        }
+        filled.users = user;
+        filled.states += channels_of(user);
+        if batch.len() >= args.batch {
+            writer.write(std::mem::take(&mut batch)).await?;
+            batch.reserve(args.batch);
+        }
+    }
+    if !batch.is_empty() {
+        writer.write(batch).await?;
+    }
+    writer.finish().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    filled.write(&args.open.dir)?;
+    // Closed first: an open database keeps the file at its allocated size.
+    drop(writer);
+    let bytes = database_bytes(&args.open.dir);
+    let added = filled.states - before.states;
+    println!(
+        "FILL states={} users={} added={added} seconds={seconds:.1} rows_per_s={:.0} file_bytes={bytes} bytes_per_state={:.1} open_ms={:.1}",
+        filled.states,
+        filled.users,
+        added as f64 / seconds.max(1e-9),
+        bytes as f64 / filled.states.max(1) as f64,
+        opened.as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).context("creating a histogram")
+}
+
+fn quantiles(histogram: &Histogram<u64>) -> String {
+    format!(
+        "p50_us={} p99_us={} p999_us={} max_us={}",
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.99),
+        histogram.value_at_quantile(0.999),
+        histogram.max()
+    )
+}
+
+async fn loads(args: LoadsArgs) -> anyhow::Result<()> {
+    let filled = Filled::read(&args.open.dir)?;
+    if filled.users == 0 {
+        bail!("{} holds no filled store", args.open.dir.display());
+    }
+    let (store, opened) = open(&args.open)?;
+    for sample in 0..args.warmup {
+        let user = 1 + mix(!args.seed.wrapping_mul(1 << 32) ^ sample) % filled.users;
+        store
+            .load_user(UserId::new(user)?, LoadPriority::Urgent)
+            .await
+            .context("loading a user")?;
+    }
+    let mut latency = histogram()?;
+    let mut states = 0u64;
+    let started = Instant::now();
+    for sample in 0..args.samples {
+        let user = 1 + mix(args.seed.wrapping_mul(1 << 32) ^ sample) % filled.users;
+        let began = Instant::now();
+        let rows = store
+            .load_user(UserId::new(user)?, LoadPriority::Urgent)
+            .await
+            .context("loading a user")?;
+        latency.record(began.elapsed().as_micros().max(1) as u64)?;
+        states += rows.states.len() as u64;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "LOADS stored={} samples={} {} mean_us={:.0} states_per_load={:.1} loads_per_s={:.0} open_ms={:.1}",
+        filled.states,
+        args.samples,
+        quantiles(&latency),
+        latency.mean(),
+        states as f64 / args.samples.max(1) as f64,
+        args.samples as f64 / seconds.max(1e-9),
+        opened.as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+/// Users touched per write-back batch, and states per user: 512 rows.
+const BATCH_USERS: u64 = 64;
+const STATES_PER_USER: u64 = 8;
+
+async fn writeback(args: WritebackArgs) -> anyhow::Result<()> {
+    let filled = Filled::read(&args.open.dir)?;
+    if filled.users == 0 {
+        bail!("{} holds no filled store", args.open.dir.display());
+    }
+    let (store, _) = open(&args.open)?;
+    let mut writer = Writer {
+        store,
+        pending: JoinSet::new(),
+        in_flight: args.in_flight.max(1),
+    };
+    let mut versions = Versions(0);
+    let mut rows_written = 0u64;
+    let started = Instant::now();
+    for number in 0..args.batches {
+        let mut batch = Vec::with_capacity((BATCH_USERS * STATES_PER_USER) as usize);
+        for slot in 0..BATCH_USERS {
+            let user = 1 + mix(args.seed ^ (number << 20) ^ slot) % filled.users;
+            let channels = channels_of(user);
+            let first = mix(user ^ number) % channels;
+            for step in 0..STATES_PER_USER.min(channels) {
+                let version = versions.next();
+                batch.push(RowWrite {
+                    user_id: UserId::new(user)?,
+                    state: state(user, (first + step) % channels, (1 << 58) + number, version)?,
+                    deleted: false,
+                });
+            }
+        }
+        rows_written += batch.len() as u64;
+        writer.write(batch).await?;
+    }
+    writer.finish().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "WRITEBACK stored={} in_flight={} batches={} rows={rows_written} seconds={seconds:.2} rows_per_s={:.0} batches_per_s={:.1}",
+        filled.states,
+        args.in_flight,
+        args.batches,
+        rows_written as f64 / seconds.max(1e-9),
+        args.batches as f64 / seconds.max(1e-9),
+    );
+    Ok(())
+}
+
+/// Loads random users at a steady rate until stopped, into the histogram
+/// of the current step.
+fn sample_loads(
+    store: EmbeddedStore,
+    users: u64,
+    rate: u64,
+    into: Arc<Mutex<Histogram<u64>>>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        for sample in 0u64.. {
+            tick.tick().await;
+            let user = 1 + mix(sample ^ 0x5eed) % users;
+            let began = Instant::now();
+            store
+                .load_user(UserId::new(user)?, LoadPriority::Urgent)
+                .await
+                .context("loading a user during the churn")?;
+            let micros = began.elapsed().as_micros().max(1) as u64;
+            into.lock().record(micros)?;
+        }
+        Ok(())
+    })
+}
+
+/// One step of the churn: which users, and what happens to them.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// Every user's states get a new version.
+    Rewrite,
+    /// Half the users (alternating halves) lose every state.
+    Delete,
+    /// Every deletion marker is purged.
+    Purge,
+    /// The deleted users' states come back.
+    Recreate,
+}
+
+async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
+    if Filled::read(&args.open.dir)?.users != 0 || database_bytes(&args.open.dir) != 0 {
+        bail!("churn starts from an empty directory");
+    }
+    let (store, _) = open(&args.open)?;
+    // The working set: users 1..=users hold `states` states.
+    let mut users = 0;
+    let mut total = 0;
+    while total < args.states {
+        users += 1;
+        total += channels_of(users);
+    }
+    let row_bytes = |user: u64| -> anyhow::Result<u64> {
+        let mut value = Vec::new();
+        let mut bytes = 0;
+        for rank in 0..channels_of(user) {
+            encode_row(&state(user, rank, 1 << 58, 1)?, false, &mut value);
+            bytes += 16 + value.len() as u64;
+        }
+        Ok(bytes)
+    };
+    let mut live_bytes = vec![0u64; users as usize + 1];
+    for user in 1..=users {
+        live_bytes[user as usize] = row_bytes(user)?;
+    }
+    let mut csv = String::from(
+        "cycle,step,seconds,live_states,live_bytes,file_bytes,rows_written,load_p50_us,load_p99_us,load_max_us\n",
+    );
+    let mut writer = Writer {
+        store: store.clone(),
+        pending: JoinSet::new(),
+        in_flight: 4,
+    };
+    let mut versions = Versions(0);
+    let current = Arc::new(Mutex::new(histogram()?));
+    let loader = sample_loads(store.clone(), users, args.load_rate, Arc::clone(&current));
+    let started = Instant::now();
+    let mut live = vec![false; users as usize + 1];
+    let mut message = 1u64 << 58;
+    // Cycle 0 is the first fill: every user created.
+    for cycle in 0..=args.cycles {
+        let steps: &[Step] = if cycle == 0 {
+            &[Step::Recreate]
+        } else {
+            &[Step::Rewrite, Step::Delete, Step::Purge, Step::Recreate]
+        };
+        for &step in steps {
+            message += 1;
+            let mut rows_written = 0u64;
+            let mut batch = Vec::with_capacity(4096);
+            if let Step::Purge = step {
+                let below = unix_micros();
+                loop {
+                    let purged = store
+                        .purge_tombstones(below, usize::MAX)
+                        .await
+                        .context("purging")?;
+                    if purged == 0 {
+                        break;
+                    }
+                    rows_written += purged as u64;
+                }
+            } else {
+                for user in 1..=users {
+                    let index = user as usize;
+                    let in_half = (user + u64::from(cycle)) % 2 == 0;
+                    let (write, deleted) = match step {
+                        Step::Rewrite => (live[index], false),
+                        Step::Delete => (live[index] && in_half, true),
+                        Step::Recreate => (!live[index], false),
+                        Step::Purge => (false, false),
+                    };
+                    if !write {
+                        continue;
+                    }
+                    live[index] = !deleted;
+                    for rank in 0..channels_of(user) {
+                        batch.push(RowWrite {
+                            user_id: UserId::new(user)?,
+                            state: state(user, rank, message, versions.next())?,
+                            deleted,
+                        });
+                    }
+                    if batch.len() >= 4096 {
+                        rows_written += batch.len() as u64;
+                        writer.write(std::mem::take(&mut batch)).await?;
+                    }
+                }
+                rows_written += batch.len() as u64;
+                if !batch.is_empty() {
+                    writer.write(batch).await?;
+                }
+                writer.finish().await?;
+            }
+            let loads = std::mem::replace(&mut *current.lock(), histogram()?);
+            let (live_states, bytes) = (1..=users).filter(|&user| live[user as usize]).fold(
+                (0, 0),
+                |(states, bytes), user| {
+                    (
+                        states + channels_of(user),
+                        bytes + live_bytes[user as usize],
+                    )
+                },
+            );
+            let file = database_bytes(&args.open.dir);
+            let line = format!(
+                "{cycle},{step:?},{:.2},{live_states},{bytes},{file},{rows_written},{},{},{}\n",
+                started.elapsed().as_secs_f64(),
+                loads.value_at_quantile(0.5),
+                loads.value_at_quantile(0.99),
+                loads.max(),
+            );
+            eprint!("CHURN {line}");
+            csv.push_str(&line);
+        }
+    }
+    loader.abort();
+    std::fs::write(&args.csv, csv).with_context(|| format!("writing {}", args.csv.display()))?;
+    Ok(())
+}
+
+async fn wait_serving(args: WaitArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    let endpoint = format!("http://{}", args.addr);
+    loop {
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not answer SERVING in {} s",
+                args.addr,
+                args.timeout_s
+            );
+        }
+        let channel = tonic::transport::Channel::from_shared(endpoint.clone())
+            .context("the server's address")?
+            .connect()
+            .await;
+        if let Ok(channel) = channel {
+            let mut client = HealthClient::new(channel);
+            let request = HealthCheckRequest {
+                service: "readstates.v1.ReadStates".to_owned(),
+            };
+            if let Ok(answer) = client.check(request).await
+                && answer.into_inner().status == ServingStatus::Serving as i32
+            {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_nanos();
+    println!(
+        "SERVING after_ms={:.1}",
+        now_ns.saturating_sub(args.started_ns) as f64 / 1e6
+    );
+    Ok(())
+}

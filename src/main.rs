@@ -2,7 +2,8 @@
 //! up logging, runs the server, reloads the configuration, certificates and
 //! bearer tokens on SIGHUP, and shuts down gracefully on SIGTERM or SIGINT.
 //! `readstates migrate` applies the Scylla store's schema migrations
-//! instead, and exits.
+//! instead, and exits; `readstates compact` compacts the embedded store's
+//! file, and exits.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
 use readstates::config::{Config, LogConfig, StoreBackend};
 use readstates::server::{self, Running};
-use readstates::store::ScyllaStore;
+use readstates::store::{EmbeddedOptions, ScyllaStore};
 
 /// Low-latency read-state tracking over gRPC.
 #[derive(Debug, Parser)]
@@ -37,6 +38,9 @@ enum Command {
     Serve,
     /// Applies pending schema migrations to the `[scylla]` keyspace, then exits.
     Migrate,
+    /// Compacts the embedded store's database file, then exits. Run it with
+    /// the server stopped: it needs the file to itself.
+    Compact,
 }
 
 /// How long after a second signal the process waits for the server to stop
@@ -62,6 +66,9 @@ fn main() -> ExitCode {
              (the embedded store needs no migrations)"
         );
         return ExitCode::from(2);
+    }
+    if matches!(args.command, Some(Command::Compact)) {
+        return compact(&config);
     }
     let log_reload = init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -152,6 +159,38 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
         report.already_applied.len()
     );
     Ok(())
+}
+
+/// Compacts the embedded store's file (`readstates compact`).
+fn compact(config: &Config) -> ExitCode {
+    if config.store.backend != StoreBackend::Embedded {
+        eprintln!(
+            "readstates: `compact` works on the embedded store (store.backend = \"embedded\")"
+        );
+        return ExitCode::from(2);
+    }
+    match readstates::store::compact(&EmbeddedOptions::of(&config.store)) {
+        Ok(done) => {
+            let mib = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
+            println!(
+                "compacted {} in {:.1} s: file {:.1} -> {:.1} MiB, on disk {:.1} -> {:.1} MiB",
+                config.store.data_dir.display(),
+                done.elapsed.as_secs_f64(),
+                mib(done.length_before),
+                mib(done.length_after),
+                mib(done.disk_before),
+                mib(done.disk_after),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!(
+                "readstates: compacting {} failed (is a server running on it?): {error}",
+                config.store.data_dir.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Re-reads the configuration file and applies what can change live; an

@@ -40,11 +40,7 @@ use grpc::{GrpcPort, serve_grpc};
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.store.backend {
         StoreBackend::Embedded => {
-            let options = EmbeddedOptions {
-                data_dir: config.store.data_dir.clone(),
-                reader_threads: config.store.reader_threads,
-                cache_mib: config.store.cache_mib,
-            };
+            let options = EmbeddedOptions::of(&config.store);
             // Opening may repair the file after a crash or import an LSM
             // data dir, disk work that grows with the data: kept off the
             // async workers.

@@ -13,7 +13,7 @@ mod row;
 mod scylla;
 
 pub use delayed::DelayedStore;
-pub use embedded::{DATABASE_FILE, EmbeddedOptions, EmbeddedStore};
+pub use embedded::{Compaction, DATABASE_FILE, EmbeddedOptions, EmbeddedStore, compact};
 pub use layer::{Operation, StoreLayer};
 pub use row::{Row, RowDecodeError, decode_row, encode_row};
 pub use scylla::{MigrateError, MigrationReport, PrepareFailed, ScyllaError, ScyllaStore};

@@ -50,6 +50,7 @@ use redb::{
 };
 use tokio::sync::oneshot;
 
+mod compact;
 mod error;
 mod handle;
 mod legacy;
@@ -62,8 +63,9 @@ use super::{
     newest_per_key,
 };
 use crate::clock::unix_micros;
-use crate::config::{DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS};
+use crate::config::{DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS, StoreConfig};
 use crate::ids::{ChannelId, UserId};
+pub use compact::{Compaction, compact};
 use error::redb_error;
 use handle::{DbHandle, open_database};
 use readers::Readers;
@@ -99,6 +101,15 @@ pub struct EmbeddedOptions {
 }
 
 impl EmbeddedOptions {
+    /// As `[store]` says.
+    pub fn of(config: &StoreConfig) -> Self {
+        Self {
+            data_dir: config.data_dir.clone(),
+            reader_threads: config.reader_threads,
+            cache_mib: config.cache_mib,
+        }
+    }
+
     /// The defaults, under `data_dir`.
     pub fn new(data_dir: &Path) -> Self {
         Self {
@@ -511,6 +522,8 @@ fn run_in_the_background() {
     }
 }
 
+#[cfg(test)]
+mod compact_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

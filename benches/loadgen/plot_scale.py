@@ -85,6 +85,7 @@ def plot_churn(data, out):
     fig, axes = plt.subplots(2, 1, figsize=(12, 8), sharex=True)
     ax = axes[0]
     ax.plot(seconds, [b / 2**20 for b in column(data, "file_bytes")], "o-", label="file size")
+    ax.plot(seconds, [b / 2**20 for b in column(data, "disk_bytes")], "^-", label="disk blocks of the file")
     ax.plot(seconds, [b / 2**20 for b in column(data, "live_bytes")], "s--", label="live data (keys + rows)")
     ax.set_ylabel("MiB")
     ax.set_ylim(bottom=0)

@@ -10,7 +10,9 @@
 #   2. stops it with SIGTERM (it writes back what is dirty), starts it again on
 #      the same data with an empty cache, and runs the same load for AFTER at
 #      once, timing the start to SERVING;
-#   3. prints, per minute of each run, the median and worst per-second p99 and
+#   3. samples the server's metrics every SAMPLE_EVERY seconds into
+#      OUT/<before|after>.metrics-series.csv (as soak.sh does);
+#   4. prints, per minute of each run, the median and worst per-second p99 and
 #      the max, and draws OUT/restart.png (matplotlib:
 #      benches/loadgen/install-plot.sh).
 #
@@ -28,6 +30,8 @@ CONNECTIONS=${CONNECTIONS:-4}
 SERVER_CORE=${SERVER_CORE:-0}
 GEN_CORE=${GEN_CORE:-1}
 RS_PORT=${RS_PORT:-57151}
+METRICS_PORT=${METRICS_PORT:-57564}
+SAMPLE_EVERY=${SAMPLE_EVERY:-1}   # seconds between metrics snapshots
 GEN_EXTRA=${GEN_EXTRA:-}
 EXTRA_CONFIG=${EXTRA_CONFIG:-}
 
@@ -37,6 +41,9 @@ mkdir -p "$OUT"
 LOG_TAG=restart
 # shellcheck source=benches/loadgen/lib.sh
 . benches/loadgen/lib.sh
+# shellcheck source=benches/loadgen/metrics_series.sh
+. benches/loadgen/metrics_series.sh
+warmup_s=0
 
 build_release
 log "machine: nproc=$(nproc), $(date -u +%Y-%m-%dT%H:%M:%SZ); results in $OUT"
@@ -45,16 +52,25 @@ server.listen_addr = "127.0.0.1:$RS_PORT"
 store.data_dir = "$WORK/data"
 cache.capacity = $CAPACITY
 flush.delay_ms = $DELAY_MS
-metrics.listen_addr = "127.0.0.1:0"
+metrics.listen_addr = "127.0.0.1:$METRICS_PORT"
 $EXTRA_CONFIG
 EOF
 
-# load NAME DURATION: the soak's load against the running server.
+# load NAME DURATION: the soak's load against the running server, with its
+# metrics sampled beside it.
 load() {
+    local start_ns gen_pid sampler
+    start_ns=$(date +%s%N)
     # shellcheck disable=SC2086
     taskset -c "$GEN_CORE" "$BENCH" run --target grpc --addr "127.0.0.1:$RS_PORT" --rate "$RATE" \
         --mix realistic --duration "$2" --warmup 0s --connections "$CONNECTIONS" \
-        --server-pid "$RS_PID" --series "$OUT/$1.series.csv" $GEN_EXTRA > "$OUT/$1.txt"
+        --server-pid "$RS_PID" --series "$OUT/$1.series.csv" $GEN_EXTRA > "$OUT/$1.txt" &
+    gen_pid=$!
+    METRICS_CSV="$OUT/$1.metrics-series.csv"
+    sample_metrics "$gen_pid" "$start_ns" &
+    sampler=$!
+    wait "$gen_pid" || { log "the generator failed"; exit 1; }
+    wait "$sampler" || true
     grep '^SUMMARY ' "$OUT/$1.txt" >&2
 }
 

@@ -91,86 +91,10 @@ build_release
 log "machine: nproc=$(nproc), $(lscpu | grep 'Model name' | sed 's/  */ /g'), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 log "server $READSTATES_BIN, results go to $OUT"
 
-# --- metrics snapshots -------------------------------------------------------
-# One CSV row per snapshot: the metrics below, summed over their labels; the
-# evictions also split into dirty and clean; and the store's latency sum and
-# count per operation (store_<operation>_seconds_sum/_count columns, the
-# operations found on the first snapshot).
-METRICS=(
-    readstates_dirty_read_states
-    readstates_cache_read_states
-    readstates_cache_users
-    readstates_cache_hits_total
-    readstates_cache_misses_total
-    readstates_cache_evictions_total
-    readstates_state_changes_total
-    readstates_flush_rows_written_total
-    readstates_flush_batches_total
-    readstates_flush_retries_total
-    readstates_store_errors_total
-    readstates_process_resident_memory_bytes
-)
-scrape() { curl -fsS --max-time 2 "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null || true; }
-# store_ops: the `operation` label values of the store latency histogram.
-store_ops() {
-    scrape | sed -n 's/^readstates_store_operation_duration_seconds_count{.*operation="\([^"]*\)".*/\1/p' | sort -u
-}
-# snapshot SECOND OPS...: one CSV row from a scrape.
-snapshot() {
-    local second=$1
-    shift
-    scrape | awk -v second="$second" -v names="${METRICS[*]}" -v ops="$*" '
-        BEGIN { n = split(names, name, " "); m = split(ops, op, " ") }
-        /^#/ { next }
-        {
-            metric = $1; sub(/\{.*/, "", metric)
-            sum[metric] += $NF
-            if (metric == "readstates_cache_evictions_total") {
-                evicted[($1 ~ /dirty="true"/) ? "dirty" : "clean"] += $NF
-            }
-            if (metric ~ /^readstates_store_operation_duration_seconds_(sum|count)$/ && match($1, /operation="[^"]*"/)) {
-                key = substr($1, RSTART + 11, RLENGTH - 12) "_" (metric ~ /_sum$/ ? "sum" : "count")
-                store[key] += $NF
-            }
-        }
-        END {
-            line = second
-            for (i = 1; i <= n; i++) line = line "," ((name[i] in sum) ? sum[name[i]] : "")
-            line = line "," (evicted["dirty"] + 0) "," (evicted["clean"] + 0)
-            for (i = 1; i <= m; i++) line = line "," store[op[i] "_sum"] "," store[op[i] "_count"]
-            print line
-        }'
-}
+# shellcheck source=benches/loadgen/metrics_series.sh
+. benches/loadgen/metrics_series.sh
 
 warmup_s=$(duration_secs "$WARMUP")
-# window_second START_NS: now, in seconds of the measured window (0 = its
-# start) of a generator started at START_NS.
-window_second() {
-    awk -v n="$(date +%s%N)" -v s="$1" -v w="$warmup_s" 'BEGIN { printf "%.1f", (n - s) / 1e9 - w }'
-}
-
-# sample_metrics GEN_PID START_NS: snapshots to METRICS_CSV every SAMPLE_EVERY
-# seconds while GEN_PID runs; run it in the background. It moves itself to the
-# generator's core so the server's stays undisturbed.
-sample_metrics() {
-    local gen_pid=$1 start_ns=$2 header metric op k=0 now_ns next_ns
-    local -a ops
-    taskset -cp "$GEN_CORE" "$BASHPID" >/dev/null
-    mapfile -t ops < <(store_ops)
-    header="second"
-    for metric in "${METRICS[@]}"; do header="$header,${metric#readstates_}"; done
-    header="$header,cache_evictions_dirty,cache_evictions_clean"
-    for op in "${ops[@]}"; do header="$header,store_${op}_seconds_sum,store_${op}_seconds_count"; done
-    echo "$header" > "$METRICS_CSV"
-    while kill -0 "$gen_pid" 2>/dev/null; do
-        snapshot "$(window_second "$start_ns")" "${ops[@]}" >> "$METRICS_CSV"
-        k=$((k + 1))
-        next_ns=$((start_ns + k * SAMPLE_EVERY * 1000000000))
-        now_ns=$(date +%s%N)
-        [ "$next_ns" -le "$now_ns" ] || sleep "$(awk -v d=$((next_ns - now_ns)) 'BEGIN { printf "%.3f", d / 1e9 }')"
-    done
-}
-
 # --- one soak ----------------------------------------------------------------
 # A soak's files are in CONFIG, SERVER_LOG, SERIES, METRICS_CSV, GEN_TXT,
 # SUMMARY and PNG; soak_files NAME sets them all to OUT/NAME.*.

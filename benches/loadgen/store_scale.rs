@@ -124,6 +124,12 @@ struct ChurnArgs {
     /// Loads per second sampled while the churn runs.
     #[arg(long, default_value_t = 200)]
     load_rate: u64,
+    /// Rows per batch (the flusher's `flush.batch_size`).
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    /// Batches queued at once (the flusher's `flush.concurrency`).
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
     /// CSV of one row per step.
     #[arg(long)]
     csv: PathBuf,
@@ -239,8 +245,18 @@ impl Filled {
     }
 }
 
+/// The database file's length (an open database keeps it at what it has
+/// allocated).
 fn database_bytes(dir: &Path) -> u64 {
     std::fs::metadata(dir.join(readstates::store::DATABASE_FILE)).map_or(0, |meta| meta.len())
+}
+
+/// The disk space the database file takes: the blocks the filesystem holds
+/// for it, where never-written pages take none.
+fn database_disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir.join(readstates::store::DATABASE_FILE))
+        .map_or(0, |meta| meta.blocks() * 512)
 }
 
 /// Writes batches, keeping `in_flight` queued; returns when all landed.
@@ -495,12 +511,12 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
         live_bytes[user as usize] = row_bytes(user)?;
     }
     let mut csv = String::from(
-        "cycle,step,seconds,live_states,live_bytes,file_bytes,rows_written,load_p50_us,load_p99_us,load_max_us\n",
+        "cycle,step,seconds,live_states,live_bytes,file_bytes,disk_bytes,rows_written,load_p50_us,load_p99_us,load_max_us\n",
     );
     let mut writer = Writer {
         store: store.clone(),
         pending: JoinSet::new(),
-        in_flight: 4,
+        in_flight: args.in_flight.max(1),
     };
     let mut versions = Versions(0);
     let current = Arc::new(Mutex::new(histogram()?));
@@ -518,7 +534,7 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
         for &step in steps {
             message += 1;
             let mut rows_written = 0u64;
-            let mut batch = Vec::with_capacity(4096);
+            let mut batch = Vec::with_capacity(args.batch);
             if let Step::Purge = step {
                 let below = unix_micros();
                 loop {
@@ -552,7 +568,7 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
                             deleted,
                         });
                     }
-                    if batch.len() >= 4096 {
+                    if batch.len() >= args.batch {
                         rows_written += batch.len() as u64;
                         writer.write(std::mem::take(&mut batch)).await?;
                     }
@@ -574,8 +590,9 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
                 },
             );
             let file = database_bytes(&args.open.dir);
+            let disk = database_disk_bytes(&args.open.dir);
             let line = format!(
-                "{cycle},{step:?},{:.2},{live_states},{bytes},{file},{rows_written},{},{},{}\n",
+                "{cycle},{step:?},{:.2},{live_states},{bytes},{file},{disk},{rows_written},{},{},{}\n",
                 started.elapsed().as_secs_f64(),
                 loads.value_at_quantile(0.5),
                 loads.value_at_quantile(0.99),

@@ -30,7 +30,7 @@
 #      (OUT/summary.txt); every output, log and config stays under OUT.
 #
 # The server's CPU is the run time of its threads (/proc/PID/task/*/schedstat)
-# over each phase, read by the generator (see benches/loadgen/big_users.rs).
+# over each phase, read by the generator (see benches/loadgen/big_users/).
 #
 # Usage: benches/loadgen/big_users.sh   (settings below, as environment variables)
 #   SIZES=100,1000 USERS_PER_SIZE=2 REPEATS=5 FANOUT_USERS=1000 FANOUT_REPEATS=1 \

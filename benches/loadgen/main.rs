@@ -7,7 +7,7 @@
 //! states; `noop-server` serves the same gRPC service with no work, to
 //! measure the framework's ceiling on this machine; `watch` follows users on
 //! change streams and measures their delivery lag (see `watch.rs`);
-//! `big-users` times users with many states and fan-outs to many cold users (see `big_users.rs`).
+//! `big-users` times users with many states and fan-outs to many cold users (see `big_users/`).
 //! Against a gRPC target, `--client smart` sends the calls through the
 //! project's own client, straight to each user's owner (see
 //! `smart_target.rs`), instead of round-robin over the addresses.
@@ -97,7 +97,7 @@ enum Command {
     /// loads and write-back, churn it (see `store_scale.rs`).
     Store(Box<store_scale::StoreArgs>),
     /// Measure users with many states and fan-outs to many cold users
-    /// through a running server (see `big_users.rs`).
+    /// through a running server (see `big_users/`).
     BigUsers(Box<big_users::BigUsersArgs>),
 }
 

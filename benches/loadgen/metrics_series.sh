@@ -81,8 +81,13 @@ sample_metrics() {
         snapshot "$(window_second "$start_ns")" "${ops[@]}" >> "$METRICS_CSV"
         k=$((k + 1))
         next_ns=$((start_ns + k * SAMPLE_EVERY * 1000000000))
+        # Sleeps in slices of at most a second, so a long SAMPLE_EVERY ends
+        # with the generator rather than after it.
         now_ns=$(date +%s%N)
-        [ "$next_ns" -le "$now_ns" ] || sleep "$(awk -v d=$((next_ns - now_ns)) 'BEGIN { printf "%.3f", d / 1e9 }')"
+        while [ "$next_ns" -gt "$now_ns" ] && kill -0 "$gen_pid" 2>/dev/null; do
+            sleep "$(awk -v d=$((next_ns - now_ns)) 'BEGIN { d /= 1e9; printf "%.3f", d < 1 ? d : 1 }')"
+            now_ns=$(date +%s%N)
+        done
     done
 }
 

@@ -53,6 +53,7 @@ mod noop;
 mod redis_target;
 mod report;
 mod smart_target;
+mod store_churn;
 mod store_scale;
 mod warm;
 mod watch;

@@ -10,7 +10,7 @@
 //! * `loads` times loads of random users, one at a time.
 //! * `writeback` times batches of the flusher's shape (512 rows, 8 states of
 //!   each of 64 random users) with `--in-flight` batches queued at once.
-//! * `churn` rewrites, deletes, purges and re-creates a working set for
+//! * `churn` (in `store_churn.rs`) rewrites, deletes, purges and re-creates a working set for
 //!   `--cycles` cycles, recording the file's size and the live data after
 //!   each step, with loads sampled throughout.
 //! * `wait-serving` polls the gRPC health check until the server answers
@@ -26,13 +26,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
-use parking_lot::Mutex;
 use readstates::clock::unix_micros;
 use readstates::ids::{ChannelId, MessageId, UserId};
 use readstates::read_state::{Mentions, ReadState};
-use readstates::store::{
-    EmbeddedOptions, EmbeddedStore, LoadPriority, RowWrite, Store, encode_row,
-};
+use readstates::store::{EmbeddedOptions, EmbeddedStore, LoadPriority, RowWrite, Store};
 use tokio::task::JoinSet;
 
 #[derive(Debug, Args)]
@@ -50,16 +47,16 @@ enum StoreCommand {
     /// Time batch writes of the flusher's shape.
     Writeback(WritebackArgs),
     /// Rewrite, delete, purge and re-create a working set, cycle after cycle.
-    Churn(ChurnArgs),
+    Churn(crate::store_churn::ChurnArgs),
     /// Wait until a server's health check says SERVING.
     WaitServing(WaitArgs),
 }
 
 #[derive(Debug, Args)]
-struct OpenArgs {
+pub(crate) struct OpenArgs {
     /// The store's data directory.
     #[arg(long)]
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The store's page cache (`store.cache_mib`).
     #[arg(long, default_value_t = 128)]
     cache_mib: usize,
@@ -113,29 +110,6 @@ struct WritebackArgs {
 }
 
 #[derive(Debug, Args)]
-struct ChurnArgs {
-    #[command(flatten)]
-    open: OpenArgs,
-    /// The working set, in states.
-    #[arg(long, default_value_t = 1_000_000)]
-    states: u64,
-    #[arg(long, default_value_t = 10)]
-    cycles: u32,
-    /// Loads per second sampled while the churn runs.
-    #[arg(long, default_value_t = 200)]
-    load_rate: u64,
-    /// Rows per batch (the flusher's `flush.batch_size`).
-    #[arg(long, default_value_t = 512)]
-    batch: usize,
-    /// Batches queued at once (the flusher's `flush.concurrency`).
-    #[arg(long, default_value_t = 4)]
-    in_flight: usize,
-    /// CSV of one row per step.
-    #[arg(long)]
-    csv: PathBuf,
-}
-
-#[derive(Debug, Args)]
 struct WaitArgs {
     /// The server's gRPC address.
     #[arg(long)]
@@ -153,13 +127,13 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         StoreCommand::Fill(args) => fill(args).await,
         StoreCommand::Loads(args) => loads(args).await,
         StoreCommand::Writeback(args) => writeback(args).await,
-        StoreCommand::Churn(args) => churn(args).await,
+        StoreCommand::Churn(args) => crate::store_churn::churn(args).await,
         StoreCommand::WaitServing(args) => wait_serving(args).await,
     }
 }
 
 /// SplitMix64: the same data on every run, with no extra crate.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -167,7 +141,7 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// How many channels user `u` has: 1 to 100.
-fn channels_of(user: u64) -> u64 {
+pub(crate) fn channels_of(user: u64) -> u64 {
     1 + mix(user) % 100
 }
 
@@ -176,17 +150,17 @@ const CHANNEL_BASE: u64 = 1 << 50;
 
 /// Versions: above every earlier one and at least the clock, as the
 /// service's are (purges are held to the clock).
-struct Versions(u64);
+pub(crate) struct Versions(pub(crate) u64);
 
 impl Versions {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = (self.0 + 1).max(unix_micros());
         self.0
     }
 }
 
 /// The state of `user` in its `rank`-th channel, acknowledged at `message`.
-fn state(user: u64, rank: u64, message: u64, version: u64) -> anyhow::Result<ReadState> {
+pub(crate) fn state(user: u64, rank: u64, message: u64, version: u64) -> anyhow::Result<ReadState> {
     let pending = match mix(user ^ (rank << 40)) % 30 {
         0 => vec![message + 1],
         1 => vec![message + 1, message + 2],
@@ -203,7 +177,7 @@ fn state(user: u64, rank: u64, message: u64, version: u64) -> anyhow::Result<Rea
     })
 }
 
-fn open(args: &OpenArgs) -> anyhow::Result<(EmbeddedStore, Duration)> {
+pub(crate) fn open(args: &OpenArgs) -> anyhow::Result<(EmbeddedStore, Duration)> {
     let started = Instant::now();
     let store = EmbeddedStore::open_with(&EmbeddedOptions {
         data_dir: args.dir.clone(),
@@ -216,15 +190,15 @@ fn open(args: &OpenArgs) -> anyhow::Result<(EmbeddedStore, Duration)> {
 
 /// How far `fill` got: users 1..=users are stored, `states` states in all.
 #[derive(Debug, Default, Clone, Copy)]
-struct Filled {
-    users: u64,
+pub(crate) struct Filled {
+    pub(crate) users: u64,
     states: u64,
 }
 
 const FILLED_FILE: &str = "scale-filled";
 
 impl Filled {
-    fn read(dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn read(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(FILLED_FILE);
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Ok(Self::default());
@@ -247,27 +221,27 @@ impl Filled {
 
 /// The database file's length (an open database keeps it at what it has
 /// allocated).
-fn database_bytes(dir: &Path) -> u64 {
+pub(crate) fn database_bytes(dir: &Path) -> u64 {
     std::fs::metadata(dir.join(readstates::store::DATABASE_FILE)).map_or(0, |meta| meta.len())
 }
 
 /// The disk space the database file takes: the blocks the filesystem holds
 /// for it, where never-written pages take none.
-fn database_disk_bytes(dir: &Path) -> u64 {
+pub(crate) fn database_disk_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(dir.join(readstates::store::DATABASE_FILE))
         .map_or(0, |meta| meta.blocks() * 512)
 }
 
 /// Writes batches, keeping `in_flight` queued; returns when all landed.
-struct Writer {
-    store: EmbeddedStore,
-    pending: JoinSet<anyhow::Result<()>>,
-    in_flight: usize,
+pub(crate) struct Writer {
+    pub(crate) store: EmbeddedStore,
+    pub(crate) pending: JoinSet<anyhow::Result<()>>,
+    pub(crate) in_flight: usize,
 }
 
 impl Writer {
-    async fn write(&mut self, rows: Vec<RowWrite>) -> anyhow::Result<()> {
+    pub(crate) async fn write(&mut self, rows: Vec<RowWrite>) -> anyhow::Result<()> {
         while self.pending.len() >= self.in_flight {
             self.join_one().await?;
         }
@@ -285,7 +259,7 @@ impl Writer {
         Ok(())
     }
 
-    async fn finish(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn finish(&mut self) -> anyhow::Result<()> {
         while !self.pending.is_empty() {
             self.join_one().await?;
         }
@@ -343,7 +317,7 @@ async fn fill(args: FillArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn histogram() -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).context("creating a histogram")
 }
 
@@ -443,167 +417,6 @@ async fn writeback(args: WritebackArgs) -> anyhow::Result<()> {
         rows_written as f64 / seconds.max(1e-9),
         args.batches as f64 / seconds.max(1e-9),
     );
-    Ok(())
-}
-
-/// Loads random users at a steady rate until stopped, into the histogram
-/// of the current step.
-fn sample_loads(
-    store: EmbeddedStore,
-    users: u64,
-    rate: u64,
-    into: Arc<Mutex<Histogram<u64>>>,
-) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        for sample in 0u64.. {
-            tick.tick().await;
-            let user = 1 + mix(sample ^ 0x5eed) % users;
-            let began = Instant::now();
-            store
-                .load_user(UserId::new(user)?, LoadPriority::Urgent)
-                .await
-                .context("loading a user during the churn")?;
-            let micros = began.elapsed().as_micros().max(1) as u64;
-            into.lock().record(micros)?;
-        }
-        Ok(())
-    })
-}
-
-/// One step of the churn: which users, and what happens to them.
-#[derive(Debug, Clone, Copy)]
-enum Step {
-    /// Every user's states get a new version.
-    Rewrite,
-    /// Half the users (alternating halves) lose every state.
-    Delete,
-    /// Every deletion marker is purged.
-    Purge,
-    /// The deleted users' states come back.
-    Recreate,
-}
-
-async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
-    if Filled::read(&args.open.dir)?.users != 0 || database_bytes(&args.open.dir) != 0 {
-        bail!("churn starts from an empty directory");
-    }
-    let (store, _) = open(&args.open)?;
-    // The working set: users 1..=users hold `states` states.
-    let mut users = 0;
-    let mut total = 0;
-    while total < args.states {
-        users += 1;
-        total += channels_of(users);
-    }
-    let row_bytes = |user: u64| -> anyhow::Result<u64> {
-        let mut value = Vec::new();
-        let mut bytes = 0;
-        for rank in 0..channels_of(user) {
-            encode_row(&state(user, rank, 1 << 58, 1)?, false, &mut value);
-            bytes += 16 + value.len() as u64;
-        }
-        Ok(bytes)
-    };
-    let mut live_bytes = vec![0u64; users as usize + 1];
-    for user in 1..=users {
-        live_bytes[user as usize] = row_bytes(user)?;
-    }
-    let mut csv = String::from(
-        "cycle,step,seconds,live_states,live_bytes,file_bytes,disk_bytes,rows_written,load_p50_us,load_p99_us,load_max_us\n",
-    );
-    let mut writer = Writer {
-        store: store.clone(),
-        pending: JoinSet::new(),
-        in_flight: args.in_flight.max(1),
-    };
-    let mut versions = Versions(0);
-    let current = Arc::new(Mutex::new(histogram()?));
-    let loader = sample_loads(store.clone(), users, args.load_rate, Arc::clone(&current));
-    let started = Instant::now();
-    let mut live = vec![false; users as usize + 1];
-    let mut message = 1u64 << 58;
-    // Cycle 0 is the first fill: every user created.
-    for cycle in 0..=args.cycles {
-        let steps: &[Step] = if cycle == 0 {
-            &[Step::Recreate]
-        } else {
-            &[Step::Rewrite, Step::Delete, Step::Purge, Step::Recreate]
-        };
-        for &step in steps {
-            message += 1;
-            let mut rows_written = 0u64;
-            let mut batch = Vec::with_capacity(args.batch);
-            if let Step::Purge = step {
-                let below = unix_micros();
-                loop {
-                    let purged = store
-                        .purge_tombstones(below, usize::MAX)
-                        .await
-                        .context("purging")?;
-                    if purged == 0 {
-                        break;
-                    }
-                    rows_written += purged as u64;
-                }
-            } else {
-                for user in 1..=users {
-                    let index = user as usize;
-                    let in_half = (user + u64::from(cycle)) % 2 == 0;
-                    let (write, deleted) = match step {
-                        Step::Rewrite => (live[index], false),
-                        Step::Delete => (live[index] && in_half, true),
-                        Step::Recreate => (!live[index], false),
-                        Step::Purge => (false, false),
-                    };
-                    if !write {
-                        continue;
-                    }
-                    live[index] = !deleted;
-                    for rank in 0..channels_of(user) {
-                        batch.push(RowWrite {
-                            user_id: UserId::new(user)?,
-                            state: state(user, rank, message, versions.next())?,
-                            deleted,
-                        });
-                    }
-                    if batch.len() >= args.batch {
-                        rows_written += batch.len() as u64;
-                        writer.write(std::mem::take(&mut batch)).await?;
-                    }
-                }
-                rows_written += batch.len() as u64;
-                if !batch.is_empty() {
-                    writer.write(batch).await?;
-                }
-                writer.finish().await?;
-            }
-            let loads = std::mem::replace(&mut *current.lock(), histogram()?);
-            let (live_states, bytes) = (1..=users).filter(|&user| live[user as usize]).fold(
-                (0, 0),
-                |(states, bytes), user| {
-                    (
-                        states + channels_of(user),
-                        bytes + live_bytes[user as usize],
-                    )
-                },
-            );
-            let file = database_bytes(&args.open.dir);
-            let disk = database_disk_bytes(&args.open.dir);
-            let line = format!(
-                "{cycle},{step:?},{:.2},{live_states},{bytes},{file},{disk},{rows_written},{},{},{}\n",
-                started.elapsed().as_secs_f64(),
-                loads.value_at_quantile(0.5),
-                loads.value_at_quantile(0.99),
-                loads.max(),
-            );
-            eprint!("CHURN {line}");
-            csv.push_str(&line);
-        }
-    }
-    loader.abort();
-    std::fs::write(&args.csv, csv).with_context(|| format!("writing {}", args.csv.display()))?;
     Ok(())
 }
 

@@ -54,6 +54,7 @@ mod redis_target;
 mod report;
 mod smart_target;
 mod store_churn;
+mod store_data;
 mod store_scale;
 mod warm;
 mod watch;

@@ -1,7 +1,7 @@
 //! `readstates-bench store churn` (`benches/loadgen/churn.sh`): a working
 //! set rewritten, half deleted, purged and re-created, cycle after cycle,
 //! with the file's size beside the live data after each step and loads
-//! sampled all along (see `store_scale.rs` for the data and the writer).
+//! sampled all along (the data and the writer are in `store_data.rs`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use readstates::ids::UserId;
 use readstates::store::{EmbeddedStore, LoadPriority, RowWrite, Store, encode_row};
 use tokio::task::JoinSet;
 
-use crate::store_scale::{
+use crate::store_data::{
     Filled, OpenArgs, Versions, Writer, channels_of, database_bytes, database_disk_bytes,
     histogram, mix, open, state,
 };

@@ -25,6 +25,14 @@ macro_rules! at_least {
     };
 }
 
+/// One range check of a section, for [`first_failure`]: `value` must be at
+/// most `max`, and the reason says so.
+macro_rules! at_most {
+    ($value:expr, $max:literal, $field:literal) => {
+        ($value > $max, $field, concat!("must be at most ", $max))
+    };
+}
+
 /// One range check of a section, for [`first_failure`]: `value` must lie
 /// in `min..=max`, and the reason says so.
 macro_rules! between {
@@ -72,7 +80,8 @@ pub use server::{
     MetricsConfig, ServerConfig, WatchConfig,
 };
 pub use storage::{
-    CacheConfig, DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS, FlushConfig, StoreBackend, StoreConfig,
+    CacheConfig, DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS, DEFAULT_REPACK_PER_CHANGE, FlushConfig,
+    StoreBackend, StoreConfig,
 };
 
 /// The whole configuration.

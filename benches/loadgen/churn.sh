@@ -16,6 +16,8 @@ STATES=${STATES:-1000000}
 CYCLES=${CYCLES:-10}
 LOAD_RATE=${LOAD_RATE:-200}
 CACHE_MIB=${CACHE_MIB:-128}
+# store.repack_per_change; 0 turns the background repacking off.
+REPACK=${REPACK:-2}
 
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-target/loadgen-churn/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -27,7 +29,7 @@ LOG_TAG=churn
 build_release
 log "machine: nproc=$(nproc), $(date -u +%Y-%m-%dT%H:%M:%SZ); $STATES states, $CYCLES cycles; results in $OUT"
 "$BENCH" store churn --dir "$WORK/store" --states "$STATES" --cycles "$CYCLES" \
-    --load-rate "$LOAD_RATE" --cache-mib "$CACHE_MIB" --csv "$OUT/churn.csv"
+    --load-rate "$LOAD_RATE" --cache-mib "$CACHE_MIB" --repack-per-change "$REPACK" --csv "$OUT/churn.csv"
 column -s, -t < "$OUT/churn.csv" >&2
 python3 benches/loadgen/plot_scale.py --churn "$OUT/churn.csv" "$OUT/churn.png" \
     || log "no plot (benches/loadgen/install-plot.sh installs matplotlib)"

@@ -30,6 +30,9 @@ pub(crate) struct OpenArgs {
     /// Load threads (`store.reader_threads`).
     #[arg(long, default_value_t = 2)]
     reader_threads: usize,
+    /// Background repacking (`store.repack_per_change`; 0 turns it off).
+    #[arg(long, default_value_t = readstates::config::DEFAULT_REPACK_PER_CHANGE)]
+    repack_per_change: u32,
 }
 
 /// SplitMix64: the same data on every run, with no extra crate.
@@ -83,6 +86,7 @@ pub(crate) fn open(args: &OpenArgs) -> anyhow::Result<(EmbeddedStore, Duration)>
         data_dir: args.dir.clone(),
         reader_threads: args.reader_threads,
         cache_mib: args.cache_mib,
+        repack_per_change: args.repack_per_change,
     })
     .with_context(|| format!("opening the store under {}", args.dir.display()))?;
     Ok((store, started.elapsed()))

@@ -122,6 +122,7 @@ impl Config {
                     spill_dir,
                     reader_threads,
                     cache_mib,
+                    repack_per_change,
                     injected_latency_median_ms,
                     injected_latency_p99_ms,
                 },

@@ -17,6 +17,10 @@ pub const DEFAULT_READER_THREADS: usize = 2;
 /// small enough for a laptop, since the OS page cache holds the file too.
 pub const DEFAULT_CACHE_MIB: usize = 128;
 
+/// `store.repack_per_change` when the configuration does not say: rows of
+/// the embedded table rewritten full per row deleted or purged.
+pub const DEFAULT_REPACK_PER_CHANGE: u32 = 3;
+
 /// Which store holds the states.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -38,6 +42,11 @@ pub struct StoreConfig {
     /// The embedded database's own page cache, in MiB (beside the OS page
     /// cache, which holds the file too).
     pub cache_mib: usize,
+    /// Background repacking of the embedded database: for each row a
+    /// commit deletes or purges, this many rows of the table are rewritten
+    /// in key order into full pages, so that churn does not leave the file
+    /// at twice its data. 0 turns it off.
+    pub repack_per_change: u32,
     /// For benchmarks only: delays every load and batch write by a
     /// log-normal latency of this median (0, the default: no delay), to
     /// model a cluster store's round trips on one machine.
@@ -127,6 +136,7 @@ impl Default for StoreConfig {
             spill_dir: None,
             reader_threads: DEFAULT_READER_THREADS,
             cache_mib: DEFAULT_CACHE_MIB,
+            repack_per_change: DEFAULT_REPACK_PER_CHANGE,
             injected_latency_median_ms: 0,
             injected_latency_p99_ms: 0,
         }

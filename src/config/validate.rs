@@ -9,7 +9,7 @@ use super::{
 impl Config {
     /// Checks the ranges serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [Check; 27] = [
+        let checks: [Check; 28] = [
             (
                 self.store.injected_latency_median_ms > 0
                     && self.store.injected_latency_p99_ms < self.store.injected_latency_median_ms,
@@ -18,6 +18,7 @@ impl Config {
             ),
             between!(self.store.reader_threads, 1, 256, "store.reader_threads"),
             between!(self.store.cache_mib, 1, 1048576, "store.cache_mib"),
+            at_most!(self.store.repack_per_change, 64, "store.repack_per_change"),
             (
                 self.server.drain_timeout_ms >= self.server.shutdown_timeout_ms,
                 "server.drain_timeout_ms",

@@ -1,10 +1,10 @@
 //! Offline compaction of the embedded database (`readstates compact`).
 //!
-//! A copy-on-write B-tree under churn settles with pages about half full
-//! and a pool of free pages; the file keeps that space (reused, so it stops
-//! growing: BENCHMARKS.md, "Cost as the work grows"). Compaction moves the
-//! live pages to the front of the file and cuts the free ones off; it does
-//! not refill half-empty pages. redb
+//! The running store keeps its pages full (see `repack`), and reuses the
+//! pages it frees, so the file stops growing; but it never gives space back
+//! to the filesystem beyond a free tail. Compaction moves the live pages
+//! to the front of the file and cuts the free ones off; it does not refill
+//! half-empty pages. redb
 //! compacts only a database with no transaction open, so it runs with the
 //! server stopped (the file is locked while a server has it open), as a
 //! maintenance step; its time grows with the file.

@@ -14,7 +14,7 @@ use std::path::Path;
 use fjall::{Database as LsmDatabase, KeyspaceCreateOptions};
 use redb::Database;
 
-use super::tombstones::{self, RowBytes, TOMBSTONES};
+use super::tombstones::{self, RowBytes, TOMBSTONES, Upserted};
 use super::{STATES, begin_durable_write, raise_version_floor, redb_error};
 use crate::ids::ChannelId;
 use crate::store::StoreError;
@@ -126,7 +126,13 @@ fn write_chunk(db: &Database, chunk: &mut Vec<((u64, u64), Vec<u8>)>) -> Result<
                 deleted,
                 bytes: &value,
             };
-            if tombstones::upsert(&mut states, &mut index, user, channel_id, &row)? {
+            let upserted = tombstones::upsert(&mut states, &mut index, user, channel_id, &row)?;
+            if upserted == Upserted::New {
+                states
+                    .insert((user, channel), row.bytes)
+                    .map_err(redb_error)?;
+            }
+            if upserted.wrote() {
                 written += 1;
             }
         }

@@ -55,6 +55,7 @@ mod error;
 mod handle;
 mod legacy;
 mod readers;
+mod repack;
 mod tombstones;
 
 use super::row::{Row, decode_row, encode_row};
@@ -63,13 +64,16 @@ use super::{
     newest_per_key,
 };
 use crate::clock::unix_micros;
-use crate::config::{DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS, StoreConfig};
+use crate::config::{
+    DEFAULT_CACHE_MIB, DEFAULT_READER_THREADS, DEFAULT_REPACK_PER_CHANGE, StoreConfig,
+};
 use crate::ids::{ChannelId, UserId};
 pub use compact::{Compaction, compact};
 use error::redb_error;
 use handle::{DbHandle, open_database};
 use readers::Readers;
-use tombstones::{RowBytes, TOMBSTONES};
+use repack::{Inserts, Repacker};
+use tombstones::{RowBytes, TOMBSTONES, Upserted};
 
 /// The read states, keyed by (user id, channel id).
 const STATES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("read_states");
@@ -98,6 +102,8 @@ pub struct EmbeddedOptions {
     pub data_dir: PathBuf,
     pub reader_threads: usize,
     pub cache_mib: usize,
+    /// Rows repacked per row deleted or purged (see `repack`).
+    pub repack_per_change: u32,
 }
 
 impl EmbeddedOptions {
@@ -107,6 +113,7 @@ impl EmbeddedOptions {
             data_dir: config.data_dir.clone(),
             reader_threads: config.reader_threads,
             cache_mib: config.cache_mib,
+            repack_per_change: config.repack_per_change,
         }
     }
 
@@ -116,6 +123,7 @@ impl EmbeddedOptions {
             data_dir: data_dir.to_owned(),
             reader_threads: DEFAULT_READER_THREADS,
             cache_mib: DEFAULT_CACHE_MIB,
+            repack_per_change: DEFAULT_REPACK_PER_CHANGE,
         }
     }
 }
@@ -183,7 +191,7 @@ impl EmbeddedStore {
         let horizon = tombstones::horizon_on_open(&db)?;
         Ok(Self {
             handle: Arc::new(DbHandle::of(db, path, cache_bytes)),
-            writer: spawn_writer()?,
+            writer: spawn_writer(Repacker::new(options.repack_per_change))?,
             readers: Arc::new(Readers::start(options.reader_threads)?),
             horizon: Arc::new(AtomicU64::new(horizon)),
         })
@@ -388,10 +396,17 @@ fn load_user(db: &Database, user_id: UserId) -> Result<UserRows, StoreError> {
 
 /// Runs the jobs of a group in one transaction, in order: each batch row
 /// only if it is newer than the stored one, each purge as asked, with the
-/// deletion horizon it promises. Commits with an fsync; returns the
-/// tombstones each job purged (0 for a batch).
-fn write_group(db: &Database, group: &[WriteJob]) -> Result<Vec<usize>, StoreError> {
+/// deletion horizon it promises; then the repacking its changes earned.
+/// Commits with an fsync; returns the tombstones each job purged (0 for a
+/// batch).
+fn write_group(
+    db: &Database,
+    group: &[WriteJob],
+    repacker: &mut Repacker,
+) -> Result<Vec<usize>, StoreError> {
     let mut purged = Vec::with_capacity(group.len());
+    let mut emptied = 0;
+    let mut inserts = Inserts::default();
     let txn = begin_durable_write(db)?;
     {
         let mut states = txn.open_table(STATES).map_err(redb_error)?;
@@ -408,14 +423,23 @@ fn write_group(db: &Database, group: &[WriteJob]) -> Result<Vec<usize>, StoreErr
                             bytes: &value,
                         };
                         let user = row.user_id.get();
-                        tombstones::upsert(
+                        let upserted = tombstones::upsert(
                             &mut states,
                             &mut index,
                             user,
                             row.state.channel_id,
                             &bytes,
                         )?;
+                        match upserted {
+                            Upserted::New => {
+                                inserts.push((user, row.state.channel_id.get()), &value)
+                            }
+                            Upserted::Emptied => emptied += 1,
+                            Upserted::Stale | Upserted::Written => {}
+                        }
                     }
+                    // Before the next batch, which may write the same keys.
+                    inserts.insert_into(&mut states)?;
                     purged.push(0);
                 }
                 Work::Purge {
@@ -424,7 +448,9 @@ fn write_group(db: &Database, group: &[WriteJob]) -> Result<Vec<usize>, StoreErr
                     horizon,
                     ..
                 } => {
-                    purged.push(tombstones::purge(&mut states, &mut index, *below, *max)?);
+                    let removed = tombstones::purge(&mut states, &mut index, *below, *max)?;
+                    emptied += removed;
+                    purged.push(removed);
                     let mut meta = txn.open_table(META).map_err(redb_error)?;
                     let raised = tombstones::raise_horizon(&mut meta, *below)?;
                     // Raised in memory before the commit makes the removals
@@ -438,6 +464,8 @@ fn write_group(db: &Database, group: &[WriteJob]) -> Result<Vec<usize>, StoreErr
             }
         }
     }
+    repacker.earn(emptied);
+    repacker.step(&txn)?;
     txn.commit().map_err(redb_error)?;
     Ok(purged)
 }
@@ -460,7 +488,9 @@ fn writer_stopped() -> StoreError {
 }
 
 /// Starts the writer thread; it ends when the last store handle is dropped.
-fn spawn_writer() -> Result<std::sync::mpsc::SyncSender<WriteJob>, StoreError> {
+fn spawn_writer(
+    mut repacker: Repacker,
+) -> Result<std::sync::mpsc::SyncSender<WriteJob>, StoreError> {
     let (sender, jobs) = std::sync::mpsc::sync_channel::<WriteJob>(WRITER_QUEUE);
     std::thread::Builder::new()
         .name("store-writer".to_owned())
@@ -478,7 +508,7 @@ fn spawn_writer() -> Result<std::sync::mpsc::SyncSender<WriteJob>, StoreError> {
                 let handle = Arc::clone(&group[0].handle);
                 let result = handle
                     .recover()
-                    .and_then(|()| handle.with(|db| write_group(db, &group)));
+                    .and_then(|()| handle.with(|db| write_group(db, &group, &mut repacker)));
                 drop(handle);
                 for (position, WriteJob { handle, work }) in group.drain(..).enumerate() {
                     // The handle goes before the answer: a caller that drops
@@ -524,6 +554,8 @@ fn run_in_the_background() {
 
 #[cfg(test)]
 mod compact_tests;
+#[cfg(test)]
+mod repack_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -72,9 +72,31 @@ pub struct RowBytes<'a> {
     pub bytes: &'a [u8],
 }
 
+/// What an upsert did to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    /// Nothing: the stored row is as new or newer.
+    Stale,
+    /// Nothing stored under the key: the caller inserts the row (new rows
+    /// go in together, in key order, see `repack::Inserts`); its index
+    /// entry, if it is a tombstone, is written.
+    New,
+    /// A stored row replaced.
+    Written,
+    /// A live row turned into a tombstone, a seventh of its size: its
+    /// leaf empties (see `repack`).
+    Emptied,
+}
+
+impl Upserted {
+    pub fn wrote(self) -> bool {
+        self != Self::Stale
+    }
+}
+
 /// Writes `row` under `(user, channel_id)` unless the stored row is as new
-/// or newer, and keeps the tombstone index in step; returns whether it
-/// wrote. A damaged stored row counts as version 0, so any write replaces
+/// or newer (or leaves it to the caller if nothing is stored there), and
+/// keeps the tombstone index in step; says what it did. A damaged stored row counts as version 0, so any write replaces
 /// it (its index entry, if it had one, is dropped by a later purge).
 pub fn upsert(
     states: &mut StatesTable<'_>,
@@ -82,7 +104,7 @@ pub fn upsert(
     user: u64,
     channel_id: ChannelId,
     row: &RowBytes<'_>,
-) -> Result<bool, StoreError> {
+) -> Result<Upserted, StoreError> {
     let channel = channel_id.get();
     let stored = states
         .get((user, channel))
@@ -93,20 +115,28 @@ pub fn upsert(
         Some(Err(_)) | None => 0,
     };
     if stored.is_some() && stored_version >= row.version {
-        return Ok(false);
+        return Ok(Upserted::Stale);
     }
+    let was_live = matches!(stored, Some(Ok(Row::Live(_))));
     if let Some(Ok(Row::Tombstone { version })) = stored {
         index.remove((version, user, channel)).map_err(redb_error)?;
     }
-    states
-        .insert((user, channel), row.bytes)
-        .map_err(redb_error)?;
     if row.deleted {
         index
             .insert((row.version, user, channel), ())
             .map_err(redb_error)?;
     }
-    Ok(true)
+    if stored.is_none() {
+        return Ok(Upserted::New);
+    }
+    states
+        .insert((user, channel), row.bytes)
+        .map_err(redb_error)?;
+    Ok(if was_live && row.deleted {
+        Upserted::Emptied
+    } else {
+        Upserted::Written
+    })
 }
 
 /// Removes the oldest tombstones whose version is below `below`, at most

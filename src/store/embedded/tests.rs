@@ -6,6 +6,7 @@
 use super::*;
 use crate::ids::MessageId;
 use crate::read_state::ReadState;
+use crate::store::row::encode_row;
 
 pub(super) fn state(channel: u64, last: u64, version: u64) -> ReadState {
     ReadState {

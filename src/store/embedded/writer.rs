@@ -4,11 +4,15 @@
 //! Batches that queue up while one commits are committed together, so a
 //! slow disk makes commits larger rather than the queue longer. The thread
 //! runs under Linux's `SCHED_IDLE` policy: write-behind is background
-//! work, and a request that wakes up takes the CPU from it at once. (A
-//! merely lowered nice value still lets the writer finish its time slice
-//! first, and a copy-on-write commit is CPU work: with the writer at nice
-//! 10, the soak's median per-second p99 was 4.1 ms; under `SCHED_IDLE`,
-//! 2.6 ms.)
+//! work, and a request thread that wakes up takes the CPU from it at once.
+//! (A merely lowered nice value still lets the writer finish its time
+//! slice first, and a copy-on-write commit is CPU work: with the writer at
+//! nice 10, the soak's median per-second p99 was 4.1 ms; under
+//! `SCHED_IDLE`, 2.6 ms.) It is not a strict priority: a request thread
+//! that has used more than its share of a busy core can still wait for the
+//! writer until the next scheduler tick, which is why write-back rounds
+//! are kept small (`flush.tick_ms`; BENCHMARKS.md, "Where the tail comes
+//! from").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -65,6 +65,10 @@ fn unknown_keys_and_bad_ranges_are_refused_by_name() {
         ("[store]\nreader_threads = 0\n", "store.reader_threads"),
         ("[store]\ncache_mib = 0\n", "store.cache_mib"),
         (
+            "[store]\nrepack_per_change = 65\n",
+            "store.repack_per_change",
+        ),
+        (
             "[server]\nmax_concurrent_requests_per_connection = 4096\n",
             "server.max_concurrent_requests_per_connection",
         ),

@@ -4,10 +4,10 @@
 //! pages it frees, so the file stops growing; but it never gives space back
 //! to the filesystem beyond a free tail. Compaction moves the live pages
 //! to the front of the file and cuts the free ones off; it does not refill
-//! half-empty pages. redb
-//! compacts only a database with no transaction open, so it runs with the
-//! server stopped (the file is locked while a server has it open), as a
-//! maintenance step; its time grows with the file.
+//! half-empty pages. redb compacts only a database with no transaction
+//! open, so it runs with the server stopped (the file is locked while a
+//! server has it open), as a maintenance step; its time grows with the
+//! file.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

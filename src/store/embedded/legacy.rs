@@ -14,6 +14,7 @@ use std::path::Path;
 use fjall::{Database as LsmDatabase, KeyspaceCreateOptions};
 use redb::Database;
 
+use super::repack::Inserts;
 use super::tombstones::{self, RowBytes, TOMBSTONES, Upserted};
 use super::{STATES, begin_durable_write, raise_version_floor, redb_error};
 use crate::ids::ChannelId;
@@ -107,6 +108,8 @@ fn import(data_dir: &Path, db: &Database) -> Result<usize, StoreError> {
 /// how many were written.
 fn write_chunk(db: &Database, chunk: &mut Vec<((u64, u64), Vec<u8>)>) -> Result<usize, StoreError> {
     let mut written = 0;
+    // The chunk comes in key order, each key once, as the LSM store kept it.
+    let mut inserts = Inserts::default();
     let txn = begin_durable_write(db)?;
     {
         let mut states = txn.open_table(STATES).map_err(redb_error)?;
@@ -128,14 +131,13 @@ fn write_chunk(db: &Database, chunk: &mut Vec<((u64, u64), Vec<u8>)>) -> Result<
             };
             let upserted = tombstones::upsert(&mut states, &mut index, user, channel_id, &row)?;
             if upserted == Upserted::New {
-                states
-                    .insert((user, channel), row.bytes)
-                    .map_err(redb_error)?;
+                inserts.push((user, channel), row.bytes);
             }
             if upserted.wrote() {
                 written += 1;
             }
         }
+        inserts.insert_into(&mut states)?;
     }
     txn.commit().map_err(redb_error)?;
     Ok(written)

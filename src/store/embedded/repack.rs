@@ -68,6 +68,15 @@ impl Inserts {
         self.keys.push((key, start..self.values.len()));
     }
 
+    /// The first and last keys gathered.
+    fn span(&self) -> Option<((u64, u64), (u64, u64))> {
+        Some((self.keys.first()?.0, self.keys.last()?.0))
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
     /// Inserts the rows gathered, and empties the buffer: one cursor per
     /// run of them that no stored key interrupts.
     pub fn insert_into(&mut self, states: &mut StatesTable<'_>) -> Result<(), StoreError> {
@@ -120,8 +129,7 @@ pub struct Repacker {
     credit: usize,
     /// The first key of the next run; `None` at the start of the table.
     next: Option<(u64, u64)>,
-    keys: Vec<((u64, u64), Range<usize>)>,
-    values: Vec<u8>,
+    run: Inserts,
 }
 
 impl Repacker {
@@ -130,8 +138,7 @@ impl Repacker {
             per_change,
             credit: 0,
             next: None,
-            keys: Vec::new(),
-            values: Vec::new(),
+            run: Inserts::default(),
         }
     }
 
@@ -161,8 +168,6 @@ impl Repacker {
         states: &mut StatesTable<'_>,
         rows: usize,
     ) -> Result<usize, StoreError> {
-        self.keys.clear();
-        self.values.clear();
         let from = match self.next {
             Some(key) => Bound::Included(key),
             None => Bound::Unbounded,
@@ -173,36 +178,26 @@ impl Repacker {
             .map_err(redb_error)?
         {
             let (key, value) = entry.map_err(redb_error)?;
-            if self.keys.len() == rows {
+            if self.run.len() == rows {
                 following = Some(key.value());
                 break;
             }
-            let start = self.values.len();
-            self.values.extend_from_slice(value.value());
-            self.keys.push((key.value(), start..self.values.len()));
+            self.run.push(key.value(), value.value());
         }
         self.next = following;
-        let (Some(&(first, _)), Some(&(last, _))) = (self.keys.first(), self.keys.last()) else {
+        let Some((first, last)) = self.run.span() else {
             return Ok(0);
         };
-        let mut taken = 0;
+        let moved = self.run.len();
         for entry in states
             .extract_from_if(first..=last, |_, _| true)
             .map_err(redb_error)?
         {
             entry.map_err(redb_error)?;
-            taken += 1;
         }
-        debug_assert_eq!(taken, self.keys.len());
-        let mut cursor = states
-            .lower_bound_mut(Bound::Included(first))
-            .map_err(redb_error)?;
-        for (key, range) in &self.keys {
-            cursor
-                .insert_before(*key, &self.values[range.clone()])
-                .map_err(|error| StoreError::Unavailable(format!("repacking: {error}")))?;
-        }
-        cursor.close().map_err(redb_error)?;
-        Ok(self.keys.len())
+        // The run's keys are all gone now, and no stored key lies between
+        // them: they go back through one cursor.
+        self.run.insert_into(states)?;
+        Ok(moved)
     }
 }

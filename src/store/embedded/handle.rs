@@ -26,6 +26,7 @@ use parking_lot::{Mutex, RwLock};
 use redb::{Database, StorageError, TransactionError};
 
 use super::error::redb_error;
+use super::paced::PacedFile;
 use crate::store::StoreError;
 
 /// The first wait between failed reopen attempts; it doubles up to
@@ -188,6 +189,14 @@ pub(super) fn open_database(
     // After a crash (or a failed commit), redb walks the whole file to
     // verify it and rebuild its free-space map before it opens; say so, or
     // a large store's start looks like a hang.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|error| redb_error(redb::DatabaseError::from(error)))?;
+    let file = PacedFile::new(file).map_err(redb_error)?;
     Database::builder()
         .set_cache_size(cache_bytes)
         .set_repair_callback(|session| {
@@ -196,6 +205,6 @@ pub(super) fn open_database(
                 "the embedded database was not closed cleanly; checking and repairing it"
             );
         })
-        .create(path)
+        .create_with_backend(file)
         .map_err(redb_error)
 }

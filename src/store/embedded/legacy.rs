@@ -14,6 +14,7 @@ use std::path::Path;
 use fjall::{Database as LsmDatabase, KeyspaceCreateOptions};
 use redb::Database;
 
+use super::paced::Pace;
 use super::repack::Inserts;
 use super::tombstones::{self, RowBytes, TOMBSTONES, Upserted};
 use super::{STATES, begin_durable_write, raise_version_floor, redb_error};
@@ -137,7 +138,7 @@ fn write_chunk(db: &Database, chunk: &mut Vec<((u64, u64), Vec<u8>)>) -> Result<
                 written += 1;
             }
         }
-        inserts.insert_into(&mut states)?;
+        inserts.insert_into(&mut states, &Pace::new())?;
     }
     txn.commit().map_err(redb_error)?;
     Ok(written)

@@ -53,6 +53,7 @@ mod compact;
 mod error;
 mod handle;
 mod legacy;
+mod paced;
 mod readers;
 mod repack;
 mod tombstones;
@@ -355,6 +356,8 @@ fn load_user(db: &Database, user_id: UserId) -> Result<UserRows, StoreError> {
 
 #[cfg(test)]
 mod compact_tests;
+#[cfg(test)]
+mod paced_tests;
 #[cfg(test)]
 mod repack_tests;
 #[cfg(test)]

@@ -38,6 +38,7 @@ use std::ops::{Bound, Range};
 use redb::{ReadableTable, WriteTransaction};
 
 use super::error::redb_error;
+use super::paced::Pace;
 use super::tombstones::StatesTable;
 use crate::store::StoreError;
 
@@ -79,8 +80,12 @@ impl Inserts {
 
     /// Inserts the rows gathered, and empties the buffer: one cursor per
     /// run of them that no stored key interrupts.
-    pub fn insert_into(&mut self, states: &mut StatesTable<'_>) -> Result<(), StoreError> {
-        let result = insert_runs(states, &self.keys, &self.values);
+    pub fn insert_into(
+        &mut self,
+        states: &mut StatesTable<'_>,
+        pace: &Pace,
+    ) -> Result<(), StoreError> {
+        let result = insert_runs(states, &self.keys, &self.values, pace);
         self.keys.clear();
         self.values.clear();
         result
@@ -92,6 +97,7 @@ fn insert_runs(
     states: &mut StatesTable<'_>,
     keys: &[((u64, u64), Range<usize>)],
     values: &[u8],
+    pace: &Pace,
 ) -> Result<(), StoreError> {
     let mut at = 0;
     while let Some(&(first, _)) = keys.get(at) {
@@ -107,6 +113,7 @@ fn insert_runs(
             if limit.is_some_and(|limit| *key > limit) {
                 break;
             }
+            pace.give_way();
             // A key equal to the limit (stored after all) is refused here
             // as unordered, not overwritten.
             cursor
@@ -150,13 +157,13 @@ impl Repacker {
 
     /// Repacks the rows earned, once they make a run, at the sweep's
     /// place, in `txn`; returns how many rows it moved.
-    pub fn step(&mut self, txn: &WriteTransaction) -> Result<usize, StoreError> {
+    pub fn step(&mut self, txn: &WriteTransaction, pace: &Pace) -> Result<usize, StoreError> {
         if self.credit < MIN_RUN {
             return Ok(0);
         }
         let rows = self.credit.min(MAX_RUN);
         let mut states: StatesTable<'_> = txn.open_table(super::STATES).map_err(redb_error)?;
-        let moved = self.repack_run(&mut states, rows)?;
+        let moved = self.repack_run(&mut states, rows, pace)?;
         self.credit -= rows.min(self.credit);
         Ok(moved)
     }
@@ -167,6 +174,7 @@ impl Repacker {
         &mut self,
         states: &mut StatesTable<'_>,
         rows: usize,
+        pace: &Pace,
     ) -> Result<usize, StoreError> {
         let from = match self.next {
             Some(key) => Bound::Included(key),
@@ -178,6 +186,7 @@ impl Repacker {
             .map_err(redb_error)?
         {
             let (key, value) = entry.map_err(redb_error)?;
+            pace.give_way();
             if self.run.len() == rows {
                 following = Some(key.value());
                 break;
@@ -194,10 +203,11 @@ impl Repacker {
             .map_err(redb_error)?
         {
             entry.map_err(redb_error)?;
+            pace.give_way();
         }
         // The run's keys are all gone now, and no stored key lies between
         // them: they go back through one cursor.
-        self.run.insert_into(states)?;
+        self.run.insert_into(states, pace)?;
         Ok(moved)
     }
 }

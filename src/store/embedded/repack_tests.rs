@@ -4,6 +4,7 @@
 
 use redb::ReadableTable;
 
+use super::paced::Pace;
 use super::repack::{Inserts, MAX_RUN, MIN_RUN, Repacker};
 use super::tests::{load, state, write};
 use super::*;
@@ -141,7 +142,7 @@ fn a_sweep_keeps_every_row_and_wraps_at_the_end() {
     while moved < 2 * before.len() + MIN_RUN {
         repacker.earn(MIN_RUN + 7);
         let txn = db.begin_write().unwrap();
-        let run = repacker.step(&txn).unwrap();
+        let run = repacker.step(&txn, &Pace::new()).unwrap();
         txn.commit().unwrap();
         assert!(run > 0 && run <= MIN_RUN + 7, "a run moved {run} rows");
         moved += run;
@@ -157,11 +158,11 @@ fn a_sweep_keeps_every_row_and_wraps_at_the_end() {
     // run is never longer than MAX_RUN.
     repacker.earn(MIN_RUN - 1);
     let txn = db.begin_write().unwrap();
-    assert_eq!(repacker.step(&txn).unwrap(), 0);
+    assert_eq!(repacker.step(&txn, &Pace::new()).unwrap(), 0);
     txn.abort().unwrap();
     repacker.earn(MAX_RUN * 3);
     let txn = db.begin_write().unwrap();
-    assert_eq!(repacker.step(&txn).unwrap(), MAX_RUN);
+    assert_eq!(repacker.step(&txn, &Pace::new()).unwrap(), MAX_RUN);
     txn.commit().unwrap();
     assert_eq!(rows(&db), before);
 }
@@ -219,7 +220,7 @@ fn new_rows_inserted_together_take_fewer_leaves_than_one_by_one() {
                     states.insert(key, value.as_slice()).unwrap();
                 }
             }
-            inserts.insert_into(&mut states).unwrap();
+            inserts.insert_into(&mut states, &Pace::new()).unwrap();
         }
         let pages = txn.stats().unwrap().leaf_pages();
         txn.commit().unwrap();

@@ -10,9 +10,10 @@
 //! nice 10, the soak's median per-second p99 was 4.1 ms; under
 //! `SCHED_IDLE`, 2.6 ms.) It is not a strict priority: a request thread
 //! that has used more than its share of a busy core can still wait for the
-//! writer until the next scheduler tick, which is why write-back rounds
-//! are kept small (`flush.tick_ms`; BENCHMARKS.md, "Where the tail comes
-//! from").
+//! writer until the next scheduler tick. So the writer also gives way
+//! itself, between rows and between the pieces of a commit (see `paced`),
+//! and write-back rounds are kept small (`flush.tick_ms`; BENCHMARKS.md,
+//! "Where the tail comes from").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use tokio::sync::oneshot;
 
 use super::error::redb_error;
 use super::handle::DbHandle;
+use super::paced::Pace;
 use super::repack::{Inserts, Repacker};
 use super::tombstones::{self, RowBytes, TOMBSTONES, Upserted};
 use super::{META, STATES, begin_durable_write};
@@ -76,6 +78,7 @@ fn write_group(
     db: &Database,
     group: &[WriteJob],
     repacker: &mut Repacker,
+    pace: &Pace,
 ) -> Result<Vec<usize>, StoreError> {
     let mut purged = Vec::with_capacity(group.len());
     let mut emptied = 0;
@@ -89,6 +92,7 @@ fn write_group(
             match &job.work {
                 Work::Batch { rows, .. } => {
                     for row in newest_per_key(rows) {
+                        pace.give_way();
                         encode_row(&row.state, row.deleted, &mut value);
                         let bytes = RowBytes {
                             version: row.state.version,
@@ -112,7 +116,7 @@ fn write_group(
                         }
                     }
                     // Before the next batch, which may write the same keys.
-                    inserts.insert_into(&mut states)?;
+                    inserts.insert_into(&mut states, pace)?;
                     purged.push(0);
                 }
                 Work::Purge {
@@ -138,7 +142,7 @@ fn write_group(
         }
     }
     repacker.earn(emptied);
-    repacker.step(&txn)?;
+    repacker.step(&txn, pace)?;
     txn.commit().map_err(redb_error)?;
     Ok(purged)
 }
@@ -169,6 +173,7 @@ pub(super) fn spawn_writer(
         .name("store-writer".to_owned())
         .spawn(move || {
             run_in_the_background();
+            let pace = Pace::new();
             let mut group = Vec::with_capacity(MAX_GROUP);
             while let Ok(first) = jobs.recv() {
                 group.push(first);
@@ -181,7 +186,7 @@ pub(super) fn spawn_writer(
                 let handle = Arc::clone(&group[0].handle);
                 let result = handle
                     .recover()
-                    .and_then(|()| handle.with(|db| write_group(db, &group, &mut repacker)));
+                    .and_then(|()| handle.with(|db| write_group(db, &group, &mut repacker, &pace)));
                 drop(handle);
                 for (position, WriteJob { handle, work }) in group.drain(..).enumerate() {
                     // The handle goes before the answer: a caller that drops

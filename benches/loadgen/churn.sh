@@ -17,7 +17,7 @@ CYCLES=${CYCLES:-10}
 LOAD_RATE=${LOAD_RATE:-200}
 CACHE_MIB=${CACHE_MIB:-128}
 # store.repack_per_change; 0 turns the background repacking off.
-REPACK=${REPACK:-2}
+REPACK=${REPACK:-3}
 
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-target/loadgen-churn/$(date -u +%Y%m%dT%H%M%SZ)}

@@ -24,8 +24,8 @@
 //! loads run on a small fixed pool of reader threads, urgent loads first
 //! (see `readers`). Batch writes run on one dedicated writer thread in the
 //! background (see `writer`), which gives way to request threads between
-//! the pieces of its commits (see `paced`). On a machine whose CPUs are all busy,
-//! write-back slows down and the dirty backlog limit
+//! the pieces of its commits (see `paced`). On a machine whose CPUs are
+//! all busy, write-back slows down and the dirty backlog limit
 //! (`flush.max_dirty_states`) refuses writes before memory grows.
 //!
 //! Under churn the writer keeps the table's pages full: rows a batch adds

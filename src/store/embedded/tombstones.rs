@@ -96,8 +96,9 @@ impl Upserted {
 
 /// Writes `row` under `(user, channel_id)` unless the stored row is as new
 /// or newer (or leaves it to the caller if nothing is stored there), and
-/// keeps the tombstone index in step; says what it did. A damaged stored row counts as version 0, so any write replaces
-/// it (its index entry, if it had one, is dropped by a later purge).
+/// keeps the tombstone index in step; says what it did. A damaged stored
+/// row counts as version 0, so any write replaces it (its index entry, if
+/// it had one, is dropped by a later purge).
 pub fn upsert(
     states: &mut StatesTable<'_>,
     index: &mut IndexTable<'_>,

@@ -41,6 +41,8 @@ async fn a_change_reaches_the_store_within_the_flush_delay_not_before() {
     let mut config = test_config(dir.path());
     config.flush.delay_ms = 1_500;
     config.flush.tick_ms = 50;
+    // The timer alone: the sweep writes earlier (see the next test).
+    config.flush.sweep = Some(false);
     let store = InstrumentedStore::open(dir.path());
     let mut server = TestServer::start(&config, store.clone()).await;
 
@@ -66,11 +68,47 @@ async fn a_change_reaches_the_store_within_the_flush_delay_not_before() {
 }
 
 #[tokio::test]
+async fn the_sweep_writes_every_change_before_the_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // The embedded store's default: the sweep passes over the key space in
+    // three quarters of the delay (4.5 s), the timer would write at 6 s.
+    assert_eq!(config.flush.sweep, None);
+    config.flush.delay_ms = 6_000;
+    config.flush.tick_ms = 50;
+    let store = InstrumentedStore::open(dir.path());
+    let mut server = TestServer::start(&config, store.clone()).await;
+
+    let users: Vec<u64> = (1..=100).map(|i| (i * 7_919) % 1_000 + 1).collect();
+    for &user_id in &users {
+        server.client.ack(ack_request(user_id, 1, 5)).await.unwrap();
+    }
+    let acked_at = Instant::now();
+    let mut landed = true;
+    for &user_id in &users {
+        landed &= eventually(Duration::from_secs(10), async || {
+            stored_last(&store, user_id, 1).await == Some(5)
+        })
+        .await;
+    }
+    let elapsed = acked_at.elapsed();
+    assert!(landed, "an ack never reached the store");
+    assert!(
+        elapsed < Duration::from_millis(5_700),
+        "every change was written by the sweep, before its timer: {elapsed:?}"
+    );
+    assert_eq!(store.rows_written(), users.len(), "each once");
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn many_updates_inside_the_window_coalesce_into_one_write() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.flush.delay_ms = 4_000;
     config.flush.tick_ms = 100;
+    // The timer's window; the sweep's is shorter (it writes earlier).
+    config.flush.sweep = Some(false);
     let store = InstrumentedStore::open(dir.path());
     let mut server = TestServer::start(&config, store.clone()).await;
 

@@ -123,6 +123,10 @@ pub(super) struct UserEntry {
     pub loaded_version: u64,
     /// In a flush timer bucket.
     pub scheduled: bool,
+    /// The bucket's tick, wrapped (while `scheduled`): an entry of the user
+    /// in an earlier bucket is stale (see `write_behind`). Fits in the
+    /// struct's padding.
+    pub due_tick: u32,
     /// An eviction write of this entry is in flight.
     pub writing: bool,
 }
@@ -145,6 +149,7 @@ impl UserEntry {
             version,
             loaded_version: 0,
             scheduled: false,
+            due_tick: 0,
             writing: false,
         };
         let mut tombstones = deleted.into_iter().peekable();

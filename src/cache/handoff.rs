@@ -111,7 +111,7 @@ impl Cache {
                 let Some(mut entry) = partition.lru.remove(&user_id) else {
                     continue;
                 };
-                partition.uncount_removed(&mut entry);
+                partition.uncount_removed(user_id, &mut entry);
                 evicted.users += 1;
                 if entry.dirty_count() > 0 {
                     entry.writing = false;

@@ -29,6 +29,7 @@ mod load;
 mod metrics;
 mod segmented;
 mod stats;
+mod sweep;
 mod txn;
 mod write_behind;
 
@@ -41,7 +42,7 @@ use txn::TxnCounts;
 pub use txn::{AppliedChange, ChangeHook, Delta, DeltaLimits, UserTxn};
 pub use write_behind::FlushJob;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -139,10 +140,12 @@ struct Partition {
     /// the ones that need a write started.
     evicted: Vec<UserId>,
     /// Flush timer buckets: (due tick, users), due ticks ascending. A user
-    /// may be listed after it left the bucket's care (evicted meanwhile);
-    /// `scheduled` counts only the users that are really waiting.
+    /// may be listed after it left the bucket's care (evicted or swept
+    /// meanwhile); `waiting` holds only the users that are really waiting.
     schedule: VecDeque<(u64, Vec<UserId>)>,
-    scheduled: usize,
+    /// The cached users waiting for their write (`scheduled` set), in key
+    /// order: the flusher's sweep takes them a key range at a time.
+    waiting: BTreeSet<UserId>,
     /// Deferred mentions of users neither cached nor evicting.
     inbox: HashMap<UserId, inbox::Inbox>,
     /// Users whose inbox needs a load, since the loader last looked.
@@ -152,14 +155,20 @@ struct Partition {
 
 impl Partition {
     /// Takes `entry`, just removed from the LRU, out of the partition's
-    /// sizes and out of its timer buckets' count.
+    /// sizes and out of the users waiting for their write.
     #[inline]
-    fn uncount_removed(&mut self, entry: &mut UserEntry) {
+    fn uncount_removed(&mut self, user_id: UserId, entry: &mut UserEntry) {
         self.weight -= entry.weight();
         self.extras -= entry.sizes().1;
+        self.unschedule(user_id, entry);
+    }
+
+    /// Marks a cached user as no longer waiting for its write.
+    #[inline]
+    fn unschedule(&mut self, user_id: UserId, entry: &mut UserEntry) {
         if entry.scheduled {
             entry.scheduled = false;
-            self.scheduled -= 1;
+            self.waiting.remove(&user_id);
         }
     }
 }
@@ -181,7 +190,7 @@ impl Cache {
                         released: HashMap::new(),
                         evicted: Vec::new(),
                         schedule: VecDeque::new(),
-                        scheduled: 0,
+                        waiting: BTreeSet::new(),
                         inbox: HashMap::new(),
                         inbox_ready: Vec::new(),
                         stats: PartitionStats::default(),
@@ -410,7 +419,7 @@ impl Cache {
             let Some((user_id, mut entry)) = partition.lru.pop_lru_except(keep.as_ref()) else {
                 break;
             };
-            partition.uncount_removed(&mut entry);
+            partition.uncount_removed(user_id, &mut entry);
             if entry.dirty_count() > 0 {
                 entry.writing = false;
                 partition.evicting.insert(user_id, entry);

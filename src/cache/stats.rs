@@ -114,9 +114,9 @@ impl Cache {
             stats.protected_users += partition.lru.protected_len();
             stats.smallest_partition = stats.smallest_partition.min(partition.weight);
             stats.largest_partition = stats.largest_partition.max(partition.weight);
-            stats.scheduled_users += partition.scheduled;
+            stats.scheduled_users += partition.waiting.len();
             stats.evicting_users += partition.evicting.len() + partition.released.len();
-            if partition.scheduled > 0
+            if !partition.waiting.is_empty()
                 && let Some((tick, _)) = partition.schedule.front()
             {
                 oldest_due_tick = Some(oldest_due_tick.map_or(*tick, |oldest| oldest.min(*tick)));

@@ -19,7 +19,7 @@ use crate::ids::{ChannelId, UserId};
 use crate::store::RowWrite;
 
 /// Users snapshotted per hold of a partition's lock.
-const USERS_PER_LOCK: usize = 64;
+pub(super) const USERS_PER_LOCK: usize = 64;
 
 /// What a flush snapshot of one user holds.
 pub struct FlushJob {
@@ -28,11 +28,16 @@ pub struct FlushJob {
 
 impl FlushJob {
     /// Snapshots the dirty rows of one user.
-    fn of(user_id: UserId, entry: &UserEntry) -> Self {
+    pub(super) fn of(user_id: UserId, entry: &UserEntry) -> Self {
         let mut rows = Vec::new();
         entry.dirty_rows(user_id, &mut rows);
         Self { rows }
     }
+}
+
+/// A timer tick as an entry keeps it: ticks a delay apart never collide.
+pub(super) fn wrapped(tick: u64) -> u32 {
+    tick as u32
 }
 
 impl Cache {
@@ -56,10 +61,11 @@ impl Cache {
         if entry.scheduled {
             return;
         }
-        entry.scheduled = true;
-        partition.scheduled += 1;
         let delay = Duration::from_millis(self.flush_delay_ms.load(Ordering::Relaxed));
         let due = self.tick_at(since.unwrap_or_else(Instant::now) + delay);
+        entry.scheduled = true;
+        entry.due_tick = wrapped(due);
+        partition.waiting.insert(user_id);
         match partition.schedule.back_mut() {
             Some((tick, users)) if *tick == due => users.push(user_id),
             Some((tick, _)) if *tick > due => {
@@ -104,7 +110,8 @@ impl Cache {
             return;
         };
         let now_tick = self.tick_at(Instant::now());
-        let due_users = {
+        // Each user with the tick of the bucket it was listed in (`None`: any).
+        let due_users: Vec<(UserId, Option<u32>)> = {
             let mut partition = partition.lock();
             let mut due_users = Vec::new();
             if all {
@@ -114,15 +121,16 @@ impl Cache {
                         .lru
                         .iter()
                         .filter(|(_, entry)| entry.dirty_count() > 0)
-                        .map(|(user_id, _)| *user_id),
+                        .map(|(user_id, _)| (*user_id, None)),
                 );
             }
             while let Some((tick, _)) = partition.schedule.front() {
                 if *tick > now_tick {
                     break;
                 }
-                if let Some((_, users)) = partition.schedule.pop_front() {
-                    due_users.extend(users);
+                if let Some((tick, users)) = partition.schedule.pop_front() {
+                    let tick = Some(wrapped(tick));
+                    due_users.extend(users.into_iter().map(|user_id| (user_id, tick)));
                 }
             }
             due_users
@@ -130,13 +138,20 @@ impl Cache {
         for chunk in due_users.chunks(USERS_PER_LOCK) {
             let mut guard = partition.lock();
             let partition = &mut *guard;
-            for &user_id in chunk {
+            for &(user_id, tick) in chunk {
                 let Some(entry) = partition.lru.peek_mut(&user_id) else {
                     continue; // evicted since: its eviction write covers it
                 };
+                let waits_here = entry.scheduled && tick.is_none_or(|tick| entry.due_tick == tick);
+                if !(all || waits_here) {
+                    // A stale listing: the user waits in a later bucket (the
+                    // sweep took it and it changed since), or was taken and
+                    // its write is in flight.
+                    continue;
+                }
                 if entry.scheduled {
                     entry.scheduled = false;
-                    partition.scheduled -= 1;
+                    partition.waiting.remove(&user_id);
                 }
                 let job = FlushJob::of(user_id, entry);
                 if !job.rows.is_empty() {

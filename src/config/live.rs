@@ -152,6 +152,7 @@ impl Config {
                     version_lease_ms,
                     purge_interval_ms,
                     tombstone_grace_ms,
+                    sweep,
                 },
                 &self.flush,
                 flush

@@ -110,6 +110,13 @@ pub struct FlushConfig {
     /// A tombstone is purged only once it is older than this (and older
     /// than every write not yet landed); at least `delay_ms`.
     pub tombstone_grace_ms: u64,
+    /// Whether each write-back round also writes the waiting users of the
+    /// next key range, so that rows side by side in the store are written
+    /// together (ARCHITECTURE.md §2.1). Unset: on for the embedded
+    /// store, whose B-tree then rewrites far fewer pages per row, and off
+    /// for ScyllaDB/Cassandra, which gains nothing from key order and would
+    /// coalesce less.
+    pub sweep: Option<bool>,
 }
 
 impl StoreConfig {
@@ -169,7 +176,16 @@ impl Default for FlushConfig {
             version_lease_ms: 120_000,
             purge_interval_ms: 60_000,
             tombstone_grace_ms: 600_000,
+            sweep: None,
         }
+    }
+}
+
+impl FlushConfig {
+    /// Whether the write-back sweeps the key space with `backend` as the
+    /// store (`sweep`, or the backend's default).
+    pub fn sweeps(&self, backend: StoreBackend) -> bool {
+        self.sweep.unwrap_or(backend == StoreBackend::Embedded)
     }
 }
 

@@ -197,3 +197,14 @@ fn connection_settings_out_of_range_are_refused_by_name() {
         Config::from_toml_and_env("[server]\nkeepalive_interval_ms = 0\n", env(&[])).unwrap();
     assert_eq!(config.server.keepalive_interval(), None);
 }
+
+#[test]
+fn the_sweep_follows_the_backend_unless_set() {
+    let config = Config::from_toml_and_env("", env(&[])).unwrap();
+    assert!(config.flush.sweeps(StoreBackend::Embedded));
+    assert!(!config.flush.sweeps(StoreBackend::Scylla));
+    let off = Config::from_toml_and_env("[flush]\nsweep = false\n", env(&[])).unwrap();
+    assert!(!off.flush.sweeps(StoreBackend::Embedded));
+    let on = Config::from_toml_and_env("", env(&[("READSTATES_FLUSH_SWEEP", "true")])).unwrap();
+    assert!(on.flush.sweeps(StoreBackend::Scylla));
+}

@@ -142,6 +142,7 @@ impl Engine {
                 version_lease: config.flush.version_lease(),
                 purge_interval: Duration::from_millis(config.flush.purge_interval_ms),
                 tombstone_grace: Duration::from_millis(config.flush.tombstone_grace_ms),
+                sweep: config.flush.sweeps(config.store.backend),
             },
             lease,
         );

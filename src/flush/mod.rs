@@ -41,6 +41,7 @@ mod lease;
 mod metrics;
 mod purge;
 mod spill;
+mod sweep;
 mod writer;
 
 use std::collections::VecDeque;
@@ -66,6 +67,7 @@ use lease::LeaseKeeper;
 pub use metrics::{FlushMetrics, UnfinishedWrite};
 use purge::Purger;
 pub use spill::{DeferredMention, SpillDir, SpillError, Unwritten};
+use sweep::Sweep;
 use writer::{Batch, Outcome, write_until_done};
 
 /// How long the flusher waits after an eviction for more before writing.
@@ -88,6 +90,9 @@ pub struct FlushSettings {
     pub version_lease: Duration,
     pub purge_interval: Duration,
     pub tombstone_grace: Duration,
+    /// Whether each round also writes the waiting users of the next key
+    /// range (see `sweep`): for a store that keeps rows in key order.
+    pub sweep: bool,
 }
 
 /// Why the final flush did not complete.
@@ -124,6 +129,8 @@ pub struct Flusher {
     next_partition: usize,
     /// Whether the last round stopped at a full queue before the end.
     round_unfinished: bool,
+    /// The sweep over the key space, if on.
+    sweep: Option<Sweep>,
     /// The version lease already recorded in the store.
     lease: u64,
     health: Arc<WriteHealth>,
@@ -140,6 +147,7 @@ impl Flusher {
     ) -> Self {
         let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         let health = Arc::new(WriteHealth::new(metrics.store_write_failing.clone()));
+        let sweep = settings.sweep.then(Sweep::new);
         Self {
             cache,
             store,
@@ -153,6 +161,7 @@ impl Flusher {
             round: None,
             next_partition: 0,
             round_unfinished: false,
+            sweep,
             lease,
             health,
         }
@@ -264,8 +273,8 @@ impl Flusher {
         Ok(())
     }
 
-    /// Takes the due jobs into the queue, a partition at a time, until the
-    /// queue is full. Yields between partitions: on a runtime with few
+    /// Takes the due jobs (and the sweep's, if on) into the queue, a
+    /// partition at a time, until the queue is full. Yields between partitions: on a runtime with few
     /// workers, a large due round must not hold a worker away from requests
     /// for the whole snapshot.
     async fn take_due(&mut self) {
@@ -283,6 +292,9 @@ impl Flusher {
             self.next_partition = (partition + 1) % partitions;
             self.cache
                 .take_partition_flush_jobs(partition, false, &mut jobs);
+            if let Some(sweep) = self.sweep.as_mut() {
+                sweep.take(&self.cache, partition, &mut jobs);
+            }
             self.pack(&mut jobs, &mut rows);
             tokio::task::yield_now().await;
         }

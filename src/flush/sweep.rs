@@ -30,7 +30,7 @@ pub(super) struct Sweep {
     step: Option<Step>,
     /// The fraction of a user the last step left over.
     carry: f64,
-    /// When the last step began.
+    /// When a step was last considered.
     last: Instant,
     /// When the pass in progress began.
     pass_began: Instant,

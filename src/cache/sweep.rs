@@ -127,20 +127,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::cache::CacheSettings;
-    use crate::cache::test_support::{ack, settings, take_rows, temp_store, user};
+    use crate::cache::test_support::{
+        ack, partitioned_cache, settings, take_rows, temp_store, user,
+    };
 
     /// A cache of `partitions` partitions in which users 1 to `users`
     /// acked message 1.
     async fn acked(partitions: usize, users: u64) -> Cache {
         let (_dir, store) = temp_store();
-        let cache = Cache::new(
-            &CacheSettings {
-                partitions,
-                ..settings(10_000)
-            },
-            0,
-        );
+        let cache = partitioned_cache(partitions);
         for id in 1..=users {
             ack(&cache, &store, id, 1).await;
         }

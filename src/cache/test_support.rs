@@ -32,6 +32,19 @@ pub(crate) fn new_cache(capacity: usize) -> Cache {
     Cache::new(&settings(capacity), 0)
 }
 
+/// An empty cache of `partitions` partitions, with room for 10,000 states
+/// and as many dirty ones.
+pub(crate) fn partitioned_cache(partitions: usize) -> Cache {
+    Cache::new(
+        &CacheSettings {
+            partitions,
+            max_dirty_states: 10_000,
+            ..settings(10_000)
+        },
+        0,
+    )
+}
+
 /// An empty cache of room for 100 states that refuses changes once
 /// `max_dirty_states` states and deferred mentions wait for the store.
 pub(crate) fn cache_with_backlog(max_dirty_states: usize) -> Cache {

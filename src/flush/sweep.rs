@@ -127,8 +127,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::cache::CacheSettings;
-    use crate::cache::test_support::{ack, settings, temp_store};
+    use crate::cache::test_support::{ack, partitioned_cache, temp_store};
 
     /// Rounds every 100 ms: the users each round took, in order.
     async fn rounds(cache: &Cache, sweep: &mut Sweep, count: usize) -> Vec<Vec<u64>> {
@@ -147,14 +146,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_pass_takes_every_user_in_key_order_before_the_delay() {
         let (_dir, store) = temp_store();
-        let cache = Cache::new(
-            &CacheSettings {
-                partitions: 8,
-                max_dirty_states: 10_000,
-                ..settings(10_000)
-            },
-            0,
-        );
+        let cache = partitioned_cache(8);
         for id in 1..=2_000 {
             ack(&cache, &store, id, 1).await;
         }
@@ -183,13 +175,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_sweep_goes_round_once_and_starts_over() {
         let (_dir, store) = temp_store();
-        let cache = Cache::new(
-            &CacheSettings {
-                partitions: 2,
-                ..settings(10_000)
-            },
-            0,
-        );
+        let cache = partitioned_cache(2);
         let mut sweep = Sweep::new();
         assert!(rounds(&cache, &mut sweep, 10).await.concat().is_empty());
         for id in 1..=50 {

@@ -92,6 +92,10 @@ enum Command {
     NoopServer {
         #[arg(long, default_value = "127.0.0.1:50052")]
         addr: SocketAddr,
+        /// CPU time each call spins before it answers, in microseconds: the
+        /// floor of a server that costs that much more per call.
+        #[arg(long, default_value_t = 0)]
+        spin_us: u64,
     },
     /// Follow users on WatchReadStates streams and measure delivery lag.
     Watch(Box<watch::WatchArgs>),
@@ -367,7 +371,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::NoopServer { addr } => runtime(None)?.block_on(noop::serve(addr)),
+        Command::NoopServer { addr, spin_us } => {
+            runtime(None)?.block_on(noop::serve(addr, Duration::from_micros(spin_us)))
+        }
         Command::Run(args) => runtime(args.threads)?.block_on(run(*args)),
         Command::Warm(args) => runtime(args.threads)?.block_on(warm(*args)),
         Command::Watch(args) => runtime(None)?.block_on(watch::run(*args)),

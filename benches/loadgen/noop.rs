@@ -35,13 +35,31 @@ fn state(user_id: u64, channel_id: u64, last_message_id: u64) -> ReadState {
     }
 }
 
-/// Answers every call at once.
+/// Answers every call at once, or after spinning `spin` of CPU time on the
+/// worker (`noop-server --spin-us`): the floor of a server that costs that
+/// much more per call.
 #[derive(Debug, Default)]
-pub struct Noop;
+pub struct Noop {
+    spin: Duration,
+}
+
+impl Noop {
+    /// Busy-waits `spin` on the calling thread (no system call, no yield).
+    fn work(&self) {
+        if self.spin.is_zero() {
+            return;
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < self.spin {
+            std::hint::spin_loop();
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl ReadStates for Noop {
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        self.work();
         let request = request.into_inner();
         Ok(Response::new(AckResponse {
             read_state: Some(state(
@@ -56,6 +74,7 @@ impl ReadStates for Noop {
         &self,
         request: Request<BulkAckRequest>,
     ) -> Result<Response<BulkAckResponse>, Status> {
+        self.work();
         let request = request.into_inner();
         Ok(Response::new(BulkAckResponse {
             read_states: request
@@ -70,6 +89,7 @@ impl ReadStates for Noop {
         &self,
         request: Request<AddMentionsRequest>,
     ) -> Result<Response<AddMentionsResponse>, Status> {
+        self.work();
         let request = request.into_inner();
         Ok(Response::new(AddMentionsResponse {
             read_states: request
@@ -84,6 +104,7 @@ impl ReadStates for Noop {
         &self,
         request: Request<RemoveMentionsRequest>,
     ) -> Result<Response<RemoveMentionsResponse>, Status> {
+        self.work();
         let request = request.into_inner();
         Ok(Response::new(RemoveMentionsResponse {
             read_states: request
@@ -98,6 +119,7 @@ impl ReadStates for Noop {
         &self,
         request: Request<AckPinsRequest>,
     ) -> Result<Response<AckPinsResponse>, Status> {
+        self.work();
         let request = request.into_inner();
         let mut read_state = state(request.user_id, request.channel_id, 0);
         read_state.last_pin_timestamp_ms = request.pin_timestamp_ms;
@@ -110,6 +132,7 @@ impl ReadStates for Noop {
         &self,
         request: Request<GetReadStateRequest>,
     ) -> Result<Response<GetReadStateResponse>, Status> {
+        self.work();
         let request = request.into_inner();
         Ok(Response::new(GetReadStateResponse {
             read_state: Some(state(request.user_id, request.channel_id, 0)),
@@ -120,6 +143,7 @@ impl ReadStates for Noop {
         &self,
         _request: Request<GetUserReadStatesRequest>,
     ) -> Result<Response<GetUserReadStatesResponse>, Status> {
+        self.work();
         Ok(Response::new(GetUserReadStatesResponse {
             version: 1,
             ..GetUserReadStatesResponse::default()
@@ -130,6 +154,7 @@ impl ReadStates for Noop {
         &self,
         request: Request<DeleteReadStatesRequest>,
     ) -> Result<Response<DeleteReadStatesResponse>, Status> {
+        self.work();
         let request = request.into_inner();
         Ok(Response::new(DeleteReadStatesResponse {
             read_states: request
@@ -162,8 +187,9 @@ impl ReadStates for Noop {
     }
 }
 
-/// Serves the no-op service on `addr` until SIGTERM or SIGINT.
-pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+/// Serves the no-op service on `addr` until SIGTERM or SIGINT, each call
+/// spinning `spin` first.
+pub async fn serve(addr: SocketAddr, spin: Duration) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
@@ -177,7 +203,7 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         .timeout(Duration::from_millis(10_000))
         .concurrency_limit_per_connection(4096)
         .load_shed(true)
-        .add_service(ReadStatesServer::new(Noop))
+        .add_service(ReadStatesServer::new(Noop { spin }))
         .serve_with_incoming_shutdown(
             // TCP_NODELAY, as the real server sets it: without it a
             // response's later writes wait for the client's delayed ACK.
@@ -195,4 +221,17 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         )
         .await
         .context("serving the no-op service")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_spins_at_least_its_spin() {
+        let spin = Duration::from_millis(3);
+        let started = std::time::Instant::now();
+        Noop { spin }.work();
+        assert!(started.elapsed() >= spin, "{:?}", started.elapsed());
+    }
 }

@@ -1,5 +1,5 @@
 //! A no-op `readstates.v1.ReadStates` server: fixed, valid responses and no
-//! work, served with the same tonic settings as the real server (request
+//! work (or a fixed spin of CPU per call, `--spin-us`), served with the same tonic settings as the real server (request
 //! timeout, per-connection concurrency limit, load shedding), so the same
 //! harness measures the framework's ceiling on this machine.
 

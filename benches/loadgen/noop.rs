@@ -1,7 +1,8 @@
 //! A no-op `readstates.v1.ReadStates` server: fixed, valid responses and no
-//! work (or a fixed spin of CPU per call, `--spin-us`), served with the same tonic settings as the real server (request
-//! timeout, per-connection concurrency limit, load shedding), so the same
-//! harness measures the framework's ceiling on this machine.
+//! work (or a fixed spin of CPU per call, `--spin-us`), served with the same
+//! tonic settings as the real server (request timeout, per-connection
+//! concurrency limit, load shedding), so the same harness measures the
+//! framework's ceiling on this machine.
 
 use std::net::SocketAddr;
 use std::time::Duration;

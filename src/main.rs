@@ -71,6 +71,7 @@ fn main() -> ExitCode {
         return compact(&config);
     }
     let log_reload = init_logging(&config.log);
+    allow_huge_pages(config.cache.transparent_huge_pages);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -222,6 +223,25 @@ fn reload(config_path: Option<&Path>, running: &Running, log_reload: &LogReload)
                 tracing::error!(%error, level = %new.log.level, "invalid log level; keeping the old one")
             }
         }
+    }
+}
+
+/// Turns transparent huge pages off for the whole process unless
+/// `cache.transparent_huge_pages` allows them: as the cache fills, the call
+/// that first touches a new huge page of the heap would wait for the kernel
+/// to zero 2 MiB. It applies to every page touched from now on, whichever
+/// allocator mapped it. Failure only costs latency, so it is logged.
+fn allow_huge_pages(allowed: bool) {
+    if allowed {
+        return;
+    }
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes
+    // no memory of this process.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not turn transparent huge pages off for the process"
+        );
     }
 }
 

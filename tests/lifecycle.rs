@@ -21,8 +21,12 @@ struct Process {
 
 impl Process {
     fn start(dir: &Path, flush_delay_ms: u64) -> Self {
+        Self::start_with(dir, &config_text(dir, flush_delay_ms, 1_000_000))
+    }
+
+    fn start_with(dir: &Path, text: &str) -> Self {
         let config = dir.join("readstates.toml");
-        std::fs::write(&config, config_text(dir, flush_delay_ms, 1_000_000)).unwrap();
+        std::fs::write(&config, text).unwrap();
         let binary::Spawned {
             child,
             addr,
@@ -247,4 +251,44 @@ async fn sighup_applies_a_new_capacity_and_rejects_a_bad_config() {
     let server = Process::start(dir.path(), 600_000);
     let mut client = connect(server.addr).await;
     assert_all_there(&mut client, &expected).await;
+}
+
+/// The `THP_enabled` line of a process's status: whether transparent huge
+/// pages may back its memory (0 once `PR_SET_THP_DISABLE` is set); None
+/// where the kernel does not report it.
+fn thp_enabled(pid: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .map(|value| value.trim().to_owned())
+}
+
+#[tokio::test]
+async fn transparent_huge_pages_are_off_unless_the_config_allows_them() {
+    // The flag is inherited: this test's own process must show it unset,
+    // or the server's value would prove nothing.
+    if thp_enabled("self").as_deref() != Some("1") {
+        eprintln!("skipped: this kernel does not report transparent huge pages as enabled");
+        return;
+    }
+    for (allowed, expected) in [(None, "0"), (Some(false), "0"), (Some(true), "1")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = config_text(dir.path(), 600_000, 1_000);
+        if let Some(allowed) = allowed {
+            text = text.replace(
+                "[cache]\n",
+                &format!("[cache]\ntransparent_huge_pages = {allowed}\n"),
+            );
+        }
+        let server = Process::start_with(dir.path(), &text);
+        let pid = server.child.id().to_string();
+        assert_eq!(
+            thp_enabled(&pid).as_deref(),
+            Some(expected),
+            "cache.transparent_huge_pages = {allowed:?}"
+        );
+        server.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(server.wait().await.success());
+    }
 }

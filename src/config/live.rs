@@ -135,6 +135,7 @@ impl Config {
                     capacity,
                     partitions,
                     max_tracked_mentions,
+                    transparent_huge_pages,
                 },
                 &self.cache,
                 cache
@@ -295,7 +296,7 @@ mod tests {
         let current = Config::default();
         // The key expected, and a change of it alone.
         type Change = (&'static str, fn(&mut Config));
-        let changes: [Change; 12] = [
+        let changes: [Change; 13] = [
             ("server.request_timeout_ms", |c| {
                 c.server.request_timeout_ms += 1
             }),
@@ -303,6 +304,9 @@ mod tests {
                 c.store.data_dir = PathBuf::from("elsewhere")
             }),
             ("cache.partitions", |c| c.cache.partitions += 1),
+            ("cache.transparent_huge_pages", |c| {
+                c.cache.transparent_huge_pages = !c.cache.transparent_huge_pages
+            }),
             ("flush.tick_ms", |c| c.flush.tick_ms += 1),
             ("limits.max_bulk_acks", |c| c.limits.max_bulk_acks += 1),
             ("metrics.enabled", |c| {

@@ -75,6 +75,13 @@ pub struct CacheConfig {
     /// Pending mentions tracked by id per state (exact, retry-safe
     /// counting); past this, mentions are counted without de-duplication.
     pub max_tracked_mentions: usize,
+    /// Whether the process may use transparent huge pages. Off by default:
+    /// while the cache fills, the heap grows, and the call that first
+    /// touches a new 2 MiB huge page waits for the kernel to zero all of it,
+    /// which holds a request worker for up to milliseconds (BENCHMARKS.md,
+    /// "The cache's first minutes"). On, a large cache may take fewer TLB
+    /// misses. Applies at start only (Linux's `PR_SET_THP_DISABLE`).
+    pub transparent_huge_pages: bool,
 }
 
 /// Write-behind persistence.
@@ -159,6 +166,7 @@ impl Default for CacheConfig {
             capacity: 1_000_000,
             partitions: 64,
             max_tracked_mentions: 1_000,
+            transparent_huge_pages: false,
         }
     }
 }

@@ -55,6 +55,7 @@ mod error;
 mod handle;
 mod legacy;
 mod paced;
+mod priority;
 mod readers;
 mod repack;
 mod tombstones;

@@ -1,7 +1,7 @@
 //! The database file as redb sees it: redb's own file backend, with the
 //! writer giving way to request threads between the pieces of a commit.
 //!
-//! The writer thread runs under `SCHED_IDLE` (see `writer`), but the kernel
+//! The writer thread runs under `SCHED_IDLE` (see `priority`), but the kernel
 //! (EEVDF) still picks it over a request thread that has run ahead of its
 //! share of a busy core, and then lets it keep the core until the next
 //! scheduler tick: up to 4 ms at 250 Hz, which a request waits out. A

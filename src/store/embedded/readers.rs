@@ -7,9 +7,12 @@
 //! dozens of CPU-bound range reads on the run queue beside the request
 //! workers, so every cached request waits its turn behind them. A fixed pool
 //! bounds the CPU that loads can take at once, and the priority order keeps
-//! a connecting user from queueing behind a fan-out's loads. The queue is
-//! bounded too: past [`MAX_QUEUED`] waiting loads, a load fails at once as
-//! unavailable instead of growing memory and latency without bound.
+//! a connecting user from queueing behind a fan-out's loads. The threads
+//! run under `SCHED_IDLE`, like the writer (see `priority`): a load waits
+//! for a request worker to go idle instead of taking the core from the calls
+//! queued on it. The queue is bounded too: past [`MAX_QUEUED`] waiting
+//! loads, a load fails at once as unavailable instead of growing memory and
+//! latency without bound.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
 use super::super::{LoadPriority, StoreError};
+use super::priority::run_in_the_background;
 
 /// Loads waiting for a reader thread, past which loads are refused.
 pub const MAX_QUEUED: usize = 8_192;
@@ -64,7 +68,10 @@ impl Readers {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name(format!("store-reader-{index}"))
-                .spawn(move || shared.serve())
+                .spawn(move || {
+                    run_in_the_background("store-reader");
+                    shared.serve()
+                })
                 .map_err(|error| {
                     StoreError::Worker(format!("cannot start a store reader thread: {error}"))
                 })?;

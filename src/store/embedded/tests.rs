@@ -122,32 +122,41 @@ async fn an_earlier_lsm_data_dir_is_imported_once() {
 }
 
 #[test]
-fn the_writer_thread_runs_under_sched_idle() {
+fn the_store_threads_run_under_sched_idle() {
     let dir = tempfile::tempdir().unwrap();
     let _store = EmbeddedStore::open(dir.path()).unwrap();
     // A new thread names itself and sets its policy as it starts, so look
-    // again until a writer shows up with its policy set. Other tests start
-    // writers too: every writer seen must be in the idle class.
+    // again until a writer and a reader show up with their policies set.
+    // Other tests start stores too: every store thread seen must be in the
+    // idle class.
     let mut seen = Vec::new();
     for _ in 0..400 {
-        seen = writer_policies();
-        if !seen.is_empty() && seen.iter().all(|&(_, policy)| policy == libc::SCHED_IDLE) {
+        seen = store_thread_policies();
+        let has = |name: &str| seen.iter().any(|(thread, _, _)| thread.starts_with(name));
+        if has("store-writer")
+            && has("store-reader")
+            && seen
+                .iter()
+                .all(|&(_, _, policy)| policy == libc::SCHED_IDLE)
+        {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     panic!(
-        "store writer threads (tid, policy): {seen:?}; SCHED_IDLE is {}",
+        "store threads (name, tid, policy): {seen:?}; SCHED_IDLE is {}",
         libc::SCHED_IDLE
     );
 }
 
-/// The scheduling policy of each live thread named `store-writer`.
-fn writer_policies() -> Vec<(libc::pid_t, libc::c_int)> {
-    let mut writers = Vec::new();
+/// The name, id and scheduling policy of each live thread named
+/// `store-writer` or `store-reader-N`.
+fn store_thread_policies() -> Vec<(String, libc::pid_t, libc::c_int)> {
+    let mut threads = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() != "store-writer" {
+        let name = comm.trim_end();
+        if name != "store-writer" && !name.starts_with("store-reader-") {
             continue;
         }
         let Ok(tid) = task.file_name().to_string_lossy().parse::<libc::pid_t>() else {
@@ -156,8 +165,8 @@ fn writer_policies() -> Vec<(libc::pid_t, libc::c_int)> {
         // SAFETY: sched_getscheduler has no memory-safety preconditions.
         let policy = unsafe { libc::sched_getscheduler(tid) };
         if policy != -1 {
-            writers.push((tid, policy)); // -1: the thread ended meanwhile
+            threads.push((name.to_owned(), tid, policy)); // -1: the thread ended meanwhile
         }
     }
-    writers
+    threads
 }

@@ -3,14 +3,8 @@
 //!
 //! Batches that queue up while one commits are committed together, so a
 //! slow disk makes commits larger rather than the queue longer. The thread
-//! runs under Linux's `SCHED_IDLE` policy: write-behind is background
-//! work, and a request thread that wakes up takes the CPU from it at once.
-//! (A merely lowered nice value still lets the writer finish its time
-//! slice first, and a copy-on-write commit is CPU work: with the writer at
-//! nice 10, the soak's median per-second p99 was 4.1 ms; under
-//! `SCHED_IDLE`, 2.6 ms.) It is not a strict priority: a request thread
-//! that has used more than its share of a busy core can still wait for the
-//! writer until the next scheduler tick. So the writer also gives way
+//! runs under `SCHED_IDLE` (see `priority`): write-behind is background
+//! work. Since that is not a strict priority, the writer also gives way
 //! itself, between rows and between the pieces of a commit (see `paced`),
 //! and write-back rounds are kept small (`flush.tick_ms`; BENCHMARKS.md,
 //! "Where the tail comes from").
@@ -24,15 +18,12 @@ use tokio::sync::oneshot;
 use super::error::redb_error;
 use super::handle::DbHandle;
 use super::paced::Pace;
+use super::priority::run_in_the_background;
 use super::repack::{Inserts, Repacker};
 use super::tombstones::{self, RowBytes, TOMBSTONES, Upserted};
 use super::{META, STATES, begin_durable_write};
 use crate::store::row::encode_row;
 use crate::store::{ErrorClass, RowWrite, StoreError, newest_per_key};
-
-/// The writer thread's nice value where `SCHED_IDLE` cannot be set: it gets
-/// roughly a tenth of a contended CPU against request threads at nice 0.
-const WRITER_NICE: i32 = 10;
 
 /// Batches queued for the writer thread; the flusher bounds how many are in
 /// flight, so this only absorbs bursts.
@@ -172,7 +163,7 @@ pub(super) fn spawn_writer(
     std::thread::Builder::new()
         .name("store-writer".to_owned())
         .spawn(move || {
-            run_in_the_background();
+            run_in_the_background("store-writer");
             let pace = Pace::new();
             let mut group = Vec::with_capacity(MAX_GROUP);
             while let Ok(first) = jobs.recv() {
@@ -211,21 +202,4 @@ pub(super) fn spawn_writer(
         })
         .map_err(|error| StoreError::Worker(format!("cannot start the store writer: {error}")))?;
     Ok(sender)
-}
-
-/// Puts the calling thread under `SCHED_IDLE` (scheduling policies are per
-/// thread on Linux), or at nice [`WRITER_NICE`] if that is refused. Failure
-/// only costs latency, so it is logged, not fatal.
-fn run_in_the_background() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param that outlives the call; pid 0
-    // names the calling thread.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
-        return;
-    }
-    // SAFETY: setpriority has no memory-safety preconditions; with
-    // PRIO_PROCESS and `who` 0, it applies to the calling thread.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WRITER_NICE) } != 0 {
-        tracing::debug!("could not lower the store writer's priority");
-    }
 }

@@ -48,11 +48,13 @@ pub(super) struct Inbox {
 }
 
 impl Inbox {
-    /// Applies the mentions, in the order they were accepted; returns how
-    /// many there were.
+    /// Applies the mentions, in the order they were accepted, each with a
+    /// version of its own as the call that sent it would have had; returns
+    /// how many there were.
     pub(super) fn apply_to(self, txn: &mut UserTxn<'_>) -> usize {
         let merged = self.mentions.len();
         for (channel_id, message_id) in self.mentions {
+            txn.next_call();
             txn.add_mention(channel_id, message_id);
         }
         merged

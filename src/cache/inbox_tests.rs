@@ -183,3 +183,33 @@ async fn the_lease_guards_the_merge() {
     cache.clock().set_lease(unix_micros() + 60_000_000);
     assert_eq!(view(&cache, &store, 1, 1).await.mention_count, 1);
 }
+
+#[tokio::test]
+async fn each_merged_mention_gets_a_version_of_its_own() {
+    let (_dir, store) = temp_store();
+    let cache = new_cache(100);
+    // Three calls, two channels: as three calls applied to a loaded user,
+    // each change has its own version, in the order they were accepted.
+    for (channel_id, message_id) in [(1, 10), (2, 20), (1, 30)] {
+        let deferral = cache
+            .defer_mention(user(1), channel(channel_id), message(message_id))
+            .unwrap();
+        assert_eq!(deferral, Deferral::Deferred);
+    }
+    let (first, second, version) = cache
+        .read(&store, user(1), |txn| {
+            (
+                txn.view(channel(1)),
+                txn.view(channel(2)),
+                txn.user_version(),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!((first.mention_count, second.mention_count), (2, 1));
+    assert!(
+        second.version < first.version,
+        "channel 2's mention came before channel 1's second: {second:?} {first:?}"
+    );
+    assert_eq!(version, first.version, "the user's version is the last");
+}

@@ -1,8 +1,10 @@
 //! The transaction through which a request changes one user's states: all
-//! its changes share one version, and they are told together to the change
-//! hook (see [`ChangeHook`]) when the transaction ends, while the user's
-//! partition is still locked, so a listener sees a user's changes in their
-//! version order. A transaction also answers deltas (see [`UserTxn::delta`]).
+//! the changes of one call share one version (a merge of deferred mentions
+//! applies several calls, each with its own; see [`UserTxn::next_call`]),
+//! and they are told together to the change hook (see [`ChangeHook`]) when
+//! the transaction ends, while the user's partition is still locked, so a
+//! listener sees a user's changes in their version order. A transaction
+//! also answers deltas (see [`UserTxn::delta`]).
 
 use super::entry::{StateView, UserEntry};
 use crate::clock::{VersionClock, unix_micros};
@@ -29,8 +31,8 @@ pub trait ChangeHook: Send + Sync {
     /// transaction, before it changes anything.
     fn listens(&self, user_id: UserId) -> bool;
 
-    /// Tells the changes of one transaction, which share one version, once
-    /// it ends.
+    /// Tells the changes of one transaction, in their version order, once
+    /// it ends (one call's changes share one version).
     fn applied(&self, user_id: UserId, changes: &[AppliedChange]);
 
     /// Tells that the selected users are no longer served here (their
@@ -79,8 +81,8 @@ pub(super) struct TxnCounts {
     pub(super) changed_states: usize,
 }
 
-/// The changes one request makes to one user's states. All changes of a
-/// transaction share one version.
+/// The changes one request makes to one user's states. All changes of one
+/// call share one version.
 pub struct UserTxn<'a> {
     user_id: UserId,
     entry: &'a mut UserEntry,
@@ -91,7 +93,10 @@ pub struct UserTxn<'a> {
     heard: Vec<AppliedChange>,
     clock: &'a VersionClock,
     tracked_cap: usize,
+    /// The last version the transaction handed out.
     version: Option<u64>,
+    /// `version` is the current call's (see [`UserTxn::next_call`]).
+    stamped: bool,
     now_ms: u64,
     newly_dirty: usize,
     changed_states: usize,
@@ -113,10 +118,17 @@ impl<'a> UserTxn<'a> {
             clock,
             tracked_cap,
             version: None,
+            stamped: false,
             now_ms: 0,
             newly_dirty: 0,
             changed_states: 0,
         }
+    }
+
+    /// Starts the changes of another call: the next change gets a version
+    /// of its own, as it would in a transaction of its own.
+    pub(super) fn next_call(&mut self) {
+        self.stamped = false;
     }
 
     /// Returns whether any state changed.
@@ -308,16 +320,19 @@ impl<'a> UserTxn<'a> {
         }
     }
 
-    /// Returns the transaction's version and time, assigning them on the
+    /// Returns the current call's version and time, assigning them on its
     /// first change.
     fn stamp(&mut self) -> (u64, u64) {
-        if let Some(version) = self.version {
+        if self.stamped
+            && let Some(version) = self.version
+        {
             return (version, self.now_ms);
         }
         let now_micros = unix_micros();
         let version = self.clock.next_version_at(self.entry.version, now_micros);
         self.entry.version = version;
         self.version = Some(version);
+        self.stamped = true;
         self.now_ms = now_micros / 1_000;
         (version, self.now_ms)
     }

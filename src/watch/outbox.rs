@@ -37,10 +37,10 @@ impl Changes {
         }
     }
 
-    /// Returns the transaction's version.
+    /// Returns the transaction's last (highest) version.
     pub fn version(&self) -> u64 {
         self.as_slice()
-            .first()
+            .last()
             .map_or(0, |change| change.view.version)
     }
 }

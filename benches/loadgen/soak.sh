@@ -45,6 +45,14 @@
 #   runs have none: sampling every second raised readstates' p99 from 1.6 to 4.4 ms,
 #   so read pairs without it, and take the metrics series from runs of their own)
 #   NOOP=1 DURATION=240s benches/loadgen/soak.sh                # one pair: readstates, then the no-op
+#   NOOP_IO_PAGES=70 PAIRS=3 DURATION=120s benches/loadgen/soak.sh  # a no-op that writes the disk as readstates does
+#
+# NOOP_IO_PAGES=N (N > 0) runs benches/loadgen/page_writer.py beside each no-op
+# run, on the server's core under SCHED_IDLE as the store's writer runs: N random
+# 4-KiB pages of a 128-MiB file and an fdatasync every NOOP_IO_INTERVAL_S (0.1 s,
+# flush.tick_ms). Set N to readstates' own pages per round (its write_bytes in
+# /proc/<pid>/io over a soak, divided by 4096 and by the rounds) to read the tail
+# against a floor that pays the same disk writes on this machine.
 set -euo pipefail
 
 DURATION=${DURATION:-600s}        # measured window
@@ -69,10 +77,15 @@ GEN_EXTRA=${GEN_EXTRA:-}          # extra generator flags, e.g. --omit-mention-s
 SHUTDOWN_WAIT=${SHUTDOWN_WAIT:-120}  # seconds allowed for the server's graceful exit
 PAIRS=${PAIRS:-1}                 # pairs of soaks (readstates and the no-op); >1 implies NOOP=1
 NOOP=${NOOP:-}                    # 1: pair the readstates soak(s) with no-op soaks
+NOOP_IO_PAGES=${NOOP_IO_PAGES:-0} # pages the no-op runs' disk writer writes a round (0: none)
+NOOP_IO_INTERVAL_S=${NOOP_IO_INTERVAL_S:-0.1}
 # SKIP_BUILD=1, READSTATES_BIN, BENCH, QUIET_PCT, QUIET_WAIT: see lib.sh.
 
 case $PAIRS in
     '' | *[!0-9]* | 0*) echo "[soak] PAIRS must be a positive integer, not '$PAIRS'" >&2; exit 2 ;;
+esac
+case $NOOP_IO_PAGES in
+    '' | *[!0-9]*) echo "[soak] NOOP_IO_PAGES must be a whole number, not '$NOOP_IO_PAGES'" >&2; exit 2 ;;
 esac
 if [ "$PAIRS" -gt 1 ] && [ "$NOOP" = 0 ]; then
     echo "[soak] PAIRS=$PAIRS needs the no-op runs: leave NOOP unset (or NOOP=1)" >&2
@@ -155,6 +168,14 @@ measure() {
     local target=$1 start_ns gen_pid sampler_pid="" gen_rc=0
     local -a ops
     wait_quiet
+    if [ "$target" = noop ] && [ "$NOOP_IO_PAGES" -gt 0 ]; then
+        rm -f "$WORK/pages.dat"
+        taskset -c "$SERVER_CORE" chrt --idle 0 python3 "$LOADGEN_DIR/page_writer.py" \
+            "$WORK/pages.dat" "$NOOP_IO_PAGES" "$NOOP_IO_INTERVAL_S" &
+        NOOP_WRITER_PID=$!
+        PIDS+=("$NOOP_WRITER_PID")
+        log "disk writer pid $NOOP_WRITER_PID: $NOOP_IO_PAGES pages every $NOOP_IO_INTERVAL_S s"
+    fi
     log "run: $BENCH run --target grpc --addr $SERVER_ADDR --rate $RATE --mix realistic --duration $DURATION --warmup $WARMUP $GEN_EXTRA"
     start_ns=$(date +%s%N)
     # shellcheck disable=SC2086 # GEN_EXTRA holds flags: split on purpose
@@ -184,6 +205,11 @@ measure() {
 stop_server() {
     local stop_started=$SECONDS
     [ "$1" != readstates ] || log "stopping readstates (SIGTERM; it writes back what is dirty)"
+    if [ -n "${NOOP_WRITER_PID:-}" ]; then
+        kill "$NOOP_WRITER_PID" 2>/dev/null || true
+        wait "$NOOP_WRITER_PID" 2>/dev/null || true
+        NOOP_WRITER_PID=""
+    fi
     kill -TERM "$SERVER_PID"
     for _ in $(seq 1 $((SHUTDOWN_WAIT * 10))); do
         kill -0 "$SERVER_PID" 2>/dev/null || break
@@ -221,7 +247,7 @@ summarize() {
     if [ "$target" = readstates ]; then
         server="$BACKEND store, cache.capacity $CAPACITY, flush.delay_ms $DELAY_MS"
     else
-        server="no-op server"
+        server="no-op server$(noop_io_note)"
     fi
     {
         echo
@@ -238,6 +264,11 @@ summarize() {
         fi
         echo "full report, series and config: $OUT"
     } | tee "$SUMMARY"
+}
+
+# noop_io_note: how the no-op runs write the disk, if they do.
+noop_io_note() {
+    [ "$NOOP_IO_PAGES" = 0 ] || echo " with a disk writer of $NOOP_IO_PAGES pages every $NOOP_IO_INTERVAL_S s"
 }
 
 # The moment readstates' timed write-back starts, in seconds of the window.
@@ -279,7 +310,7 @@ if [ "$PAIRED" = 0 ]; then
     PNG="$OUT/soak.png"
     soak readstates soak
 else
-    log "$PAIRS pair(s) of soaks, readstates and the no-op server (port $NOOP_PORT), alternating which runs first"
+    log "$PAIRS pair(s) of soaks, readstates and the no-op server$(noop_io_note) (port $NOOP_PORT), alternating which runs first"
     : > "$OUT/summary.txt"
     runs=()   # the runs' reports, in the order they ran
     for pair in $(seq 1 "$PAIRS"); do
@@ -300,6 +331,7 @@ else
     python3 "$LOADGEN_DIR/soak_pairs.py" -o "$OUT/pairs.md" \
         --title "$RATE req/s realistic mix for $DURATION (+$WARMUP warm-up), $CONNECTIONS connections${GEN_EXTRA:+, generator flags $GEN_EXTRA};
 readstates: $BACKEND store, cache.capacity $CAPACITY, flush.delay_ms $DELAY_MS${EXTRA_CONFIG:+, extra config $(echo "$EXTRA_CONFIG" | paste -sd ';' -)};
+no-op server$(noop_io_note);
 server core $SERVER_CORE, generator core $GEN_CORE; results in $OUT" \
         "${runs[@]}" | tee -a "$OUT/summary.txt"
     log "pairs report: $OUT/pairs.md"

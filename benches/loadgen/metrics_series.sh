@@ -64,30 +64,53 @@ window_second() {
     awk -v n="$(date +%s%N)" -v s="$1" -v w="$warmup_s" 'BEGIN { printf "%.1f", (n - s) / 1e9 - w }'
 }
 
-# sample_metrics GEN_PID START_NS: snapshots to METRICS_CSV every SAMPLE_EVERY
-# seconds while GEN_PID runs; run it in the background. It moves itself to the
-# generator's core so the server's stays undisturbed.
-sample_metrics() {
-    local gen_pid=$1 start_ns=$2 header metric op k=0 now_ns next_ns
-    local -a ops
-    taskset -cp "$GEN_CORE" "$BASHPID" >/dev/null
-    mapfile -t ops < <(store_ops)
-    header="second"
+# metrics_header OPS...: the CSV header of the snapshots.
+metrics_header() {
+    local header="second" metric op
     for metric in "${METRICS[@]}"; do header="$header,${metric#readstates_}"; done
     header="$header,cache_evictions_dirty,cache_evictions_clean"
-    for op in "${ops[@]}"; do header="$header,store_${op}_seconds_sum,store_${op}_seconds_count"; done
-    echo "$header" > "$METRICS_CSV"
-    while kill -0 "$gen_pid" 2>/dev/null; do
-        snapshot "$(window_second "$start_ns")" "${ops[@]}" >> "$METRICS_CSV"
-        k=$((k + 1))
-        next_ns=$((start_ns + k * SAMPLE_EVERY * 1000000000))
-        # Sleeps in slices of at most a second, so a long SAMPLE_EVERY ends
-        # with the generator rather than after it.
-        now_ns=$(date +%s%N)
-        while [ "$next_ns" -gt "$now_ns" ] && kill -0 "$gen_pid" 2>/dev/null; do
-            sleep "$(awk -v d=$((next_ns - now_ns)) 'BEGIN { d /= 1e9; printf "%.3f", d < 1 ? d : 1 }')"
-            now_ns=$(date +%s%N)
-        done
-    done
+    for op in "$@"; do header="$header,store_${op}_seconds_sum,store_${op}_seconds_count"; done
+    echo "$header"
 }
 
+# sample_metrics GEN_PID START_NS: snapshots to METRICS_CSV every SAMPLE_EVERY
+# seconds while GEN_PID runs (with SAMPLE_EVERY=0, only the header: the caller
+# takes its snapshot once the generator is done); run it in the background. It
+# moves itself to the generator's core so the server's stays undisturbed.
+#
+# Between snapshots it forks nothing: it waits on a pipe nobody writes to
+# (`read -t`) and reads the time from bash (`EPOCHREALTIME`, bash 5). A
+# process forked on the generator's core takes the core for about 1.5 ms on
+# this project's VMs (fork and exec), and the generator's latencies count from
+# the intended start: a wait of `sleep`, `date` and `awk` each second put
+# three such stalls into every second of the series (BENCHMARKS.md, "The
+# sampler's idle second").
+sample_metrics() {
+    local gen_pid=$1 start_ns=$2 k=0 next_ns now wait_ns wait_s wait_fd
+    local -a ops
+    taskset -cp "$GEN_CORE" "$BASHPID" >/dev/null
+    exec {wait_fd}<> <(:)
+    mapfile -t ops < <(store_ops)
+    metrics_header "${ops[@]}" > "$METRICS_CSV"
+    while kill -0 "$gen_pid" 2>/dev/null; do
+        if [ "$SAMPLE_EVERY" -gt 0 ]; then
+            snapshot "$(window_second "$start_ns")" "${ops[@]}" >> "$METRICS_CSV"
+            k=$((k + 1))
+            next_ns=$((start_ns + k * SAMPLE_EVERY * 1000000000))
+        else
+            now=${EPOCHREALTIME/./}
+            next_ns=$((now * 1000 + 1000000000))
+        fi
+        # Waits in slices of at most a second, so a long SAMPLE_EVERY ends
+        # with the generator rather than after it.
+        while kill -0 "$gen_pid" 2>/dev/null; do
+            now=${EPOCHREALTIME/./}
+            wait_ns=$((next_ns - now * 1000))
+            [ "$wait_ns" -gt 0 ] || break
+            [ "$wait_ns" -le 1000000000 ] || wait_ns=1000000000
+            printf -v wait_s '%d.%06d' $((wait_ns / 1000000000)) $((wait_ns % 1000000000 / 1000))
+            read -r -t "$wait_s" -u "$wait_fd" || true
+        done
+    done
+    exec {wait_fd}<&-
+}

@@ -34,6 +34,9 @@ METRICS_PORT=${METRICS_PORT:-57564}
 SAMPLE_EVERY=${SAMPLE_EVERY:-1}   # seconds between metrics snapshots
 GEN_EXTRA=${GEN_EXTRA:-}
 EXTRA_CONFIG=${EXTRA_CONFIG:-}
+case $SAMPLE_EVERY in
+    '' | 0 | *[!0-9]*) echo "[restart] SAMPLE_EVERY must be a positive whole number of seconds, not '$SAMPLE_EVERY'" >&2; exit 2 ;;
+esac
 
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-target/loadgen-restart/$(date -u +%Y%m%dT%H%M%SZ)}

@@ -11,7 +11,8 @@
 #      realistic mix for DURATION, writing the per-second series to
 #      OUT/soak.series.csv, while every SAMPLE_EVERY seconds the server's
 #      metrics go to OUT/metrics-series.csv (column `second` is on the same
-#      clock as the series: 0 = start of the measured window);
+#      clock as the series: 0 = start of the measured window; SAMPLE_EVERY=0,
+#      the default in pairs, takes only the last snapshot, at the end);
 #   4. stops the server with SIGTERM (it writes back what is dirty) and checks
 #      that it exits 0;
 #   5. prints the generator's SUMMARY line, the per-second p99's median, the
@@ -40,10 +41,11 @@
 #   DURATION=120s benches/loadgen/soak.sh                      # a shorter soak
 #   READSTATES_BIN=/tmp/old/readstates SKIP_BUILD=1 benches/loadgen/soak.sh   # an older server
 #   EXTRA_CONFIG='flush.batch_size = 1024' benches/loadgen/soak.sh
-#   PAIRS=3 DURATION=240s SAMPLE_EVERY=1000 benches/loadgen/soak.sh   # three interleaved pairs with the no-op
-#   (the metrics sampler forks curl and awk on the generator's core and the no-op
-#   runs have none: sampling every second raised readstates' p99 from 1.6 to 4.4 ms,
-#   so read pairs without it, and take the metrics series from runs of their own)
+#   PAIRS=3 DURATION=240s benches/loadgen/soak.sh   # three interleaved pairs with the no-op
+#   (pairs take no metrics snapshot until the generator is done, SAMPLE_EVERY=0:
+#   each snapshot forks curl and awk on the generator's core and the no-op runs
+#   have none; sampling every second raised readstates' p99 from 1.6 to 4.4 ms.
+#   Take the metrics series from runs of their own)
 #   NOOP=1 DURATION=240s benches/loadgen/soak.sh                # one pair: readstates, then the no-op
 #   NOOP_IO_PAGES=70 PAIRS=3 DURATION=120s benches/loadgen/soak.sh  # a no-op that writes the disk as readstates does
 #
@@ -72,7 +74,7 @@ GEN_CORE=${GEN_CORE:-1}
 RS_PORT=${RS_PORT:-57051}
 NOOP_PORT=${NOOP_PORT:-57052}     # the no-op server's, in pairs
 METRICS_PORT=${METRICS_PORT:-57464}
-SAMPLE_EVERY=${SAMPLE_EVERY:-5}   # seconds between metrics snapshots
+SAMPLE_EVERY=${SAMPLE_EVERY:-}   # seconds between metrics snapshots (0: one, at the end; default 5, 0 in pairs)
 GEN_EXTRA=${GEN_EXTRA:-}          # extra generator flags, e.g. --omit-mention-states
 SHUTDOWN_WAIT=${SHUTDOWN_WAIT:-120}  # seconds allowed for the server's graceful exit
 PAIRS=${PAIRS:-1}                 # pairs of soaks (readstates and the no-op); >1 implies NOOP=1
@@ -95,6 +97,12 @@ PAIRED=0
 if [ "$PAIRS" -gt 1 ] || [ "$NOOP" = 1 ]; then
     PAIRED=1
 fi
+if [ -z "$SAMPLE_EVERY" ]; then
+    if [ "$PAIRED" = 1 ]; then SAMPLE_EVERY=0; else SAMPLE_EVERY=5; fi
+fi
+case $SAMPLE_EVERY in
+    '' | *[!0-9]*) echo "[soak] SAMPLE_EVERY must be a whole number of seconds, not '$SAMPLE_EVERY'" >&2; exit 2 ;;
+esac
 
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-target/loadgen-soak/$(date -u +%Y%m%dT%H%M%SZ)}

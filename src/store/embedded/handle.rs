@@ -27,6 +27,7 @@ use redb::{Database, StorageError, TransactionError};
 
 use super::error::redb_error;
 use super::paced::PacedFile;
+use super::snapshot::{Snapshot, StatesTable};
 use crate::store::StoreError;
 
 /// The first wait between failed reopen attempts; it doubles up to
@@ -43,6 +44,9 @@ const DRAIN_READERS: Duration = Duration::from_secs(5);
 pub(super) struct DbHandle {
     path: PathBuf,
     cache_bytes: usize,
+    /// The table loads read (see `snapshot`). Declared before `current`,
+    /// so that it is closed before the database when the handle drops.
+    snapshot: Snapshot,
     current: RwLock<Option<Arc<Database>>>,
     /// Set by any operation that failed: the writer thread probes the
     /// database before its next job.
@@ -57,9 +61,12 @@ pub(super) struct DbHandle {
 impl DbHandle {
     /// Wraps a database already open.
     pub(super) fn of(db: Database, path: PathBuf, cache_bytes: usize) -> Self {
+        let snapshot = Snapshot::default();
+        snapshot.refresh(&db);
         Self {
             path,
             cache_bytes,
+            snapshot,
             current: RwLock::new(Some(Arc::new(db))),
             suspect: AtomicBool::new(false),
             broken: AtomicBool::new(false),
@@ -88,6 +95,31 @@ impl DbHandle {
             self.suspect.store(true, Ordering::Release);
         }
         result
+    }
+
+    /// Runs `work` on the states table as of the last commit the writer
+    /// thread answered (see `snapshot`); a failure marks the database
+    /// suspect, as `with` does.
+    pub(super) fn with_states<T>(
+        &self,
+        work: impl FnOnce(&StatesTable) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with(|db| {
+            let table = self.snapshot.table(db)?;
+            work(&table)
+        })
+    }
+
+    /// Makes the last commit of `db` the one loads read: the writer thread
+    /// calls it after each commit, before it answers the commit's batches.
+    pub(super) fn refresh_snapshot(&self, db: &Database) {
+        self.snapshot.refresh(db);
+    }
+
+    /// Whether loads read a shared snapshot now.
+    #[cfg(test)]
+    pub(super) fn has_snapshot(&self) -> bool {
+        self.snapshot.is_open()
     }
 
     /// Returns whether an operation failed since the last probe.
@@ -160,6 +192,9 @@ impl DbHandle {
     /// Closes the database once no load reads it, and opens it again.
     fn reopen(&self) -> Result<(), StoreError> {
         let old = self.current.write().take();
+        // Loads reading it hold the database too: the wait below covers
+        // them.
+        self.snapshot.clear();
         if let Some(old) = old {
             let since = Instant::now();
             // Each load holds its own reference for the length of its read.
@@ -175,6 +210,7 @@ impl DbHandle {
             drop(old);
         }
         let db = open_database(&self.path, self.cache_bytes)?;
+        self.snapshot.refresh(&db);
         *self.current.write() = Some(Arc::new(db));
         Ok(())
     }

@@ -58,6 +58,7 @@ mod paced;
 mod priority;
 mod readers;
 mod repack;
+mod snapshot;
 mod tombstones;
 mod writer;
 
@@ -73,6 +74,7 @@ use error::redb_error;
 use handle::{DbHandle, open_database};
 use readers::Readers;
 use repack::Repacker;
+use snapshot::StatesTable;
 use tombstones::TOMBSTONES;
 use writer::{Work, WriteJob, spawn_writer, writer_stopped};
 
@@ -144,11 +146,16 @@ impl EmbeddedStore {
             StoreError::Unavailable(format!("cannot create {}: {error}", data_dir.display()))
         })?;
         let path = data_dir.join(DATABASE_FILE);
-        let cache_bytes = options.cache_mib.saturating_mul(1 << 20);
-        let db = open_database(&path, cache_bytes)?;
+        let db = open_database(&path, cache_bytes(options))?;
+        Self::start(options, db, path)
+    }
+
+    /// Prepares `db`, opened at `path`, and starts the store's threads.
+    fn start(options: &EmbeddedOptions, db: Database, path: PathBuf) -> Result<Self, StoreError> {
+        let cache_bytes = cache_bytes(options);
         create_tables(&db)?;
         tombstones::index_if_missing(&db)?;
-        legacy::import_if_present(data_dir, &db)?;
+        legacy::import_if_present(&options.data_dir, &db)?;
         // After the import, whose version floor a new horizon starts from.
         let horizon = tombstones::horizon_on_open(&db)?;
         Ok(Self {
@@ -198,9 +205,9 @@ impl Store for EmbeddedStore {
 
     fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows> {
         let handle = Arc::clone(&self.handle);
-        let loaded = self
-            .readers
-            .run(priority, move || handle.with(|db| load_user(db, user_id)));
+        let loaded = self.readers.run(priority, move || {
+            handle.with_states(|states| load_user(states, user_id))
+        });
         Box::pin(async move {
             let rows = loaded.await;
             if rows.is_err() && self.handle.is_suspect() {
@@ -278,9 +285,15 @@ impl Store for EmbeddedStore {
     /// (ARCHITECTURE.md §1.3).
     fn deletion_horizon(&self) -> u64 {
         // Relaxed is enough: a purge raises it before its commit, and a load
-        // that saw the commit synchronized with the writer through redb.
+        // that saw the commit synchronized with the writer through the
+        // snapshot's lock (see `snapshot`).
         self.horizon.load(Ordering::Relaxed)
     }
+}
+
+/// redb's page cache, in bytes.
+fn cache_bytes(options: &EmbeddedOptions) -> usize {
+    options.cache_mib.saturating_mul(1 << 20)
 }
 
 /// Begins a write transaction whose commit is durable (fsynced before
@@ -327,9 +340,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.commit().map_err(redb_error)
 }
 
-fn load_user(db: &Database, user_id: UserId) -> Result<UserRows, StoreError> {
-    let txn = db.begin_read().map_err(redb_error)?;
-    let states = txn.open_table(STATES).map_err(redb_error)?;
+fn load_user(states: &StatesTable, user_id: UserId) -> Result<UserRows, StoreError> {
     let user = user_id.get();
     let mut rows = UserRows::default();
     for entry in states
@@ -362,6 +373,8 @@ mod compact_tests;
 mod paced_tests;
 #[cfg(test)]
 mod repack_tests;
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -175,9 +175,15 @@ pub(super) fn spawn_writer(
                 // After a failed operation the handle checks the database
                 // first, and reopens it if an I/O error latched it.
                 let handle = Arc::clone(&group[0].handle);
-                let result = handle
-                    .recover()
-                    .and_then(|()| handle.with(|db| write_group(db, &group, &mut repacker, &pace)));
+                // Loads read the new commit before its batches are
+                // answered (see `snapshot`).
+                let result = handle.recover().and_then(|()| {
+                    handle.with(|db| {
+                        let purged = write_group(db, &group, &mut repacker, &pace)?;
+                        handle.refresh_snapshot(db);
+                        Ok(purged)
+                    })
+                });
                 drop(handle);
                 for (position, WriteJob { handle, work }) in group.drain(..).enumerate() {
                     // The handle goes before the answer: a caller that drops

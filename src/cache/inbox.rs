@@ -152,7 +152,7 @@ impl Cache {
                 if !partition.inbox.contains_key(&user_id) {
                     return Ok(());
                 }
-                Miss::join_or_lead(&mut partition.loading, user_id)
+                Miss::join_or_lead(&mut partition.loading, user_id, LoadPriority::Background)
             };
             match next {
                 Miss::Load(sender) => {
@@ -162,7 +162,8 @@ impl Cache {
                         .await?;
                     return Ok(());
                 }
-                Miss::Wait(mut receiver) => {
+                // A background load never raises another.
+                Miss::Wait(mut receiver) | Miss::Expedite(mut receiver) => {
                     let _ = receiver.changed().await;
                 }
             }

@@ -43,9 +43,16 @@ impl Cache {
                 if the_use == Use::Request {
                     partition.stats.misses += 1;
                 }
-                Miss::join_or_lead(&mut partition.loading, user_id)
+                Miss::join_or_lead(&mut partition.loading, user_id, priority)
             };
             match next {
+                Miss::Expedite(mut receiver) => {
+                    // A request now waits for a background load: the store
+                    // runs it as urgent (no lock held here).
+                    store.expedite_load(user_id);
+                    let _ = receiver.changed().await;
+                    the_use = Use::Uncounted;
+                }
                 Miss::Load(sender) => {
                     work = match self.load(store, user_id, priority, sender, work).await? {
                         Ok(result) => return Ok(result),
@@ -124,26 +131,46 @@ impl Cache {
     }
 }
 
+/// A load in flight: what its waiters wake on, and how soon the store is
+/// to run it.
+pub(super) struct Flight {
+    done: watch::Receiver<()>,
+    priority: LoadPriority,
+}
+
 /// What a request does about a user that is not cached.
 pub(super) enum Miss {
     /// Load it: this request leads the single flight.
     Load(watch::Sender<()>),
     /// Wait for the request that is loading it.
     Wait(watch::Receiver<()>),
+    /// Wait for a background load, which this urgent request has just
+    /// raised to urgent: ask the store to expedite it, then wait.
+    Expedite(watch::Receiver<()>),
 }
 
 impl Miss {
     /// Joins the load of `user_id` in flight in `loading`, or marks one
-    /// started with this request leading it.
+    /// started at `priority` with this request leading it. An urgent
+    /// request that joins a background load raises it (once).
     pub(super) fn join_or_lead(
-        loading: &mut HashMap<UserId, watch::Receiver<()>>,
+        loading: &mut HashMap<UserId, Flight>,
         user_id: UserId,
+        priority: LoadPriority,
     ) -> Self {
-        match loading.get(&user_id) {
-            Some(receiver) => Miss::Wait(receiver.clone()),
+        match loading.get_mut(&user_id) {
+            Some(flight) => {
+                let receiver = flight.done.clone();
+                if priority == LoadPriority::Urgent && flight.priority == LoadPriority::Background {
+                    flight.priority = LoadPriority::Urgent;
+                    Miss::Expedite(receiver)
+                } else {
+                    Miss::Wait(receiver)
+                }
+            }
             None => {
-                let (sender, receiver) = watch::channel(());
-                loading.insert(user_id, receiver);
+                let (sender, done) = watch::channel(());
+                loading.insert(user_id, Flight { done, priority });
                 Miss::Load(sender)
             }
         }
@@ -163,5 +190,40 @@ impl Drop for LoadGuard<'_> {
         let mut partition = self.cache.partition(self.user_id).lock();
         partition.loading.remove(&self.user_id);
         partition.stale_loads.remove(&self.user_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> UserId {
+        UserId::new(5).unwrap()
+    }
+
+    #[test]
+    fn an_urgent_request_raises_a_background_load_once() {
+        let mut loading = HashMap::new();
+        let leader = Miss::join_or_lead(&mut loading, user(), LoadPriority::Background);
+        assert!(matches!(leader, Miss::Load(_)));
+        // Another background load only waits.
+        let background = Miss::join_or_lead(&mut loading, user(), LoadPriority::Background);
+        assert!(matches!(background, Miss::Wait(_)));
+        // The first request raises it; the next only waits.
+        let first = Miss::join_or_lead(&mut loading, user(), LoadPriority::Urgent);
+        assert!(matches!(first, Miss::Expedite(_)));
+        let second = Miss::join_or_lead(&mut loading, user(), LoadPriority::Urgent);
+        assert!(matches!(second, Miss::Wait(_)));
+    }
+
+    #[test]
+    fn a_request_joining_an_urgent_load_only_waits() {
+        let mut loading = HashMap::new();
+        let leader = Miss::join_or_lead(&mut loading, user(), LoadPriority::Urgent);
+        assert!(matches!(leader, Miss::Load(_)));
+        let joined = Miss::join_or_lead(&mut loading, user(), LoadPriority::Urgent);
+        assert!(matches!(joined, Miss::Wait(_)));
+        let background = Miss::join_or_lead(&mut loading, user(), LoadPriority::Background);
+        assert!(matches!(background, Miss::Wait(_)));
     }
 }

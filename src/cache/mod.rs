@@ -48,7 +48,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::clock::{LeaseExpired, VersionClock, unix_micros};
@@ -126,7 +126,7 @@ struct Partition {
     extras: usize,
     /// Users being loaded; waiters hold a receiver and wake when the loader
     /// drops its sender.
-    loading: HashMap<UserId, watch::Receiver<()>>,
+    loading: HashMap<UserId, load::Flight>,
     /// Users of `loading` whose slot stopped being served during the load:
     /// the rows read may be older than the store now holds, so the load
     /// must not place them (see `handoff`).

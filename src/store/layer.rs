@@ -67,6 +67,10 @@ impl<Layer: StoreLayer> Store for Layer {
         self.around(operation, move |inner| inner.load_user(user_id, priority))
     }
 
+    fn expedite_load(&self, user_id: UserId) {
+        self.inner().expedite_load(user_id);
+    }
+
     fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {
         let operation = Operation::WriteBatch { rows: rows.len() };
         self.around(operation, move |inner| inner.write_batch(rows))

@@ -98,6 +98,11 @@ pub trait Store: Send + Sync + 'static {
     /// stored for it, and the user's version.
     fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows>;
 
+    /// Asks that a load of `user_id` queued at background priority run as
+    /// an urgent one: a request has come to wait for it. A store that does
+    /// not queue loads has nothing to do.
+    fn expedite_load(&self, _user_id: UserId) {}
+
     /// Writes a batch of rows; a row older than the stored one is skipped.
     /// On error nothing is known about which rows landed: the caller retries
     /// the batch, which is safe because writes are versioned.

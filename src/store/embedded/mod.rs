@@ -205,7 +205,7 @@ impl Store for EmbeddedStore {
 
     fn load_user(&self, user_id: UserId, priority: LoadPriority) -> StoreFuture<'_, UserRows> {
         let handle = Arc::clone(&self.handle);
-        let loaded = self.readers.run(priority, move || {
+        let loaded = self.readers.run(priority, user_id, move || {
             handle.with_states(|states| load_user(states, user_id))
         });
         Box::pin(async move {
@@ -222,6 +222,10 @@ impl Store for EmbeddedStore {
             }
             rows
         })
+    }
+
+    fn expedite_load(&self, user_id: UserId) {
+        self.readers.expedite(user_id);
     }
 
     fn write_batch(&self, rows: Arc<[RowWrite]>) -> StoreFuture<'_, ()> {

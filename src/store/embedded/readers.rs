@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use super::super::{LoadPriority, StoreError};
 use super::priority::run_in_the_background;
+use crate::ids::UserId;
 
 /// Loads waiting for a reader thread, past which loads are refused.
 pub const MAX_QUEUED: usize = 8_192;
@@ -41,7 +42,8 @@ struct Shared {
 #[derive(Default)]
 struct Queues {
     urgent: VecDeque<Job>,
-    background: VecDeque<Job>,
+    /// Each with the user it loads, so that it can be expedited.
+    background: VecDeque<(UserId, Job)>,
     closed: bool,
 }
 
@@ -53,7 +55,7 @@ impl Queues {
     fn next(&mut self) -> Option<Job> {
         self.urgent
             .pop_front()
-            .or_else(|| self.background.pop_front())
+            .or_else(|| self.background.pop_front().map(|(_, job)| job))
     }
 }
 
@@ -79,9 +81,14 @@ impl Readers {
         Ok(Self { shared })
     }
 
-    /// Runs `work` on a reader thread, after every queued load of a higher
-    /// priority, and returns its result.
-    pub async fn run<T, F>(&self, priority: LoadPriority, work: F) -> Result<T, StoreError>
+    /// Runs `work`, the load of `user_id`, on a reader thread, after every
+    /// queued load of a higher priority, and returns its result.
+    pub async fn run<T, F>(
+        &self,
+        priority: LoadPriority,
+        user_id: UserId,
+        work: F,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -100,13 +107,32 @@ impl Readers {
             }
             match priority {
                 LoadPriority::Urgent => queues.urgent.push_back(job),
-                LoadPriority::Background => queues.background.push_back(job),
+                LoadPriority::Background => queues.background.push_back((user_id, job)),
             }
         }
         self.shared.ready.notify_one();
         result.await.map_err(|_| {
             StoreError::Worker("a store reader thread stopped before finishing a load".to_owned())
         })?
+    }
+}
+
+impl Readers {
+    /// Moves the queued background load of `user_id`, if any, to the back
+    /// of the urgent queue. (A scan of the background queue, under its
+    /// lock: at most [`MAX_QUEUED`] entries, once per load a request joins.)
+    pub fn expedite(&self, user_id: UserId) {
+        let mut queues = self.shared.queues.lock();
+        let Some(position) = queues
+            .background
+            .iter()
+            .position(|(queued, _)| *queued == user_id)
+        else {
+            return;
+        };
+        if let Some((_, job)) = queues.background.remove(position) {
+            queues.urgent.push_back(job);
+        }
     }
 }
 
@@ -155,7 +181,7 @@ mod tests {
         let readers = Arc::clone(readers);
         let job = tokio::spawn(async move {
             readers
-                .run(LoadPriority::Urgent, move || {
+                .run(LoadPriority::Urgent, user(1), move || {
                     let _ = started_tx.send(());
                     let _ = hold.recv();
                     Ok(())
@@ -164,6 +190,10 @@ mod tests {
         });
         started.await.unwrap();
         (release, job)
+    }
+
+    fn user(id: u64) -> UserId {
+        UserId::new(id).unwrap()
     }
 
     async fn queued(readers: &Readers, at_least: usize) {
@@ -187,7 +217,7 @@ mod tests {
             let order = Arc::clone(&order);
             loads.push(tokio::spawn(async move {
                 readers_for_load
-                    .run(priority, move || {
+                    .run(priority, user(2), move || {
                         order.lock().push(name);
                         Ok(())
                     })
@@ -208,6 +238,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_expedited_background_load_runs_before_the_others() {
+        let readers = Arc::new(Readers::start(1).unwrap());
+        let (release, blocker) = occupy(&readers).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut loads = Vec::new();
+        for id in [10, 11, 12] {
+            let readers_for_load = Arc::clone(&readers);
+            let order = Arc::clone(&order);
+            loads.push(tokio::spawn(async move {
+                readers_for_load
+                    .run(LoadPriority::Background, user(id), move || {
+                        order.lock().push(id);
+                        Ok(())
+                    })
+                    .await
+            }));
+            queued(&readers, loads.len()).await;
+        }
+        readers.expedite(user(12));
+        // A user with no queued load: nothing moves.
+        readers.expedite(user(99));
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        for load in loads {
+            load.await.unwrap().unwrap();
+        }
+        assert_eq!(*order.lock(), vec![12, 10, 11]);
+    }
+
+    #[tokio::test]
     async fn a_full_queue_refuses_loads_as_unavailable() {
         let readers = Arc::new(Readers::start(1).unwrap());
         let (release, blocker) = occupy(&readers).await;
@@ -215,11 +275,13 @@ mod tests {
         for _ in 0..MAX_QUEUED {
             let readers = Arc::clone(&readers);
             waiting.push(tokio::spawn(async move {
-                readers.run(LoadPriority::Background, || Ok(())).await
+                readers
+                    .run(LoadPriority::Background, user(3), || Ok(()))
+                    .await
             }));
         }
         queued(&readers, MAX_QUEUED).await;
-        let refused = readers.run(LoadPriority::Urgent, || Ok(())).await;
+        let refused = readers.run(LoadPriority::Urgent, user(4), || Ok(())).await;
         assert!(matches!(refused, Err(StoreError::Unavailable(_))));
         drop(release);
         blocker.await.unwrap().unwrap();

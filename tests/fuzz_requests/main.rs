@@ -355,3 +355,24 @@ fn the_rpc_fuzz_corpus_replays_over_grpc() {
     let [undecodable, refused, answered] = target.finish();
     eprintln!("corpus inputs undecodable, refused, answered: {undecodable}, {refused}, {answered}");
 }
+
+/// AddMentions has a field 4 (`omit_read_states`) and RemoveMentions has
+/// none, so bytes carrying a field 4 of another wire type are no AddMentions
+/// request but are a RemoveMentions one (its field 4 unknown, skipped). The
+/// model once read RemoveMentions's bytes as AddMentions's; proptest found
+/// this case.
+#[test]
+fn a_foreign_field_4_is_undecodable_for_add_mentions_only() {
+    // channel_id 1, then field 4 as a fixed32.
+    let bytes = vec![8, 1, 37, 0, 0, 0, 0];
+    let limits = LimitsConfig::default();
+    assert_eq!(expected(2, &bytes, &limits), Expected::Undecodable);
+    assert!(matches!(
+        expected(3, &bytes, &limits),
+        Expected::Refused(fields) if fields.contains(&"message_id")
+    ));
+    let target = Target::start();
+    target.case(2, bytes.clone()).unwrap();
+    target.case(3, bytes).unwrap();
+    target.finish();
+}

@@ -89,26 +89,37 @@ pub fn expected(rpc: usize, bytes: &[u8], limits: &LimitsConfig) -> Expected {
                 Answer::InOrder(r.acks.iter().map(|a| (r.user_id, a.channel_id)).collect()),
             ),
         },
-        // RemoveMentions has AddMentions's fields, numbered alike.
-        2 | 3 => match proto::AddMentionsRequest::decode(bytes) {
-            Err(_) => Expected::Undecodable,
-            Ok(r) => judged(
-                invalid(&[
-                    (valid_id(r.channel_id), "channel_id"),
-                    (valid_id(r.message_id), "message_id"),
-                    (
-                        list_ok(r.user_ids.len(), limits.max_mention_users)
-                            && r.user_ids.iter().all(|&u| valid_id(u)),
-                        "user_ids",
-                    ),
-                ]),
-                if rpc == 2 && r.omit_read_states {
-                    Answer::AnyOrder(Vec::new())
-                } else {
-                    Answer::AnyOrder(r.user_ids.iter().map(|&u| (u, r.channel_id)).collect())
-                },
-            ),
-        },
+        // RemoveMentions has AddMentions's first three fields, numbered
+        // alike, but not `omit_read_states` (field 4): bytes that carry a
+        // field 4 of another wire type decode as one and not the other.
+        2 | 3 => {
+            let decoded = if rpc == 2 {
+                proto::AddMentionsRequest::decode(bytes)
+                    .map(|r| (r.channel_id, r.message_id, r.user_ids, r.omit_read_states))
+            } else {
+                proto::RemoveMentionsRequest::decode(bytes)
+                    .map(|r| (r.channel_id, r.message_id, r.user_ids, false))
+            };
+            match decoded {
+                Err(_) => Expected::Undecodable,
+                Ok((channel_id, message_id, user_ids, omit_read_states)) => judged(
+                    invalid(&[
+                        (valid_id(channel_id), "channel_id"),
+                        (valid_id(message_id), "message_id"),
+                        (
+                            list_ok(user_ids.len(), limits.max_mention_users)
+                                && user_ids.iter().all(|&u| valid_id(u)),
+                            "user_ids",
+                        ),
+                    ]),
+                    if omit_read_states {
+                        Answer::AnyOrder(Vec::new())
+                    } else {
+                        Answer::AnyOrder(user_ids.iter().map(|&u| (u, channel_id)).collect())
+                    },
+                ),
+            }
+        }
         4 => match proto::AckPinsRequest::decode(bytes) {
             Err(_) => Expected::Undecodable,
             Ok(r) => judged(

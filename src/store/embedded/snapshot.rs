@@ -8,8 +8,9 @@
 //! the disk. On a busy disk that took tens to hundreds of milliseconds in
 //! the soak; every load begun meanwhile waited for it, and so did each call
 //! of a user not in memory, while the calls of cached users went on (the
-//! p50 stayed where it was). A load that reads an open table takes no lock
-//! of redb's: its pages come from redb's cache or the file.
+//! p50 stayed where it was). A load that reads an open table takes none of
+//! the locks a commit holds across I/O: its pages come from redb's cache
+//! (whose locks are held only to look a page up) or the file.
 //!
 //! Freshness: the writer thread makes every commit of the running store,
 //! and opens the new snapshot right after each commit, before it answers

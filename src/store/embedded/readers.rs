@@ -115,9 +115,7 @@ impl Readers {
             StoreError::Worker("a store reader thread stopped before finishing a load".to_owned())
         })?
     }
-}
 
-impl Readers {
     /// Moves the queued background load of `user_id`, if any, to the back
     /// of the urgent queue. (A scan of the background queue, under its
     /// lock: at most [`MAX_QUEUED`] entries, once per load a request joins.)

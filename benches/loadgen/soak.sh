@@ -16,7 +16,8 @@
 #   4. stops the server with SIGTERM (it writes back what is dirty) and checks
 #      that it exits 0;
 #   5. prints the generator's SUMMARY line, the per-second p99's median, the
-#      worst second and how many seconds exceeded 3x the median, and draws
+#      worst second and how many seconds exceeded 3x the median, the server's
+#      threads' CPU and run-queue wait (OUT/threads.txt; threads.sh), and draws
 #      OUT/soak.png (if matplotlib is installed: benches/loadgen/install-plot.sh).
 #
 # Pairs (PAIRS=N with N > 1, or NOOP=1): the machine is noisy, so read a
@@ -27,7 +28,7 @@
 # with the same generator settings (RATE, DURATION, WARMUP, CONNECTIONS,
 # GEN_EXTRA, cores), alternating which runs first: pair 1 readstates first,
 # pair 2 the no-op first, pair 3 readstates first, and so on. Each run writes
-# OUT/pair<P>-<readstates|noop>.{txt,series.csv,log,summary.txt,png} (and, for
+# OUT/pair<P>-<readstates|noop>.{txt,series.csv,threads.txt,log,summary.txt,png} (and, for
 # readstates, .toml and .metrics-series.csv); OUT/pair<P>.png draws both runs
 # of a pair. At the end benches/loadgen/soak_pairs.py prints, and writes to
 # OUT/pairs.md, each pair's p50, p99, p99.9 and max for readstates and the
@@ -117,17 +118,20 @@ log "server $READSTATES_BIN, results go to $OUT"
 
 # shellcheck source=benches/loadgen/metrics_series.sh
 . benches/loadgen/metrics_series.sh
+# shellcheck source=benches/loadgen/threads.sh
+. benches/loadgen/threads.sh
 
 warmup_s=$(duration_secs "$WARMUP")
 # --- one soak ----------------------------------------------------------------
 # A soak's files are in CONFIG, SERVER_LOG, SERIES, METRICS_CSV, GEN_TXT,
-# SUMMARY and PNG; soak_files NAME sets them all to OUT/NAME.*.
+# THREADS, SUMMARY and PNG; soak_files NAME sets them all to OUT/NAME.*.
 soak_files() {
     CONFIG="$OUT/$1.toml"
     SERVER_LOG="$OUT/$1.log"
     SERIES="$OUT/$1.series.csv"
     METRICS_CSV="$OUT/$1.metrics-series.csv"
     GEN_TXT="$OUT/$1.txt"
+    THREADS="$OUT/$1.threads.txt"
     SUMMARY="$OUT/$1.summary.txt"
     PNG="$OUT/$1.png"
 }
@@ -171,7 +175,9 @@ start_server() {
 
 # measure readstates|noop: once the machine is quiet, the generator against
 # the server, writing GEN_TXT and SERIES; against readstates, the metrics
-# sampler beside it writes METRICS_CSV. Exits if the generator fails.
+# sampler beside it writes METRICS_CSV. THREADS gets the server's threads'
+# CPU and run-queue wait over the run (warm-up included). Exits if the
+# generator fails.
 measure() {
     local target=$1 start_ns gen_pid sampler_pid="" gen_rc=0
     local -a ops
@@ -184,6 +190,7 @@ measure() {
         PIDS+=("$NOOP_WRITER_PID")
         log "disk writer pid $NOOP_WRITER_PID: $NOOP_IO_PAGES pages every $NOOP_IO_INTERVAL_S s"
     fi
+    thread_times "$SERVER_PID" > "$WORK/threads.before"
     log "run: $BENCH run --target grpc --addr $SERVER_ADDR --rate $RATE --mix realistic --duration $DURATION --warmup $WARMUP $GEN_EXTRA"
     start_ns=$(date +%s%N)
     # shellcheck disable=SC2086 # GEN_EXTRA holds flags: split on purpose
@@ -198,6 +205,8 @@ measure() {
         PIDS+=("$sampler_pid")
     fi
     wait "$gen_pid" || gen_rc=$?
+    thread_times "$SERVER_PID" > "$WORK/threads.after"
+    thread_report "$WORK/threads.before" "$WORK/threads.after" > "$THREADS"
     if [ -n "$sampler_pid" ]; then
         wait "$sampler_pid" || true
         # The last snapshot, at the end, with the operations of the header.
@@ -265,6 +274,8 @@ summarize() {
         [ -z "$GEN_EXTRA" ] || echo "generator flags: $GEN_EXTRA"
         grep '^SUMMARY' "$GEN_TXT"
         echo "$stats"
+        echo "server threads over the run (warm-up included), from /proc/<pid>/task/*/schedstat:"
+        sed 's/^/  /' "$THREADS"
         echo "graceful shutdown: $SHUTDOWN"
         if [ "$target" = readstates ]; then
             echo "server metrics at the end (last row of $METRICS_CSV):"
@@ -314,6 +325,7 @@ if [ "$PAIRED" = 0 ]; then
     SERIES="$OUT/soak.series.csv"
     METRICS_CSV="$OUT/metrics-series.csv"
     GEN_TXT="$OUT/soak.txt"
+    THREADS="$OUT/threads.txt"
     SUMMARY="$OUT/summary.txt"
     PNG="$OUT/soak.png"
     soak readstates soak

@@ -7,7 +7,7 @@ lock at once.
   benches/loadgen/store_threads.py report OUT.txt
 
 `sample` reads /proc/PID/task/*/syscall (root, or the server's own user) for
-the threads named store-* (the reader pool and the writer) and any other
+the threads named store-* (the reader pools and the writer) and any other
 thread whose name is given with --also NAME (a library's own workers). Each
 line is a unix time and, per thread, `name:tid:R` (on the CPU or runnable) or
 `name:tid:SYSCALL:ARG0` (blocked in that system call; for futex, 202, the

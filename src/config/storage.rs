@@ -35,9 +35,10 @@ pub struct StoreConfig {
     /// `<data_dir>/spill`. On another filesystem than `data_dir`, a shutdown
     /// during a full disk exits at once instead of waiting for space.
     pub spill_dir: Option<PathBuf>,
-    /// Threads that load users from the embedded database. Loads beyond
-    /// them queue (a request's own load before a fan-out's), so a burst of
-    /// cold users cannot crowd the request workers off the CPU.
+    /// Threads that load the users calls wait for from the embedded
+    /// database; as many again load a fan-out's cold users. Loads beyond
+    /// them queue, so a burst of cold users cannot crowd the request
+    /// workers off the CPU.
     pub reader_threads: usize,
     /// The embedded database's own page cache, in MiB (beside the OS page
     /// cache, which holds the file too).

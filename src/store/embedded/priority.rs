@@ -1,6 +1,7 @@
-//! The embedded store's threads (the writer and the readers) run under
-//! Linux's `SCHED_IDLE` policy, so that a request worker that wakes up
-//! takes the CPU from them at once.
+//! The embedded store's background threads (the writer and the readers of
+//! background loads) run under Linux's `SCHED_IDLE` policy, so that a
+//! request worker that wakes up takes the CPU from them at once. The readers
+//! of urgent loads run under `SCHED_BATCH` (see the end).
 //!
 //! Both do CPU work that requests do not wait for call by call: the
 //! writer's commits are write-behind, and a reader's load is waited for by
@@ -18,6 +19,16 @@
 //! scheduler tick, and on a host whose every core is busy with request
 //! workers, loads get only a small share of the CPU until some core goes
 //! idle (the overload limits then refuse new calls; see `overload`).
+//!
+//! That small share is what an urgent load cannot live with: a call waits
+//! for it, and while the workers stayed busy for a few seconds, such calls
+//! waited hundreds of milliseconds. So urgent readers run under
+//! `SCHED_BATCH` instead: like `SCHED_IDLE`, a thread woken under it does
+//! not preempt the running worker (the kernel leaves that to the next tick),
+//! but it has a normal thread's weight, so it gets its fair share of a busy
+//! core. An unprivileged thread can leave `SCHED_BATCH` but not
+//! `SCHED_IDLE`, which is why the two kinds of load have threads of their
+//! own.
 
 /// The nice value where `SCHED_IDLE` cannot be set: roughly a tenth of a
 /// contended CPU against request threads at nice 0.
@@ -37,5 +48,17 @@ pub(super) fn run_in_the_background(thread: &str) {
     // PRIO_PROCESS and `who` 0, it applies to the calling thread.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) } != 0 {
         tracing::debug!(thread, "could not lower a store thread's priority");
+    }
+}
+
+/// Puts the calling thread under `SCHED_BATCH` at its nice value (see the
+/// module's notes). Failure leaves it at normal priority, which only costs
+/// latency, so it is logged, not fatal.
+pub(super) fn run_without_preempting(thread: &str) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call; pid 0
+    // names the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        tracing::debug!(thread, "could not put a store thread under SCHED_BATCH");
     }
 }

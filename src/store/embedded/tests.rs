@@ -122,41 +122,52 @@ async fn an_earlier_lsm_data_dir_is_imported_once() {
 }
 
 #[test]
-fn the_store_threads_run_under_sched_idle() {
+fn background_store_threads_run_idle_and_urgent_readers_in_batch() {
     let dir = tempfile::tempdir().unwrap();
     let _store = EmbeddedStore::open(dir.path()).unwrap();
     // A new thread names itself and sets its policy as it starts, so look
-    // again until a writer and a reader show up with their policies set.
-    // Other tests start stores too: every store thread seen must be in the
-    // idle class.
+    // again until each kind shows up with its policy set. Other tests start
+    // stores too: every store thread seen must have its kind's policy.
+    let expected = |name: &str| {
+        if name.starts_with("store-reader-") {
+            libc::SCHED_BATCH
+        } else {
+            libc::SCHED_IDLE
+        }
+    };
     let mut seen = Vec::new();
     for _ in 0..400 {
         seen = store_thread_policies();
         let has = |name: &str| seen.iter().any(|(thread, _, _)| thread.starts_with(name));
         if has("store-writer")
-            && has("store-reader")
+            && has("store-reader-")
+            && has("store-bgload-")
             && seen
                 .iter()
-                .all(|&(_, _, policy)| policy == libc::SCHED_IDLE)
+                .all(|(name, _, policy)| *policy == expected(name))
         {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     panic!(
-        "store threads (name, tid, policy): {seen:?}; SCHED_IDLE is {}",
-        libc::SCHED_IDLE
+        "store threads (name, tid, policy): {seen:?}; SCHED_IDLE is {}, SCHED_BATCH {}",
+        libc::SCHED_IDLE,
+        libc::SCHED_BATCH
     );
 }
 
 /// The name, id and scheduling policy of each live thread named
-/// `store-writer` or `store-reader-N`.
+/// `store-writer`, `store-reader-N` or `store-bgload-N`.
 fn store_thread_policies() -> Vec<(String, libc::pid_t, libc::c_int)> {
     let mut threads = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         let name = comm.trim_end();
-        if name != "store-writer" && !name.starts_with("store-reader-") {
+        if name != "store-writer"
+            && !name.starts_with("store-reader-")
+            && !name.starts_with("store-bgload-")
+        {
             continue;
         }
         let Ok(tid) = task.file_name().to_string_lossy().parse::<libc::pid_t>() else {

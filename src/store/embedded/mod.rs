@@ -21,8 +21,9 @@
 //! the queue longer.
 //!
 //! redb's calls block on disk I/O, so no async worker makes them. User
-//! loads run on a small fixed pool of reader threads, urgent loads first
-//! (see `readers`). Batch writes run on one dedicated writer thread in the
+//! loads run on small fixed pools of reader threads, one for the loads a
+//! call waits for and one, at idle priority, for a fan-out's (see
+//! `readers`). Batch writes run on one dedicated writer thread in the
 //! background (see `writer`), which gives way to request threads between
 //! the pieces of its commits (see `paced`). On a machine whose CPUs are
 //! all busy, write-back slows down and the dirty backlog limit

@@ -21,8 +21,9 @@
 //! idle (the overload limits then refuse new calls; see `overload`).
 //!
 //! That small share is what an urgent load cannot live with: a call waits
-//! for it, and while the workers stayed busy for a few seconds, such calls
-//! waited hundreds of milliseconds. So urgent readers run under
+//! for it. In the soak, the readers spent 2.8 to 3.1 s of each two-minute
+//! run runnable but not run (BENCHMARKS.md, "Urgent loads get their share
+//! of a busy core"). So urgent readers run under
 //! `SCHED_BATCH` instead: like `SCHED_IDLE`, a thread woken under it does
 //! not preempt the running worker (the kernel leaves that to the next tick),
 //! but it has a normal thread's weight, so it gets its fair share of a busy

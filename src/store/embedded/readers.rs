@@ -80,14 +80,18 @@ impl Readers {
     /// Starts `threads` reader threads (at least one) for urgent loads, and
     /// as many for background loads.
     pub fn start(threads: usize) -> Result<Self, StoreError> {
-        let shared = Arc::new(Shared {
-            queues: Mutex::new(Queues::default()),
-            urgent_ready: Condvar::new(),
-            background_ready: Condvar::new(),
-        });
+        // Made first, so that should a thread fail to start, dropping it
+        // ends the threads already started.
+        let readers = Self {
+            shared: Arc::new(Shared {
+                queues: Mutex::new(Queues::default()),
+                urgent_ready: Condvar::new(),
+                background_ready: Condvar::new(),
+            }),
+        };
         for priority in [LoadPriority::Urgent, LoadPriority::Background] {
             for index in 0..threads.max(1) {
-                let shared = Arc::clone(&shared);
+                let shared = Arc::clone(&readers.shared);
                 let (name, set_priority): (&str, fn(&str)) = match priority {
                     LoadPriority::Urgent => ("store-reader", run_without_preempting),
                     LoadPriority::Background => ("store-bgload", run_in_the_background),
@@ -103,7 +107,7 @@ impl Readers {
                     })?;
             }
         }
-        Ok(Self { shared })
+        Ok(readers)
     }
 
     /// Runs `work`, the load of `user_id`, on a reader thread of its

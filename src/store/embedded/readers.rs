@@ -256,17 +256,18 @@ mod tests {
         }
     }
 
-    /// Queues a background load of `id` that records `id` in `order`.
-    fn background(
+    /// Queues a load of `id` at `priority` that records `id` in `order`.
+    fn record_load(
         readers: &Arc<Readers>,
         order: &Arc<Mutex<Vec<u64>>>,
+        priority: LoadPriority,
         id: u64,
     ) -> JoinHandle<Result<(), StoreError>> {
         let readers = Arc::clone(readers);
         let order = Arc::clone(order);
         tokio::spawn(async move {
             readers
-                .run(LoadPriority::Background, user(id), move || {
+                .run(priority, user(id), move || {
                     order.lock().push(id);
                     Ok(())
                 })
@@ -280,8 +281,8 @@ mod tests {
         let (release, blocker) = occupy(&readers, LoadPriority::Background).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let waiting = [
-            background(&readers, &order, 10),
-            background(&readers, &order, 11),
+            record_load(&readers, &order, LoadPriority::Background, 10),
+            record_load(&readers, &order, LoadPriority::Background, 11),
         ];
         queued(&readers, LoadPriority::Background, 2).await;
 
@@ -304,7 +305,7 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut loads = Vec::new();
         for id in [10, 11, 12] {
-            loads.push(background(&readers, &order, id));
+            loads.push(record_load(&readers, &order, LoadPriority::Background, id));
             queued(&readers, LoadPriority::Background, loads.len()).await;
         }
         // A user with no queued load: nothing moves.
@@ -335,16 +336,7 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut loads = Vec::new();
         for id in [20, 21, 22] {
-            let readers_for_load = Arc::clone(&readers);
-            let order = Arc::clone(&order);
-            loads.push(tokio::spawn(async move {
-                readers_for_load
-                    .run(LoadPriority::Urgent, user(id), move || {
-                        order.lock().push(id);
-                        Ok(())
-                    })
-                    .await
-            }));
+            loads.push(record_load(&readers, &order, LoadPriority::Urgent, id));
             queued(&readers, LoadPriority::Urgent, loads.len()).await;
         }
         release.send(()).unwrap();
@@ -361,7 +353,14 @@ mod tests {
         let (release, blocker) = occupy(&readers, LoadPriority::Background).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let waiting: Vec<_> = (0..MAX_QUEUED)
-            .map(|index| background(&readers, &order, 1_000 + index as u64))
+            .map(|index| {
+                record_load(
+                    &readers,
+                    &order,
+                    LoadPriority::Background,
+                    1_000 + index as u64,
+                )
+            })
             .collect();
         queued(&readers, LoadPriority::Background, MAX_QUEUED).await;
 

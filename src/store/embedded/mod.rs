@@ -377,6 +377,8 @@ mod compact_tests;
 #[cfg(test)]
 mod paced_tests;
 #[cfg(test)]
+mod readers_tests;
+#[cfg(test)]
 mod repack_tests;
 #[cfg(test)]
 mod snapshot_tests;

@@ -22,6 +22,14 @@
 //! Each queue is bounded: past [`MAX_QUEUED`] waiting loads of its kind, a
 //! load fails at once as unavailable instead of growing memory and latency
 //! without bound. A full background queue does not refuse urgent loads.
+//!
+//! A request that needs a user whose background load is under way makes it
+//! urgent ([`Readers::expedite`]). A queued one moves to the urgent queue.
+//! One already running on a background reader runs again on an urgent
+//! reader, and the first run to finish answers: a background reader may
+//! hold the load for as long as the core stays busy (beside a busy
+//! neighbour, seconds; BENCHMARKS.md, "Urgent loads get their share of a
+//! busy core").
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -37,7 +45,10 @@ use crate::ids::UserId;
 /// that priority are refused.
 pub const MAX_QUEUED: usize = 8_192;
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A load as a reader thread runs it: the work, then the answer to the
+/// call. It can run twice (an expedited running load), so it runs the work
+/// only while the call is unanswered, and the first run to finish answers.
+type Job = Arc<dyn Fn() + Send + Sync>;
 
 /// The reader pools; the threads end when it is dropped.
 pub struct Readers {
@@ -57,6 +68,9 @@ struct Queues {
     urgent: VecDeque<Job>,
     /// Each with the user it loads, so that it can be expedited.
     background: VecDeque<(UserId, Job)>,
+    /// The background loads running now (at most one per background
+    /// reader), until they end or are expedited.
+    running: Vec<(UserId, Job)>,
     closed: bool,
 }
 
@@ -68,10 +82,27 @@ impl Queues {
         }
     }
 
+    /// The next load of `priority`; a background one is kept in `running`
+    /// until [`Self::finished`].
     fn next(&mut self, priority: LoadPriority) -> Option<Job> {
         match priority {
             LoadPriority::Urgent => self.urgent.pop_front(),
-            LoadPriority::Background => self.background.pop_front().map(|(_, job)| job),
+            LoadPriority::Background => {
+                let (user_id, job) = self.background.pop_front()?;
+                self.running.push((user_id, Arc::clone(&job)));
+                Some(job)
+            }
+        }
+    }
+
+    /// Forgets `job` as running (it may be gone already: expedited).
+    fn finished(&mut self, job: &Job) {
+        if let Some(position) = self
+            .running
+            .iter()
+            .position(|(_, running)| Arc::ptr_eq(running, job))
+        {
+            self.running.swap_remove(position);
         }
     }
 }
@@ -120,11 +151,18 @@ impl Readers {
     ) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+        F: Fn() -> Result<T, StoreError> + Send + Sync + 'static,
     {
         let (done, result) = oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = done.send(work());
+        let answer = Mutex::new(Some(done));
+        let job: Job = Arc::new(move || {
+            if answer.lock().is_none() {
+                return;
+            }
+            let loaded = work();
+            if let Some(done) = answer.lock().take() {
+                let _ = done.send(loaded);
+            }
         });
         {
             let mut queues = self.shared.queues.lock();
@@ -149,26 +187,44 @@ impl Readers {
         })?
     }
 
-    /// Moves the queued background load of `user_id`, if any, to the back
-    /// of the urgent queue. (A scan of the background queue, under its
-    /// lock: at most [`MAX_QUEUED`] entries, once per load a request joins.)
-    /// The urgent queue may then hold a few more than [`MAX_QUEUED`] loads.
+    /// Makes the background load of `user_id`, if any, urgent: a queued
+    /// one moves to the back of the urgent queue; one running on a
+    /// background reader is queued there too, to run again (once) unless
+    /// the first run has answered by then. (A scan of the background queue,
+    /// under its lock: at most [`MAX_QUEUED`] entries, once per load a
+    /// request joins.) The urgent queue may then hold a few more than
+    /// [`MAX_QUEUED`] loads.
     pub fn expedite(&self, user_id: UserId) {
         {
             let mut queues = self.shared.queues.lock();
-            let Some(position) = queues
-                .background
-                .iter()
-                .position(|(queued, _)| *queued == user_id)
-            else {
-                return;
+            let of_user = |(loading, _): &(UserId, Job)| *loading == user_id;
+            let job = match queues.background.iter().position(of_user) {
+                Some(position) => queues.background.remove(position).map(|(_, job)| job),
+                None => queues
+                    .running
+                    .iter()
+                    .position(of_user)
+                    .map(|position| queues.running.swap_remove(position).1),
             };
-            let Some((_, job)) = queues.background.remove(position) else {
+            let Some(job) = job else {
                 return;
             };
             queues.urgent.push_back(job);
         }
         self.shared.urgent_ready.notify_one();
+    }
+}
+
+#[cfg(test)]
+impl Readers {
+    /// Loads of `priority` waiting for a reader.
+    pub(super) fn queued(&self, priority: LoadPriority) -> usize {
+        self.shared.queues.lock().len(priority)
+    }
+
+    /// Background loads running now.
+    pub(super) fn running(&self) -> usize {
+        self.shared.queues.lock().running.len()
     }
 }
 
@@ -206,182 +262,9 @@ impl Shared {
                 }
             };
             job();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::mpsc;
-    use tokio::task::JoinHandle;
-
-    /// Occupies the only reader thread of `priority` until the returned
-    /// sender is dropped or sent to; returns once the blocking job runs.
-    async fn occupy(
-        readers: &Arc<Readers>,
-        priority: LoadPriority,
-    ) -> (mpsc::Sender<()>, JoinHandle<Result<(), StoreError>>) {
-        let (release, hold) = mpsc::channel::<()>();
-        let (started_tx, started) = oneshot::channel();
-        let readers = Arc::clone(readers);
-        let job = tokio::spawn(async move {
-            readers
-                .run(priority, user(1), move || {
-                    let _ = started_tx.send(());
-                    let _ = hold.recv();
-                    Ok(())
-                })
-                .await
-        });
-        started.await.unwrap();
-        (release, job)
-    }
-
-    /// `future`'s output, or a failed test if it takes 30 s (what a load
-    /// queued behind a held reader would do).
-    async fn within_bound<T>(future: impl std::future::Future<Output = T>) -> T {
-        tokio::time::timeout(std::time::Duration::from_secs(30), future)
-            .await
-            .expect("the load waited for a held reader of the other priority")
-    }
-
-    fn user(id: u64) -> UserId {
-        UserId::new(id).unwrap()
-    }
-
-    async fn queued(readers: &Readers, priority: LoadPriority, at_least: usize) {
-        while readers.shared.queues.lock().len(priority) < at_least {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    /// Queues a load of `id` at `priority` that records `id` in `order`.
-    fn record_load(
-        readers: &Arc<Readers>,
-        order: &Arc<Mutex<Vec<u64>>>,
-        priority: LoadPriority,
-        id: u64,
-    ) -> JoinHandle<Result<(), StoreError>> {
-        let readers = Arc::clone(readers);
-        let order = Arc::clone(order);
-        tokio::spawn(async move {
-            readers
-                .run(priority, user(id), move || {
-                    order.lock().push(id);
-                    Ok(())
-                })
-                .await
-        })
-    }
-
-    #[tokio::test]
-    async fn urgent_loads_do_not_wait_for_busy_background_readers() {
-        let readers = Arc::new(Readers::start(1).unwrap());
-        let (release, blocker) = occupy(&readers, LoadPriority::Background).await;
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let waiting = [
-            record_load(&readers, &order, LoadPriority::Background, 10),
-            record_load(&readers, &order, LoadPriority::Background, 11),
-        ];
-        queued(&readers, LoadPriority::Background, 2).await;
-
-        let urgent = within_bound(readers.run(LoadPriority::Urgent, user(2), || Ok(2))).await;
-        assert_eq!(urgent.unwrap(), 2);
-        assert!(order.lock().is_empty(), "no background load ran yet");
-
-        release.send(()).unwrap();
-        blocker.await.unwrap().unwrap();
-        for load in waiting {
-            load.await.unwrap().unwrap();
-        }
-        assert_eq!(*order.lock(), vec![10, 11]);
-    }
-
-    #[tokio::test]
-    async fn an_expedited_background_load_runs_on_an_urgent_reader() {
-        let readers = Arc::new(Readers::start(1).unwrap());
-        let (release, blocker) = occupy(&readers, LoadPriority::Background).await;
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut loads = Vec::new();
-        for id in [10, 11, 12] {
-            loads.push(record_load(&readers, &order, LoadPriority::Background, id));
-            queued(&readers, LoadPriority::Background, loads.len()).await;
-        }
-        // A user with no queued load: nothing moves.
-        readers.expedite(user(99));
-        assert_eq!(
-            readers.shared.queues.lock().len(LoadPriority::Background),
-            3
-        );
-
-        readers.expedite(user(12));
-        // It runs while the background reader is still held.
-        let expedited = loads.pop().unwrap();
-        within_bound(expedited).await.unwrap().unwrap();
-        assert_eq!(*order.lock(), vec![12]);
-
-        release.send(()).unwrap();
-        blocker.await.unwrap().unwrap();
-        for load in loads {
-            load.await.unwrap().unwrap();
-        }
-        assert_eq!(*order.lock(), vec![12, 10, 11]);
-    }
-
-    #[tokio::test]
-    async fn urgent_loads_run_in_the_order_they_came() {
-        let readers = Arc::new(Readers::start(1).unwrap());
-        let (release, blocker) = occupy(&readers, LoadPriority::Urgent).await;
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut loads = Vec::new();
-        for id in [20, 21, 22] {
-            loads.push(record_load(&readers, &order, LoadPriority::Urgent, id));
-            queued(&readers, LoadPriority::Urgent, loads.len()).await;
-        }
-        release.send(()).unwrap();
-        blocker.await.unwrap().unwrap();
-        for load in loads {
-            load.await.unwrap().unwrap();
-        }
-        assert_eq!(*order.lock(), vec![20, 21, 22]);
-    }
-
-    #[tokio::test]
-    async fn a_full_queue_refuses_loads_of_its_priority_as_unavailable() {
-        let readers = Arc::new(Readers::start(1).unwrap());
-        let (release, blocker) = occupy(&readers, LoadPriority::Background).await;
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let waiting: Vec<_> = (0..MAX_QUEUED)
-            .map(|index| {
-                record_load(
-                    &readers,
-                    &order,
-                    LoadPriority::Background,
-                    1_000 + index as u64,
-                )
-            })
-            .collect();
-        queued(&readers, LoadPriority::Background, MAX_QUEUED).await;
-
-        let refused = readers
-            .run(LoadPriority::Background, user(4), || Ok(()))
-            .await;
-        match refused {
-            Err(StoreError::Unavailable(message)) => {
-                assert!(message.contains("background loads"), "{message}");
+            if priority == LoadPriority::Background {
+                self.queues.lock().finished(&job);
             }
-            other => panic!("a load past a full queue: {other:?}"),
         }
-        // The urgent queue has room of its own.
-        let urgent = within_bound(readers.run(LoadPriority::Urgent, user(5), || Ok(5))).await;
-        assert_eq!(urgent.unwrap(), 5);
-
-        drop(release);
-        blocker.await.unwrap().unwrap();
-        for job in waiting {
-            job.await.unwrap().unwrap();
-        }
-        assert_eq!(order.lock().len(), MAX_QUEUED);
     }
 }

@@ -386,3 +386,5 @@ mod snapshot_tests;
 mod tests;
 #[cfg(test)]
 mod tombstone_tests;
+#[cfg(test)]
+mod writer_tests;

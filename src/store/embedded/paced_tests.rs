@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 
 use redb::StorageBackend;
 
-use super::paced::{Pace, PacedFile, QUANTUM, SYNC_CHUNK_PAGES, writeback_ranges};
+use super::paced::{
+    Pace, PacedFile, QUANTUM, SYNC_CHUNK_PAGES, thread_cpu_nanos, writeback_ranges,
+};
 
 const PAGE: u64 = 4096;
 
@@ -69,17 +71,29 @@ fn a_sync_hands_the_writes_since_the_last_one_to_writeback() {
     assert!(page.iter().all(|&byte| byte == 0));
 }
 
+/// Runs on the CPU until the thread has used `time` more of it.
+fn burn(time: std::time::Duration) {
+    let start = thread_cpu_nanos().unwrap();
+    while thread_cpu_nanos().unwrap() - start < time.as_nanos() as u64 {
+        std::hint::spin_loop();
+    }
+}
+
 #[test]
-fn pacing_gives_way_once_a_quantum_has_passed() {
+fn pacing_gives_way_after_a_quantum_of_cpu_not_of_waiting() {
     let pace = Pace::new();
-    std::thread::sleep(QUANTUM * 2);
+    let gave_way = || pace.gave_way.load(Ordering::Relaxed);
+    burn(QUANTUM * 2);
     pace.give_way();
-    let first = pace.last.load(Ordering::Relaxed);
-    assert!(
-        first >= (QUANTUM * 2).as_nanos() as u64,
-        "it did not give way: {first}"
-    );
-    std::thread::sleep(QUANTUM * 2);
+    assert_eq!(gave_way(), 1, "it did not give way after running");
+    // A thread that waited for the CPU has not used it.
+    std::thread::sleep(QUANTUM * 4);
     pace.give_way();
-    assert!(pace.last.load(Ordering::Relaxed) >= first + (QUANTUM * 2).as_nanos() as u64);
+    assert_eq!(gave_way(), 1, "it gave way after only waiting");
+    burn(QUANTUM * 2);
+    pace.give_way();
+    assert_eq!(gave_way(), 2, "it did not give way after running again");
+    // Within a quantum of the last time: not again.
+    pace.give_way();
+    assert_eq!(gave_way(), 2);
 }

@@ -122,14 +122,14 @@ async fn an_earlier_lsm_data_dir_is_imported_once() {
 }
 
 #[test]
-fn background_store_threads_run_idle_and_urgent_readers_in_batch() {
+fn fan_out_readers_run_idle_and_the_writer_and_urgent_readers_in_batch() {
     let dir = tempfile::tempdir().unwrap();
     let _store = EmbeddedStore::open(dir.path()).unwrap();
     // A new thread names itself and sets its policy as it starts, so look
     // again until each kind shows up with its policy set. Other tests start
     // stores too: every store thread seen must have its kind's policy.
     let expected = |name: &str| {
-        if name.starts_with("store-reader-") {
+        if name.starts_with("store-reader-") || name == "store-writer" {
             libc::SCHED_BATCH
         } else {
             libc::SCHED_IDLE

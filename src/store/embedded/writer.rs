@@ -3,9 +3,10 @@
 //!
 //! Batches that queue up while one commits are committed together, so a
 //! slow disk makes commits larger rather than the queue longer. The thread
-//! runs under `SCHED_IDLE` (see `priority`): write-behind is background
-//! work. Since that is not a strict priority, the writer also gives way
-//! itself, between rows and between the pieces of a commit (see `paced`),
+//! runs under `SCHED_BATCH` at nice 10 (see `priority`): write-behind is
+//! background work, but it must keep up beside a busy neighbour. Since that
+//! is not a strict priority, the writer also gives way itself, between rows
+//! and between the pieces of a commit (see `paced`),
 //! and write-back rounds are kept small (`flush.tick_ms`; BENCHMARKS.md,
 //! "Where the tail comes from").
 
@@ -18,7 +19,7 @@ use tokio::sync::oneshot;
 use super::error::redb_error;
 use super::handle::DbHandle;
 use super::paced::Pace;
-use super::priority::run_in_the_background;
+use super::priority::run_behind_requests;
 use super::repack::{Inserts, Repacker};
 use super::tombstones::{self, RowBytes, TOMBSTONES, Upserted};
 use super::{META, STATES, begin_durable_write};
@@ -163,7 +164,7 @@ pub(super) fn spawn_writer(
     std::thread::Builder::new()
         .name("store-writer".to_owned())
         .spawn(move || {
-            run_in_the_background("store-writer");
+            run_behind_requests("store-writer");
             let pace = Pace::new();
             let mut group = Vec::with_capacity(MAX_GROUP);
             while let Ok(first) = jobs.recv() {

@@ -154,13 +154,18 @@ impl Readers {
         F: Fn() -> Result<T, StoreError> + Send + Sync + 'static,
     {
         let (done, result) = oneshot::channel();
-        let answer = Mutex::new(Some(done));
+        // The work goes with the answer: what it holds (the database) is
+        // released before the call hears, as a caller that then drops its
+        // store may reopen the file at once.
+        let pending = Mutex::new(Some((Arc::new(work), done)));
         let job: Job = Arc::new(move || {
-            if answer.lock().is_none() {
+            let Some(work) = pending.lock().as_ref().map(|(work, _)| Arc::clone(work)) else {
                 return;
-            }
+            };
             let loaded = work();
-            if let Some(done) = answer.lock().take() {
+            drop(work);
+            if let Some((work, done)) = pending.lock().take() {
+                drop(work);
                 let _ = done.send(loaded);
             }
         });

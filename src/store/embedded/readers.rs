@@ -156,7 +156,8 @@ impl Readers {
         let (done, result) = oneshot::channel();
         // The work goes with the answer: what it holds (the database) is
         // released before the call hears, as a caller that then drops its
-        // store may reopen the file at once.
+        // store may reopen the file at once (unless a second run of it is
+        // still going: an expedited load's).
         let pending = Mutex::new(Some((Arc::new(work), done)));
         let job: Job = Arc::new(move || {
             let Some(work) = pending.lock().as_ref().map(|(work, _)| Arc::clone(work)) else {

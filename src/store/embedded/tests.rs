@@ -127,39 +127,42 @@ fn fan_out_readers_run_idle_and_the_writer_and_urgent_readers_in_batch() {
     let _store = EmbeddedStore::open(dir.path()).unwrap();
     // A new thread names itself and sets its policy as it starts, so look
     // again until each kind shows up with its policy set. Other tests start
-    // stores too: every store thread seen must have its kind's policy.
+    // stores too: every store thread seen must have its kind's policy and
+    // nice value.
     let expected = |name: &str| {
-        if name.starts_with("store-reader-") || name == "store-writer" {
-            libc::SCHED_BATCH
+        if name == "store-writer" {
+            (libc::SCHED_BATCH, 10)
+        } else if name.starts_with("store-reader-") {
+            (libc::SCHED_BATCH, 0)
         } else {
-            libc::SCHED_IDLE
+            (libc::SCHED_IDLE, 0)
         }
     };
     let mut seen = Vec::new();
     for _ in 0..400 {
         seen = store_thread_policies();
-        let has = |name: &str| seen.iter().any(|(thread, _, _)| thread.starts_with(name));
+        let has = |name: &str| seen.iter().any(|(thread, ..)| thread.starts_with(name));
         if has("store-writer")
             && has("store-reader-")
             && has("store-bgload-")
             && seen
                 .iter()
-                .all(|(name, _, policy)| *policy == expected(name))
+                .all(|(name, _, policy, nice)| (*policy, *nice) == expected(name))
         {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     panic!(
-        "store threads (name, tid, policy): {seen:?}; SCHED_IDLE is {}, SCHED_BATCH {}",
+        "store threads (name, tid, policy, nice): {seen:?}; SCHED_IDLE is {}, SCHED_BATCH {}",
         libc::SCHED_IDLE,
         libc::SCHED_BATCH
     );
 }
 
-/// The name, id and scheduling policy of each live thread named
+/// The name, id, scheduling policy and nice value of each live thread named
 /// `store-writer`, `store-reader-N` or `store-bgload-N`.
-fn store_thread_policies() -> Vec<(String, libc::pid_t, libc::c_int)> {
+fn store_thread_policies() -> Vec<(String, libc::pid_t, libc::c_int, i64)> {
     let mut threads = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
@@ -173,10 +176,20 @@ fn store_thread_policies() -> Vec<(String, libc::pid_t, libc::c_int)> {
         let Ok(tid) = task.file_name().to_string_lossy().parse::<libc::pid_t>() else {
             continue;
         };
+        // The nice value is the 19th field of `stat`, the 17th after the
+        // name's closing parenthesis.
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let Some(nice) = stat
+            .rsplit_once(')')
+            .and_then(|(_, fields)| fields.split_whitespace().nth(16))
+            .and_then(|nice| nice.parse::<i64>().ok())
+        else {
+            continue; // the thread ended meanwhile
+        };
         // SAFETY: sched_getscheduler has no memory-safety preconditions.
         let policy = unsafe { libc::sched_getscheduler(tid) };
         if policy != -1 {
-            threads.push((name.to_owned(), tid, policy)); // -1: the thread ended meanwhile
+            threads.push((name.to_owned(), tid, policy, nice)); // -1: the thread ended meanwhile
         }
     }
     threads

@@ -22,6 +22,15 @@ fn pin_to_this_cpu() {
     }
 }
 
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 #[test]
 fn the_writer_keeps_writing_while_busy_threads_share_its_cpu() {
     pin_to_this_cpu();
@@ -30,6 +39,8 @@ fn the_writer_keeps_writing_while_busy_threads_share_its_cpu() {
     // Two threads of normal priority keep the store's only CPU busy: a
     // writer under SCHED_IDLE got almost none of it, and wrote nothing.
     let stop = Arc::new(AtomicBool::new(false));
+    // Should the test fail, the spinners stop with it.
+    let _stop_on_exit = StopOnDrop(Arc::clone(&stop));
     let spinners: Vec<_> = (0..2)
         .map(|_| {
             let stop = Arc::clone(&stop);

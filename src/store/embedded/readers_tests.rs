@@ -75,6 +75,22 @@ fn record_load(
     })
 }
 
+/// Queues recording loads of `ids` at `priority` (their reader held), each
+/// once the one before it is queued, so they queue in that order.
+async fn queue_in_turn(
+    readers: &Arc<Readers>,
+    order: &Arc<Mutex<Vec<u64>>>,
+    priority: LoadPriority,
+    ids: &[u64],
+) -> Vec<JoinHandle<Result<(), StoreError>>> {
+    let mut loads = Vec::new();
+    for &id in ids {
+        loads.push(record_load(readers, order, priority, id));
+        queued(readers, priority, loads.len()).await;
+    }
+    loads
+}
+
 #[tokio::test]
 async fn urgent_loads_do_not_wait_for_busy_background_readers() {
     let readers = Arc::new(Readers::start(1).unwrap());
@@ -103,11 +119,7 @@ async fn an_expedited_background_load_runs_on_an_urgent_reader() {
     let readers = Arc::new(Readers::start(1).unwrap());
     let (release, blocker) = occupy(&readers, LoadPriority::Background).await;
     let order = Arc::new(Mutex::new(Vec::new()));
-    let mut loads = Vec::new();
-    for id in [10, 11, 12] {
-        loads.push(record_load(&readers, &order, LoadPriority::Background, id));
-        queued(&readers, LoadPriority::Background, loads.len()).await;
-    }
+    let mut loads = queue_in_turn(&readers, &order, LoadPriority::Background, &[10, 11, 12]).await;
     // A user with no queued load: nothing moves.
     readers.expedite(user(99));
     assert_eq!(readers.queued(LoadPriority::Background), 3);
@@ -213,11 +225,7 @@ async fn urgent_loads_run_in_the_order_they_came() {
     let readers = Arc::new(Readers::start(1).unwrap());
     let (release, blocker) = occupy(&readers, LoadPriority::Urgent).await;
     let order = Arc::new(Mutex::new(Vec::new()));
-    let mut loads = Vec::new();
-    for id in [20, 21, 22] {
-        loads.push(record_load(&readers, &order, LoadPriority::Urgent, id));
-        queued(&readers, LoadPriority::Urgent, loads.len()).await;
-    }
+    let loads = queue_in_turn(&readers, &order, LoadPriority::Urgent, &[20, 21, 22]).await;
     release.send(()).unwrap();
     blocker.await.unwrap().unwrap();
     for load in loads {
